@@ -1,0 +1,297 @@
+"""Typed configuration: dataclasses, YAML presets shipped in the package, ``key=value`` overrides.
+
+Every value is checked against its field's type and choices; mistakes raise ``ConfigError``
+with the key and what was expected. ``resolve`` fills the architecture's sizes, so the
+``config.yaml`` written beside each run is complete.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from .errors import ConfigError
+from .models import ARCHS
+
+METHODS = ("mae", "clip", "rils")
+DATASETS = ("fashion-scenes",)
+PRECISIONS = ("fp32", "bf16")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+@dataclass
+class ModelConfig:
+    """Encoder, text tower and decoder sizes; unset ones come from ``arch``."""
+
+    arch: str = "demo"
+    img_size: Optional[int] = None
+    patch_size: Optional[int] = None
+    width: Optional[int] = None
+    depth: Optional[int] = None
+    heads: Optional[int] = None
+    mlp_ratio: Optional[float] = None
+    embed_dim: Optional[int] = None
+    text_width: Optional[int] = None
+    text_depth: Optional[int] = None
+    text_heads: Optional[int] = None
+    context_length: Optional[int] = None
+    decoder_width: Optional[int] = None
+    decoder_depth: Optional[int] = None
+    decoder_heads: Optional[int] = None
+
+
+@dataclass
+class LossConfig:
+    """Objective hyper-parameters (METHODS.md); the defaults are the papers'."""
+
+    mask_ratio: float = 0.75
+    norm_pix_loss: bool = True
+    rec_weight: float = 0.5
+    student_temperature: float = 0.1
+    teacher_temperature: float = 0.04
+
+
+@dataclass
+class DataConfig:
+    name: str = "fashion-scenes"
+    root: Optional[str] = None  # directory with the Fashion-MNIST idx files
+    augment: bool = True
+    num_workers: int = 0
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    batch_size: int = 128  # global batch, split over ranks
+    accum_freq: int = 1
+    lr: float = 1e-3
+    min_lr: float = 0.0
+    warmup_steps: int = 50
+    weight_decay: float = 0.05
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1e-8
+    grad_clip: float = 1.0  # 0 disables clipping
+    precision: str = "fp32"
+    device: str = "auto"
+    seed: int = 0
+    log_every: int = 10
+    ckpt_every: int = 100
+    keep_checkpoints: int = 2
+
+
+@dataclass
+class EvalConfig:
+    probe_train_size: int = 20000  # Fashion-MNIST train images the probes fit on
+    test_size: int = 10000
+    batch_size: int = 256
+    seed: int = 0  # fixes the probe subset and the validation split
+    knn_k: list[int] = field(default_factory=lambda: [10, 20, 100, 200])
+
+
+@dataclass
+class Config:
+    method: str = "rils"
+    output_dir: str = "runs/default"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "method": METHODS,
+    "model.arch": tuple(ARCHS),
+    "data.name": DATASETS,
+    "train.precision": PRECISIONS,
+    "train.device": DEVICES,
+}
+
+# Keys a resumed run may change without invalidating its checkpoint.
+RESUMABLE_CHANGES = (
+    "output_dir", "train.steps", "train.log_every", "train.ckpt_every", "train.keep_checkpoints",
+    "train.device", "data.num_workers", "data.root", "eval.",
+)
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    """Convert a YAML-parsed value to the field's type, or raise ConfigError."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("null", "none")):
+            return None
+        return _coerce(key, value, args[0])
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        if isinstance(value, str):
+            value = [v for v in value.strip("[]").split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key '{key}' expects a list, got {value!r}")
+        return [_coerce(key, v, item) for v in value]
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"config key '{key}' expects true or false, got {value!r}")
+    if hint in (int, float):
+        try:
+            if isinstance(value, bool):
+                raise ValueError
+            number = hint(value)
+            if hint is int and isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return number
+        except (TypeError, ValueError):
+            raise ConfigError(f"config key '{key}' expects {hint.__name__}, got {value!r}") from None
+    if hint is str:
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"config key '{key}' expects a string, got {value!r}")
+        value = str(value)
+        choices = CHOICES.get(key)
+        if choices and value not in choices:
+            raise ConfigError(f"config key '{key}' must be one of {', '.join(choices)}; got {value!r}")
+        return value
+    raise TypeError(f"unsupported config type {hint} for {key}")
+
+
+def _section_and_field(cfg: Config, key: str) -> tuple[Any, dataclasses.Field]:
+    parts = key.split(".")
+    node: Any = cfg
+    for depth, part in enumerate(parts):
+        fields = {f.name: f for f in dataclasses.fields(node)}
+        if part not in fields:
+            where = ".".join(parts[:depth]) or "the top level"
+            valid = ", ".join(sorted(fields))
+            raise ConfigError(f"unknown config key '{key}'; valid keys at {where}: {valid}")
+        if depth == len(parts) - 1:
+            if dataclasses.is_dataclass(getattr(node, part)):
+                raise ConfigError(f"config key '{key}' is a section; set one of its keys, e.g. {key}.{dataclasses.fields(getattr(node, part))[0].name}=...")
+            return node, fields[part]
+        node = getattr(node, part)
+        if not dataclasses.is_dataclass(node):
+            raise ConfigError(f"unknown config key '{key}': '{'.'.join(parts[:depth + 1])}' is not a section")
+    raise ConfigError(f"empty config key in {key!r}")
+
+
+def set_value(cfg: Config, key: str, value: Any) -> None:
+    section, fld = _section_and_field(cfg, key)
+    hints = typing.get_type_hints(type(section))
+    setattr(section, fld.name, _coerce(key, value, hints[fld.name]))
+
+
+def _flatten(data: dict, prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def apply_dict(cfg: Config, data: dict, source: str) -> None:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of config keys, got {type(data).__name__}")
+    for key, value in _flatten(data).items():
+        try:
+            set_value(cfg, key, value)
+        except ConfigError as err:
+            raise ConfigError(f"{source}: {err}") from None
+
+
+def preset_names() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files("langmim.configs").iterdir() if p.name.endswith(".yaml"))
+
+
+def _read_yaml(preset: str) -> tuple[dict, str]:
+    packaged = resources.files("langmim.configs") / f"{preset}.yaml"
+    path = Path(preset)
+    if packaged.is_file():
+        text, source = packaged.read_text(), f"preset '{preset}'"
+    elif path.is_file():
+        text, source = path.read_text(), str(path)
+    else:
+        raise ConfigError(f"config '{preset}' is neither a preset ({', '.join(preset_names())}) nor a YAML file")
+    try:
+        return yaml.safe_load(text) or {}, source
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{source}: not valid YAML ({str(err).splitlines()[0]})") from None
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like key=value (e.g. train.steps=100)")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def resolve(cfg: Config) -> Config:
+    """Fill unset model sizes from the named architecture and check cross-field rules."""
+    for key, value in ARCHS[cfg.model.arch].items():
+        if getattr(cfg.model, key) is None:
+            setattr(cfg.model, key, value)
+    m = cfg.model
+    if m.img_size % m.patch_size:
+        raise ConfigError(f"model.img_size={m.img_size} must be a multiple of model.patch_size={m.patch_size}")
+    if m.width % m.heads or m.text_width % m.text_heads or m.decoder_width % m.decoder_heads:
+        raise ConfigError("model widths must be divisible by their head counts (width/heads, text_width/text_heads, decoder_width/decoder_heads)")
+    if not 0.0 <= cfg.loss.mask_ratio < 1.0:
+        raise ConfigError(f"loss.mask_ratio must be in [0, 1), got {cfg.loss.mask_ratio}")
+    t = cfg.train
+    for key in ("steps", "batch_size", "accum_freq", "log_every", "ckpt_every", "keep_checkpoints"):
+        if getattr(t, key) < 1:
+            raise ConfigError(f"train.{key} must be at least 1, got {getattr(t, key)}")
+    if t.batch_size % t.accum_freq:
+        raise ConfigError(f"train.batch_size={t.batch_size} must be divisible by train.accum_freq={t.accum_freq}")
+    if len(t.betas) != 2:
+        raise ConfigError(f"train.betas expects two numbers, got {t.betas}")
+    return cfg
+
+
+def load_config(preset: str | None = None, overrides: typing.Sequence[str] = ()) -> Config:
+    """Defaults <- preset or YAML file <- ``key=value`` overrides, then resolved."""
+    cfg = Config()
+    if preset:
+        data, source = _read_yaml(preset)
+        apply_dict(cfg, data, source)
+    for item in overrides:
+        key, value = parse_override(item)
+        set_value(cfg, key, value)
+    return resolve(cfg)
+
+
+def config_from_dict(data: dict) -> Config:
+    """Rebuild a config saved in a checkpoint or ``config.yaml``."""
+    cfg = Config()
+    apply_dict(cfg, data, "saved config")
+    return resolve(cfg)
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def config_differences(saved: dict, current: dict) -> list[str]:
+    """Keys whose values differ, other than those a resumed run may change."""
+    a, b = _flatten(saved), _flatten(current)
+    return sorted(
+        k for k in set(a) | set(b)
+        if a.get(k) != b.get(k) and not any(k == r or (r.endswith(".") and k.startswith(r)) for r in RESUMABLE_CHANGES)
+    )
+
+
+def save_config(cfg: Config, path: Path) -> None:
+    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -1,0 +1,80 @@
+"""The pre-training input pipeline: a step-indexed sampler and a collator.
+
+Sample ``g`` of the whole run is global sample number ``step * global_batch + j``; its scene,
+augmentation and masking noise are pure functions of (seed, g). So a resumed run, or N ranks
+each taking a slice of every global batch, sees exactly what one uninterrupted process sees.
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from ..config import Config
+from ..errors import ConfigError
+from .scenes import FashionScenes
+
+NOISE_STREAM = 7919  # separates the masking-noise RNG stream from the scene stream
+
+
+class StepSampler(Sampler[list[int]]):
+    """Per step from ``start_step``: this rank's contiguous slice of the global batch's ids."""
+
+    def __init__(self, start_step: int, total_steps: int, global_batch: int, rank: int = 0, world_size: int = 1) -> None:
+        if global_batch % world_size:
+            raise ConfigError(f"train.batch_size={global_batch} must be divisible by the number of ranks ({world_size})")
+        self.start_step, self.total_steps = start_step, total_steps
+        self.global_batch, self.rank = global_batch, rank
+        self.per_rank = global_batch // world_size
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for step in range(self.start_step, self.total_steps):
+            first = step * self.global_batch + self.rank * self.per_rank
+            yield list(range(first, first + self.per_rank))
+
+    def __len__(self) -> int:
+        return max(0, self.total_steps - self.start_step)
+
+
+def masking_noise(seed: int, index: int, num_patches: int) -> torch.Tensor:
+    return torch.from_numpy(np.random.default_rng([seed, NOISE_STREAM, index]).random(num_patches, dtype=np.float32))
+
+
+class PretrainCollator:
+    """Stacks uint8 images, tokenises captions and draws each sample's masking noise."""
+
+    def __init__(self, tokenizer: Callable[[Sequence[str]], torch.Tensor], num_patches: int, seed: int) -> None:
+        self.tokenizer, self.num_patches, self.seed = tokenizer, num_patches, seed
+
+    def __call__(self, samples: list[dict]) -> dict[str, torch.Tensor]:
+        indices = [int(s["index"]) for s in samples]
+        return {
+            "image": torch.stack([s["image"] for s in samples]),
+            "text": self.tokenizer([s["caption"] for s in samples]),
+            "index": torch.tensor(indices),
+            "noise": torch.stack([masking_noise(self.seed, i, self.num_patches) for i in indices]),
+        }
+
+
+def build_pretrain_dataset(cfg: Config) -> Dataset:
+    if cfg.data.name == "fashion-scenes":
+        return FashionScenes(
+            split="train", canvas=cfg.model.img_size, seed=cfg.train.seed, augment=cfg.data.augment, root=cfg.data.root
+        )
+    raise ConfigError(f"data.name must be fashion-scenes, got {cfg.data.name!r}")
+
+
+def build_pretrain_loader(
+    cfg: Config, tokenizer: Callable, num_patches: int, start_step: int, rank: int = 0, world_size: int = 1
+) -> DataLoader:
+    sampler = StepSampler(start_step, cfg.train.steps, cfg.train.batch_size, rank, world_size)
+    return DataLoader(
+        build_pretrain_dataset(cfg),
+        batch_sampler=sampler,
+        collate_fn=PretrainCollator(tokenizer, num_patches, cfg.train.seed),
+        num_workers=cfg.data.num_workers,
+        persistent_workers=False,
+        prefetch_factor=4 if cfg.data.num_workers > 0 else None,
+    )

@@ -1,0 +1,484 @@
+"""The built-in data set "fashion-scenes": real Fashion-MNIST items composed into captioned scenes.
+
+Each scene is a black canvas (64x64 RGB by default) holding 1 to 3 Fashion-MNIST items, each
+scaled to a named size, tinted with a named colour and placed in a named cell of a 3x3 grid. A
+generated caption describes them ("a small red sneaker in the top left next to a blue bag on the
+right."), so that language carries more than a class label. Every scene comes with an exact
+per-pixel class mask and per-item boxes, and is a pure function of (split, seed, index):
+training scenes use only the train split's items, evaluation scenes only the test split's.
+
+Occlusion order: items are drawn in the order the caption first names them, each later item on
+top. An item is opaque wherever its (resized) intensity is non-zero; the mask holds
+1 + class of the topmost item at a pixel where that item's intensity exceeds ITEM_THRESHOLD,
+and 0 (background) elsewhere.
+
+Plain Fashion-MNIST images are evaluated through `render_centred`, which pastes an item exactly
+as a training scene with one large white item in the centre cell (and no jitter) looks.
+"""
+from __future__ import annotations
+
+import math
+import operator
+import re
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from langmim.data.fashion_mnist import CLASS_NAMES, load_fashion_mnist
+from langmim.errors import ConfigError, DataError
+
+__all__ = [
+    "CLASS_NAMES", "COLOURS", "SIZES", "POSITIONS", "NOUNS", "CAPTION_TEMPLATES",
+    "ZEROSHOT_TEMPLATES", "IMAGE_MEAN", "IMAGE_STD", "ITEM_THRESHOLD", "FashionScenes",
+    "FashionMNISTCentred", "collate_scenes", "render_centred", "fill_template", "fix_articles", "to_float",
+]
+
+IMAGE_MEAN: tuple[float, float, float] = (0.5, 0.5, 0.5)
+IMAGE_STD: tuple[float, float, float] = (0.5, 0.5, 0.5)
+
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (230, 30, 30),
+    "green": (40, 200, 40),
+    "blue": (40, 90, 255),
+    "yellow": (250, 230, 30),
+    "orange": (255, 140, 0),
+    "purple": (160, 50, 220),
+    "pink": (255, 110, 190),
+    "cyan": (0, 220, 230),
+    "white": (255, 255, 255),
+    "grey": (150, 150, 150),
+}
+SIZES: dict[str, float] = {"small": 0.34, "large": 0.5}  # item side as a fraction of the canvas
+POSITIONS: tuple[str, ...] = (
+    "top left", "top", "top right",
+    "left", "centre", "right",
+    "bottom left", "bottom", "bottom right",
+)  # row-major 3x3 grid
+CENTRE = POSITIONS.index("centre")
+ITEM_THRESHOLD = 0.15  # intensity above which a pixel belongs to an item in the mask
+MAX_JITTER = 2  # px, random offset of an item from its cell centre
+MAX_SHIFT = 3  # px, random translation when augmenting; small enough to keep positions true
+CENTRED_PROB = 0.5  # chance that a single-item scene sits in the centre cell
+
+NOUNS: tuple[tuple[str, ...], ...] = (
+    ("t-shirt", "tee", "t shirt"),
+    ("trouser", "trousers", "pants"),
+    ("pullover", "sweater", "jumper"),
+    ("dress", "gown"),
+    ("coat", "jacket"),
+    ("sandal", "sandals"),
+    ("shirt", "blouse"),
+    ("sneaker", "trainer", "running shoe"),
+    ("bag", "handbag", "purse"),
+    ("ankle boot", "boot"),
+)  # per class: the canonical CLASS_NAMES name first, then synonyms
+_PLURAL_NOUNS = frozenset({"trousers", "pants", "sandals"})  # take "a pair of"
+CANONICAL_NOUN_PROB = 0.5
+SIZE_WORD_PROB = 0.5
+
+_POSITION_PHRASES: dict[str, tuple[str, ...]] = {
+    "top left": ("in the top left", "at the top left", "in the top left corner"),
+    "top": ("at the top", "in the top middle"),
+    "top right": ("in the top right", "at the top right", "in the top right corner"),
+    "left": ("on the left", "at the left"),
+    "centre": ("in the centre", "in the middle"),
+    "right": ("on the right", "at the right"),
+    "bottom left": ("in the bottom left", "at the bottom left", "in the bottom left corner"),
+    "bottom": ("at the bottom", "in the bottom middle"),
+    "bottom right": ("in the bottom right", "at the bottom right", "in the bottom right corner"),
+}
+CAPTION_TEMPLATES: tuple[str, ...] = (
+    "a photo of {items}.",
+    "{items}.",
+    "an image showing {items}.",
+    "there is {items}.",
+    "a picture with {items}.",
+    "a scene with {items}.",
+    "a black background with {items}.",
+)
+ZEROSHOT_TEMPLATES: tuple[str, ...] = (
+    "a photo of a {}.",
+    "a {} in the centre.",
+    "a large white {} in the middle.",
+    "a white {} in the centre.",
+    "a grey {} in the middle.",
+    "an image showing a large {} in the centre.",
+    "a picture with a {} in the centre.",
+    "there is a {} in the middle.",
+)
+
+_SPLIT_IDS = {"train": 0, "test": 1}
+_SCENE_LENGTHS = {"train": 60000, "test": 10000}
+_ARTICLE = re.compile(r"\b(an?) (?=(\w))")
+_LEFT_RIGHT = re.compile(r"\b(left|right)\b")
+
+
+@dataclass(frozen=True)
+class PlacedItem:
+    """One item of a scene: which Fashion-MNIST image, and how it is drawn."""
+
+    source: int  # index into the split's Fashion-MNIST arrays
+    label: int
+    colour: str
+    size: str
+    cell: int  # index into POSITIONS
+    jitter: tuple[int, int]  # (dx, dy) px from the cell centre
+
+
+@dataclass(frozen=True)
+class Scene:
+    """A rendered scene; boxes are half-open pixel ranges x0 <= x < x1, y0 <= y < y1."""
+
+    image: np.ndarray  # (H, W, 3) uint8
+    mask: np.ndarray  # (H, W) int64, 0 = background, 1 + class
+    boxes: np.ndarray  # (n, 4) int64 x0, y0, x1, y1
+    caption: str
+    positions: tuple[str, ...]
+
+
+# ---------------------------------------------------------------- rendering
+
+
+def _side(size: str, canvas: int) -> int:
+    return round(SIZES[size] * canvas)
+
+
+def _origin(cell: int, jitter: tuple[int, int], side: int, canvas: int) -> tuple[int, int]:
+    """Top-left corner (x0, y0) of an item centred on its cell centre plus jitter, kept inside."""
+    row, col = divmod(cell, 3)
+    x0, y0 = (math.floor(canvas * (k + 1) / 4 - side / 2 + 0.5) + j
+              for k, j in ((col, jitter[0]), (row, jitter[1])))
+    return min(max(x0, 0), canvas - side), min(max(y0, 0), canvas - side)
+
+
+def _resize(item: np.ndarray, side: int) -> np.ndarray:
+    """PIL bilinear resize of a uint8 (H, W) item to side x side."""
+    return np.asarray(Image.fromarray(item).resize((side, side), Image.BILINEAR))
+
+
+def _colour_table(rgb: tuple[int, int, int]) -> np.ndarray:
+    """(256, 3) lookup: intensity v -> round(v / 255 * rgb); white maps v to itself."""
+    v = np.arange(256, dtype=np.int64)[:, None]
+    return ((v * np.asarray(rgb) + 127) // 255).astype(np.uint8)
+
+
+_COLOUR_TABLES = {name: _colour_table(rgb) for name, rgb in COLOURS.items()}
+
+
+def _paste(
+    image: np.ndarray, mask: np.ndarray, patch: np.ndarray, placed: PlacedItem
+) -> np.ndarray:
+    """Draw one resized item over `image`/`mask` in place; return its box (x0, y0, x1, y1)."""
+    side = patch.shape[0]
+    x0, y0 = _origin(placed.cell, placed.jitter, side, image.shape[0])
+    covered = patch > 0
+    region = (slice(y0, y0 + side), slice(x0, x0 + side))
+    tinted = _COLOUR_TABLES[placed.colour].take(patch, axis=0)  # take: 4x faster than [patch]
+    np.copyto(image[region], tinted, where=covered[..., None])
+    np.copyto(mask[region], (patch > ITEM_THRESHOLD * 255) * (1 + placed.label), where=covered)
+    rows, cols = np.flatnonzero(covered.any(axis=1)), np.flatnonzero(covered.any(axis=0))
+    if rows.size == 0:
+        return np.array([x0, y0, x0, y0], dtype=np.int64)
+    return np.array([x0 + cols[0], y0 + rows[0], x0 + cols[-1] + 1, y0 + rows[-1] + 1],
+                    dtype=np.int64)
+
+
+def _render_scene(
+    items: Sequence[PlacedItem], patches: Sequence[np.ndarray], canvas: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Draw items (each with its patch resized by `_resize`) in order, later on top.
+
+    Returns image (H, W, 3) uint8, mask (H, W) int64 and boxes (n, 4) int64.
+    """
+    image = np.zeros((canvas, canvas, 3), dtype=np.uint8)
+    mask = np.zeros((canvas, canvas), dtype=np.int64)
+    boxes = [_paste(image, mask, patch, item) for item, patch in zip(items, patches)]
+    return image, mask, np.stack(boxes).reshape(-1, 4)
+
+
+def render_centred(item: np.ndarray, canvas: int = 64, colour: str = "white") -> np.ndarray:
+    """Render a plain Fashion-MNIST image as a single large item in the centre cell.
+
+    This is the one shared transform for evaluating on plain images: the result equals a
+    training scene with one large item of `colour` in the centre cell and no jitter.
+    Returns uint8 (canvas, canvas, 3).
+    """
+    if colour not in COLOURS:
+        raise ValueError(f"unknown colour {colour!r}; expected one of {', '.join(COLOURS)}")
+    if item.dtype != np.uint8 or item.ndim != 2:
+        raise ValueError(f"render_centred needs a uint8 (H, W) image, got {item.dtype} "
+                         f"{tuple(item.shape)}")
+    placed = PlacedItem(source=0, label=0, colour=colour, size="large", cell=CENTRE,
+                        jitter=(0, 0))
+    return _render_scene([placed], [_resize(item, _side("large", canvas))], canvas)[0]
+
+
+# ---------------------------------------------------------------- captions
+
+
+def _randint(rng: np.random.Generator, high: int, size: int | tuple[int, ...] | None = None) -> Any:
+    """Uniform integers in [0, high): one float draw each, several times faster than
+    Generator.integers for the tiny draws a scene needs."""
+    if size is None:
+        return int(rng.random() * high)
+    return (rng.random(size) * high).astype(np.int64)
+
+
+def fill_template(template: str, name: str) -> str:
+    """Put a class name into a zero-shot template, fixing "a"/"an" ("an ankle boot")."""
+    return fix_articles(template.format(name))
+
+
+def fix_articles(text: str) -> str:
+    """Make every article "an" before a vowel and "a" before anything else."""
+    return _ARTICLE.sub(lambda m: ("an " if m.group(2) in "aeiou" else "a "), text)
+
+
+def _pick(options: Sequence[str], rng: np.random.Generator) -> str:
+    return options[_randint(rng, len(options))]
+
+
+def _noun(label: int, rng: np.random.Generator) -> str:
+    canonical, *synonyms = NOUNS[label]
+    return canonical if rng.random() < CANONICAL_NOUN_PROB else _pick(synonyms, rng)
+
+
+def _item_phrase(item: PlacedItem, rng: np.random.Generator) -> str:
+    """E.g. "a small red sneaker in the top left"; articles are fixed later."""
+    size = f"{item.size} " if rng.random() < SIZE_WORD_PROB else ""
+    noun = _noun(item.label, rng)
+    article = "a pair of" if noun in _PLURAL_NOUNS else "a"
+    position = _pick(_POSITION_PHRASES[POSITIONS[item.cell]], rng)
+    return f"{article} {size}{item.colour} {noun} {position}"
+
+
+def _relations(cell_a: int, cell_b: int) -> list[str]:
+    """Words true of item a relative to item b (always including the neutral "and")."""
+    (row_a, col_a), (row_b, col_b) = divmod(cell_a, 3), divmod(cell_b, 3)
+    words = ["and"]
+    if row_a == row_b and abs(col_a - col_b) == 1:
+        words.append("next to")
+    if row_a != row_b:
+        words.append("above" if row_a < row_b else "below")
+    if col_a != col_b:
+        words.append("to the left of" if col_a < col_b else "to the right of")
+    return words
+
+
+def _join(phrases: list[str], relation: str) -> str:
+    """"A rel B" / "A rel B, and C" / "A and B" / "A, B and C"."""
+    if relation == "and" or len(phrases) == 1:
+        units = phrases
+    else:
+        units = [f"{phrases[0]} {relation} {phrases[1]}", *phrases[2:]]
+    if len(units) == 1:
+        return units[0]
+    last = ", and " if relation != "and" else " and "
+    return ", ".join(units[:-1]) + last + units[-1]
+
+
+def _caption(items: Sequence[PlacedItem], rng: np.random.Generator) -> str:
+    template = _pick(CAPTION_TEMPLATES, rng)
+    phrases = [_item_phrase(item, rng) for item in items]
+    relation = _pick(_relations(items[0].cell, items[1].cell), rng) if len(items) > 1 else "and"
+    return fix_articles(template.format(items=_join(phrases, relation)))
+
+
+# ---------------------------------------------------------------- sampling and augmentation
+
+
+def _sample_items(
+    rng: np.random.Generator, labels: np.ndarray, cum_probs: np.ndarray
+) -> list[PlacedItem]:
+    """Draw the number of items, their distinct cells, sources, colours, sizes and jitters.
+
+    `cum_probs` is the cumulative distribution of the item count (1, 2, ...), ending in 1.
+    """
+    count = 1 + int(np.searchsorted(cum_probs, rng.random(), side="right"))
+    if count == 1 and rng.random() < CENTRED_PROB:
+        cells = np.array([CENTRE])
+    else:
+        cells = rng.permutation(len(POSITIONS))[:count]
+    sources = _randint(rng, len(labels), count)
+    colours = _randint(rng, len(COLOURS), count)
+    sizes = _randint(rng, len(SIZES), count)
+    jitters = _randint(rng, 2 * MAX_JITTER + 1, (count, 2)) - MAX_JITTER
+    colour_names, size_names = list(COLOURS), list(SIZES)
+    return [
+        PlacedItem(source=int(s), label=int(labels[s]), colour=colour_names[c],
+                   size=size_names[z], cell=int(cell), jitter=(int(j[0]), int(j[1])))
+        for s, c, z, cell, j in zip(sources, colours, sizes, cells, jitters)
+    ]
+
+
+def _swap_left_right(text: str) -> str:
+    return _LEFT_RIGHT.sub(lambda m: "right" if m.group(1) == "left" else "left", text)
+
+
+def _hflip(scene: Scene) -> Scene:
+    """Mirror image, mask and boxes, and swap "left"/"right" so the caption stays true."""
+    width = scene.image.shape[1]
+    boxes = scene.boxes.copy()
+    boxes[:, [0, 2]] = width - scene.boxes[:, [2, 0]]
+    return Scene(image=scene.image[:, ::-1], mask=scene.mask[:, ::-1], boxes=boxes,
+                 caption=_swap_left_right(scene.caption),
+                 positions=tuple(_swap_left_right(p) for p in scene.positions))
+
+
+def _shift(array: np.ndarray, dx: int, dy: int) -> np.ndarray:
+    """Translate by (dx, dy) px, filling the uncovered border with zeros (background)."""
+    out = np.zeros_like(array)
+    height, width = array.shape[:2]
+    out[max(dy, 0):height + min(dy, 0), max(dx, 0):width + min(dx, 0)] = \
+        array[max(-dy, 0):height - max(dy, 0), max(-dx, 0):width - max(dx, 0)]
+    return out
+
+
+def _translate(scene: Scene, dx: int, dy: int) -> Scene:
+    height, width = scene.mask.shape
+    boxes = np.clip(scene.boxes + np.array([dx, dy, dx, dy]), 0, [width, height, width, height])
+    return Scene(image=_shift(scene.image, dx, dy), mask=_shift(scene.mask, dx, dy),
+                 boxes=boxes, caption=scene.caption, positions=scene.positions)
+
+
+# ---------------------------------------------------------------- data sets
+
+
+def _to_chw(image: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+
+
+def _cumulative_item_probs(item_probs: Sequence[float]) -> np.ndarray:
+    """Validate the item-count weights; return their cumulative distribution."""
+    probs = np.asarray(item_probs, dtype=np.float64)
+    if probs.ndim != 1 or not 1 <= probs.size <= len(POSITIONS) or (probs < 0).any() \
+            or probs.sum() <= 0:
+        raise ConfigError(f"item_probs must be 1 to {len(POSITIONS)} non-negative weights for "
+                          f"1, 2, ... items per scene, got {list(item_probs)}")
+    cum = np.cumsum(probs / probs.sum())
+    cum[-1] = 1.0  # no rounding gap above the last count
+    return cum
+
+
+class FashionScenes(Dataset):
+    """Captioned Fashion-MNIST scenes, a deterministic procedural stream.
+
+    Sample i is a pure function of (split, seed, i); any non-negative i is valid (training
+    indexes by global sample number), `length` only sets what `len()` reports. With `augment`,
+    a horizontal flip (p=0.5; swaps left/right in the caption) and a translation of at most
+    MAX_SHIFT px are applied on top of the very same scene.
+    """
+
+    def __init__(
+        self,
+        split: str = "train",
+        canvas: int = 64,
+        seed: int = 0,
+        length: int | None = None,
+        augment: bool = False,
+        item_probs: Sequence[float] = (0.5, 0.3, 0.2),
+        root: str | None = None,
+    ) -> None:
+        if canvas < 16:
+            raise ConfigError(f"scene canvas must be at least 16 px, got {canvas}")
+        self.images, self.labels = load_fashion_mnist(split, root)
+        self.split, self.canvas, self.seed, self.augment = split, canvas, seed, augment
+        self.cum_item_probs = _cumulative_item_probs(item_probs)
+        self.length = _SCENE_LENGTHS[split] if length is None else length
+        self._patches: dict[tuple[int, int], np.ndarray] = {}
+
+    def _patch(self, source: int, side: int) -> np.ndarray:
+        """Item `source` resized to side x side, memoised: resizing is the costliest step.
+
+        The memo holds at most two sizes per item: up to about 90 MB per process for "train".
+        """
+        key = (source, side)
+        if key not in self._patches:
+            self._patches[key] = _resize(self.images[source], side)
+        return self._patches[key]
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        """Scene `index`: "image" uint8 (3,H,W), "caption", "mask" int64 (H,W), "index", and per
+        item (in drawing order) "labels", "boxes" (n,4), "item_indices" (into the split),
+        "colours", "sizes", "positions"; "flipped" and "shift" record the augmentation."""
+        index = operator.index(index)
+        if index < 0:
+            raise IndexError(f"scene index must be non-negative, got {index}")
+        rng = np.random.default_rng([self.seed, _SPLIT_IDS[self.split], index])
+        items = _sample_items(rng, self.labels, self.cum_item_probs)
+        patches = [self._patch(it.source, _side(it.size, self.canvas)) for it in items]
+        image, mask, boxes = _render_scene(items, patches, self.canvas)
+        scene = Scene(image, mask, boxes, _caption(items, rng),
+                      tuple(POSITIONS[it.cell] for it in items))
+        flipped, shift = False, (0, 0)
+        if self.augment:  # drawn after the scene, so augmented scenes differ only by these
+            flipped = bool(rng.random() < 0.5)
+            shift = tuple(int(s) - MAX_SHIFT for s in _randint(rng, 2 * MAX_SHIFT + 1, 2))
+            scene = _translate(_hflip(scene) if flipped else scene, *shift)
+        return {
+            "image": _to_chw(scene.image),
+            "caption": scene.caption,
+            "mask": torch.from_numpy(np.ascontiguousarray(scene.mask)),
+            "index": index,
+            "labels": torch.from_numpy(np.array([it.label for it in items], dtype=np.int64)),
+            "boxes": torch.from_numpy(scene.boxes),
+            "item_indices": torch.from_numpy(np.array([it.source for it in items],
+                                                      dtype=np.int64)),
+            "colours": [it.colour for it in items],
+            "sizes": [it.size for it in items],
+            "positions": list(scene.positions),
+            "flipped": flipped,
+            "shift": shift,
+        }
+
+
+def collate_scenes(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Stack images, masks and indices; keep captions and per-item fields as lists."""
+    batch: dict[str, Any] = {
+        "image": torch.stack([s["image"] for s in samples]),
+        "mask": torch.stack([s["mask"] for s in samples]),
+        "index": torch.tensor([s["index"] for s in samples], dtype=torch.int64),
+    }
+    for key in samples[0]:
+        batch.setdefault(key, [s[key] for s in samples])
+    return batch
+
+
+class FashionMNISTCentred(Dataset):
+    """Plain Fashion-MNIST images rendered by `render_centred`; yields (uint8 (3,H,W), label)."""
+
+    def __init__(
+        self,
+        split: str,
+        canvas: int = 64,
+        indices: Sequence[int] | np.ndarray | None = None,
+        root: str | None = None,
+    ) -> None:
+        self.images, labels = load_fashion_mnist(split, root)
+        n = len(labels)
+        self.indices = np.arange(n) if indices is None else np.asarray(indices, dtype=np.int64)
+        if self.indices.size and (self.indices.min() < 0 or self.indices.max() >= n):
+            raise DataError(f"Fashion-MNIST {split} indices must lie in 0..{n - 1}")
+        self.labels = labels[self.indices]
+        self.canvas = canvas
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        image = render_centred(self.images[self.indices[i]], self.canvas)
+        return _to_chw(image), int(self.labels[i])
+
+
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (3,H,W) or (B,3,H,W) -> float normalised with IMAGE_MEAN and IMAGE_STD."""
+    mean = torch.tensor(IMAGE_MEAN, device=images.device).view(-1, 1, 1)
+    std = torch.tensor(IMAGE_STD, device=images.device).view(-1, 1, 1)
+    return (images.float() / 255 - mean) / std

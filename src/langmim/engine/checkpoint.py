@@ -1,0 +1,122 @@
+"""Full-state checkpoints, written atomically and loadable with ``torch.load(weights_only=True)``.
+
+A checkpoint holds plain containers and tensors only (RNG states as tensors, the config as a
+dict), so loading never unpickles code. Files are ``checkpoint-<step>.pt`` in the run
+directory; a write goes to a temporary file that is fsynced and then renamed, so a killed
+run leaves either the old set of checkpoints or the new one, never half a file.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import subprocess
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import CheckpointError
+
+SCHEMA_VERSION = 1
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)\.pt$")
+
+
+def git_revision() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+            capture_output=True, text=True, timeout=5, check=False,
+        )
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def versions() -> dict[str, str]:
+    from .. import __version__
+
+    return {"langmim": __version__, "torch": str(torch.__version__), "git": git_revision()}
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """torch.save to a temporary file in the same directory, fsync, then rename over ``path``."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def checkpoint_path(run_dir: Path, step: int) -> Path:
+    return run_dir / f"checkpoint-{step:08d}.pt"
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoints in ``run_dir``, oldest first (temporary files are ignored)."""
+    if not run_dir.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in run_dir.iterdir() if (m := CHECKPOINT_RE.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def prune_checkpoints(run_dir: Path, keep: int) -> None:
+    for old in list_checkpoints(run_dir)[:-keep]:
+        old.unlink(missing_ok=True)
+
+
+def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a langmim checkpoint, refusing truncated, foreign or code-carrying files clearly."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint '{path}' does not exist")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else "disallowed content"
+        raise CheckpointError(f"checkpoint '{path}' holds objects that loading would have to run as code; refused ({first[:160]})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
+        raise CheckpointError(f"checkpoint '{path}' is truncated or not a torch checkpoint ({type(err).__name__})") from None
+    if not isinstance(state, dict) or state.get("format") != "langmim" or "model" not in state:
+        raise CheckpointError(f"checkpoint '{path}' is not a langmim checkpoint (no 'format: langmim' entry)")
+    if state.get("schema_version", 0) > SCHEMA_VERSION:
+        raise CheckpointError(
+            f"checkpoint '{path}' has schema version {state['schema_version']}; this langmim reads up to {SCHEMA_VERSION}"
+        )
+    return state
+
+
+def resolve_checkpoint(path_or_run: Path | str) -> Path:
+    """A checkpoint file, or the newest checkpoint in a run directory."""
+    path = Path(path_or_run)
+    if path.is_dir():
+        found = list_checkpoints(path)
+        if not found:
+            raise CheckpointError(f"run directory '{path}' holds no checkpoint-*.pt file")
+        return found[-1]
+    if not path.exists():
+        raise CheckpointError(f"checkpoint '{path}' does not exist")
+    return path

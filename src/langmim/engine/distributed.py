@@ -1,0 +1,77 @@
+"""torch.distributed helpers that degrade to no-ops in a single process."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.distributed.nn.functional as dist_fn
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``x`` from every rank along dim 0; gradients flow back to each rank's part."""
+    if not is_distributed():
+        return x
+    return torch.cat(dist_fn.all_gather(x), dim=0)
+
+
+def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
+    """Sum of a (detached) tensor over ranks."""
+    if not is_distributed():
+        return x
+    x = x.detach().clone()
+    dist.all_reduce(x)
+    return x
+
+
+@dataclass
+class DistInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+
+def pick_device(name: str, local_rank: int = 0) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", local_rank)
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda":
+        return torch.device("cuda", local_rank)
+    return torch.device(name)
+
+
+def setup(device_name: str) -> DistInfo:
+    """Initialise the process group when launched by torchrun (NCCL on CUDA, Gloo otherwise)."""
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    device = pick_device(device_name, local_rank)
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not is_distributed():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return DistInfo(rank(), world_size(), local_rank, device)
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()

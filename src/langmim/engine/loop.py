@@ -1,0 +1,211 @@
+"""The shared pre-training loop: any method, one process or torchrun, resumable."""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from ..config import Config, config_differences, config_from_dict, save_config, to_dict
+from ..data.pretrain import build_pretrain_loader
+from ..data.scenes import to_float
+from ..errors import CheckpointError, LangmimError
+from ..methods import build_method
+from ..methods.base import PretrainMethod
+from ..models.text import build_tokenizer
+from . import distributed
+from .checkpoint import (
+    SCHEMA_VERSION, atomic_save, checkpoint_path, list_checkpoints, load_checkpoint, prune_checkpoints,
+    rng_state, set_rng_state, versions,
+)
+from .logger import MetricLogger
+from .optim import build_optimizer, build_scheduler
+
+
+class TrainingDiverged(LangmimError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def prepare_run_dir(path: Path, resuming: bool) -> None:
+    """Create the run directory, refusing one we cannot write or would overwrite."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise LangmimError(f"run directory '{path}' is not writable ({err.strerror})") from None
+    if not resuming and list_checkpoints(path):
+        raise LangmimError(
+            f"run directory '{path}' already holds checkpoints; pass --resume latest to continue it "
+            "or set output_dir= to a new directory"
+        )
+
+
+def find_resume_checkpoint(resume: str | None, run_dir: Path) -> Path | None:
+    """``latest`` -> newest checkpoint in the run dir (None if there is none yet), else a path."""
+    if resume is None:
+        return None
+    if resume == "latest":
+        found = list_checkpoints(run_dir)
+        return found[-1] if found else None
+    return Path(resume)
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def move(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    out = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    out["image"] = to_float(out["image"])
+    return out
+
+
+def split_batch(batch: dict[str, torch.Tensor], parts: int) -> list[dict[str, torch.Tensor]]:
+    chunks = {k: v.chunk(parts) for k, v in batch.items()}
+    return [{k: chunks[k][i] for k in batch} for i in range(parts)]
+
+
+class Trainer:
+    """Runs one optimisation step per global batch, with gradient accumulation.
+
+    Objectives that couple samples (contrastive) accumulate like open_clip's ``accum_freq``:
+    features of all micro-batches are first computed without gradient, then each micro-batch
+    is recomputed with gradient and the loss is taken over the whole batch with the others'
+    cached features, so negatives, prototypes and c_i are those of the full batch.
+    """
+
+    def __init__(self, cfg: Config, method: PretrainMethod, device: torch.device) -> None:
+        self.cfg, self.method, self.device = cfg, method, device
+        self.model: nn.Module = method
+        if distributed.world_size() > 1:
+            ids = [device.index] if device.type == "cuda" else None
+            self.model = DistributedDataParallel(method, device_ids=ids)
+        self.optimizer = build_optimizer(method, cfg.train)
+        self.scheduler = build_scheduler(self.optimizer, cfg.train)
+
+    def _sync_context(self, last: bool) -> contextlib.AbstractContextManager:
+        if isinstance(self.model, DistributedDataParallel) and not last:
+            return self.model.no_sync()
+        return contextlib.nullcontext()
+
+    def step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        cfg, parts = self.cfg.train, self.cfg.train.accum_freq
+        micro = split_batch(batch, parts)
+        cached = None
+        if parts > 1 and self.method.batch_coupled:
+            with torch.no_grad(), autocast(self.device, cfg.precision):
+                cached = [self.method.features(mb) for mb in micro]
+        figures: dict[str, float] = {}
+        for i, mb in enumerate(micro):
+            with self._sync_context(i == parts - 1), autocast(self.device, cfg.precision):
+                out = self.model(mb, cached, i) if cached is not None else self.model(mb)
+                loss = out["loss"] if cached is not None else out["loss"] / parts
+            loss.backward()
+            for key, value in out.items():
+                figures[key] = figures.get(key, 0.0) + float(value.detach()) / parts
+        if cfg.grad_clip > 0:
+            figures["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.method.parameters(), cfg.grad_clip))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        return figures
+
+    def state_dict(self, step: int) -> dict[str, Any]:
+        return {
+            "format": "langmim",
+            "schema_version": SCHEMA_VERSION,
+            "method": self.cfg.method,
+            "step": step,
+            "data_position": {"next_sample": step * self.cfg.train.batch_size},
+            "model": self.method.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": rng_state(),
+            "config": to_dict(self.cfg),
+            "versions": versions(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> int:
+        self.method.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        return int(state["step"])
+
+
+def check_resumable(state: dict[str, Any], cfg: Config, path: Path) -> None:
+    saved = to_dict(config_from_dict(state["config"]))
+    diffs = config_differences(saved, to_dict(cfg))
+    if diffs:
+        shown = ", ".join(f"{k} (checkpoint: {_get(saved, k)!r}, now: {_get(to_dict(cfg), k)!r})" for k in diffs[:4])
+        raise CheckpointError(f"cannot resume from '{path}': the config differs in {shown}")
+
+
+def _get(data: dict, dotted: str) -> Any:
+    for part in dotted.split("."):
+        data = data.get(part, {}) if isinstance(data, dict) else None
+    return data
+
+
+def pretrain(cfg: Config, resume: str | None = None, log_tensorboard: bool = True, stop_after: int | None = None) -> Path:
+    """Pre-train ``cfg.method`` and return the run directory (checkpoints, metrics, config).
+
+    ``stop_after`` ends this invocation after that global step (with a checkpoint), leaving the
+    schedule of ``train.steps`` intact: a time-boxed job continues later with ``resume``.
+    """
+    info = distributed.setup(cfg.train.device)
+    run_dir = Path(cfg.output_dir)
+    resume_path = find_resume_checkpoint(resume, run_dir)
+    if distributed.is_main():
+        prepare_run_dir(run_dir, resuming=resume is not None)
+    state = load_checkpoint(resume_path) if resume_path is not None else None
+    if state is not None:
+        check_resumable(state, cfg, resume_path)
+
+    torch.manual_seed(cfg.train.seed)
+    method = build_method(cfg).to(info.device)
+    trainer = Trainer(cfg, method, info.device)
+    start_step = trainer.load_state_dict(state) if state is not None else 0
+    if distributed.is_main():
+        save_config(cfg, run_dir / "config.yaml")
+
+    tokenizer = build_tokenizer(cfg.model.context_length) if method.has_text else (lambda texts: torch.zeros(len(texts), 1, dtype=torch.long))
+    loader = build_pretrain_loader(cfg, tokenizer, method.visual.num_patches, start_step, info.rank, info.world_size)
+    logger = MetricLogger(run_dir, cfg.train.steps, start_step, distributed.is_main(), log_tensorboard)
+    method.train()
+    step = start_step
+    try:
+        fetch_start = time.perf_counter()
+        for batch in loader:
+            data_time = time.perf_counter() - fetch_start
+            figures = trainer.step(move(batch, info.device))
+            step += 1
+            if not math.isfinite(figures["loss"]):
+                raise TrainingDiverged(f"loss became {figures['loss']} at step {step}; the last good checkpoint is kept in '{run_dir}'")
+            logger.update(figures, batch["image"].shape[0] * info.world_size, data_time)
+            if step % cfg.train.log_every == 0 or step == cfg.train.steps:
+                logger.flush(step, trainer.optimizer.param_groups[0]["lr"])
+            if step % cfg.train.ckpt_every == 0 or step in (cfg.train.steps, stop_after):
+                save_checkpoint(trainer, run_dir, step, cfg.train.keep_checkpoints)
+            if step == stop_after:
+                break
+            fetch_start = time.perf_counter()
+    finally:
+        logger.close()
+    return run_dir
+
+
+def save_checkpoint(trainer: Trainer, run_dir: Path, step: int, keep: int) -> None:
+    if distributed.is_main():
+        atomic_save(trainer.state_dict(step), checkpoint_path(run_dir, step))
+        prune_checkpoints(run_dir, keep)
+    distributed.barrier()

@@ -1,0 +1,55 @@
+"""Zero-shot classification from text embeddings of prompted class names (CLIP / SLIP)."""
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from langmim.eval.metrics import mean_per_class_recall, topk_accuracy
+
+
+@torch.no_grad()
+def zeroshot_classifier(
+    model: nn.Module,
+    classnames: Sequence[str],
+    templates: Sequence[str],
+    fill: Callable[[str, str], str] | None = None,
+) -> Tensor:
+    """(E, C) matrix whose column c is the normalised mean of the normalised text embeddings
+    of class c under every template.
+
+    `model` needs a `tokenizer(list[str]) -> LongTensor` and `encode_text(tokens) -> (n, E)`.
+    A template is filled with `fill(template, name)` if given, else `template.format(name)`.
+    The model runs in eval mode; its previous mode is restored afterwards.
+    """
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    try:
+        columns = []
+        for name in classnames:
+            texts = [fill(t, name) if fill else t.format(name) for t in templates]
+            embeddings = model.encode_text(model.tokenizer(texts).to(device)).float()
+            columns.append(F.normalize(F.normalize(embeddings, dim=-1).mean(dim=0), dim=0))
+    finally:
+        model.train(was_training)
+    return torch.stack(columns, dim=1)
+
+
+@torch.no_grad()
+def zeroshot_scores(
+    image_embeddings: Tensor, labels: Tensor, classifier: Tensor
+) -> dict[str, float]:
+    """Top-1, top-5 and mean per-class recall (percent) of argmax-cosine zero-shot predictions."""
+    device = image_embeddings.device
+    logits = F.normalize(image_embeddings.float(), dim=-1) @ classifier.float().to(device)
+    labels = labels.to(device)
+    top = topk_accuracy(logits, labels, ks=(1, 5))
+    return {
+        "top1": top[1],
+        "top5": top[5],
+        "mean_per_class_recall": mean_per_class_recall(
+            logits.argmax(dim=1), labels, classifier.shape[1]
+        ),
+    }

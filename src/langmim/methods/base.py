@@ -1,0 +1,102 @@
+"""What every pre-training method shares: the masked ViT, the batch -> features -> losses split,
+and the inference API (``encode_image`` / ``encode_text``)."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from open_clip.loss import ClipLoss
+from torch import nn
+
+from ..config import Config
+from ..engine import distributed
+from ..errors import LangmimError
+from ..models.masking import Masking, mask_from_noise, num_visible
+from ..models.text import build_text_tower
+from ..models.vit import MaskedVisionTransformer
+
+LOGIT_SCALE_INIT = math.log(1 / 0.07)
+LOGIT_SCALE_MAX = math.log(100)
+
+
+class PretrainMethod(nn.Module):
+    """A model plus its objective. ``features`` maps a batch to per-sample tensors (dim 0 is the
+    sample) and ``loss`` maps them to a dict with ``loss`` and logged figures. The split lets the
+    engine cache features across accumulation steps for objectives that couple samples."""
+
+    name = ""
+    has_text = False
+    batch_coupled = False  # True where one sample's loss depends on the others (contrastive)
+
+    def __init__(self, cfg: Config) -> None:
+        super().__init__()
+        m = cfg.model
+        self.visual = MaskedVisionTransformer(m.img_size, m.patch_size, m.width, m.depth, m.heads, m.mlp_ratio)
+        self.num_keep = num_visible(self.visual.num_patches, cfg.loss.mask_ratio)
+
+    def masking(self, batch: dict) -> Masking:
+        return mask_from_noise(batch["noise"], self.num_keep)
+
+    def features(self, batch: dict) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def loss(self, feats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def forward(self, batch: dict, cached: list[dict] | None = None, index: int = 0) -> dict[str, torch.Tensor]:
+        """Losses of a batch; with ``cached`` features of the other micro-batches (gradient
+        accumulation), the loss covers the whole batch and only micro-batch ``index`` is live."""
+        feats = self.features(batch)
+        if cached is not None:
+            parts = cached[:index] + [feats] + cached[index + 1:]
+            feats = {k: torch.cat([p[k] for p in parts]) for k in feats}
+        return self.loss(feats)
+
+    def image_embedding(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Un-normalised image embedding from encoder tokens: the patch-token mean."""
+        return self.visual.pool(tokens, "mean")
+
+    def encode_image(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        emb = self.image_embedding(self.visual.forward_features(images))
+        return F.normalize(emb, dim=-1) if normalize else emb
+
+    def encode_text(self, tokens: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        raise LangmimError(f"method '{self.name}' has no text tower; encode_text needs a CLIP or RILS checkpoint")
+
+
+class ImageTextMethod(PretrainMethod):
+    """Adds the CLIP text tower, the image projection W (D x E, no bias) and the logit scale."""
+
+    has_text = True
+    batch_coupled = True
+
+    def __init__(self, cfg: Config) -> None:
+        super().__init__(cfg)
+        m = cfg.model
+        self.text = build_text_tower(m.text_width, m.text_depth, m.text_heads, m.context_length, m.embed_dim)
+        self.image_projection = nn.Parameter(torch.randn(m.width, m.embed_dim) * m.width**-0.5)
+        self.logit_scale = nn.Parameter(torch.tensor(LOGIT_SCALE_INIT))
+
+    def image_embedding(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.visual.pool(tokens, "mean") @ self.image_projection
+
+    def patch_embeddings(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Each patch token projected into the joint space and normalised: (B, N, E)."""
+        return F.normalize(tokens[:, 1:] @ self.image_projection, dim=-1)
+
+    def encode_text(self, tokens: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        emb = self.text(tokens)
+        return F.normalize(emb, dim=-1) if normalize else emb
+
+    def scale_per_sample(self, batch_size: int) -> torch.Tensor:
+        """exp(logit scale), clamped at 100, repeated per sample: with cached accumulation
+        features only the live micro-batch's copy carries a gradient, so the mean over the
+        batch gives the scale exactly one full-batch gradient."""
+        return self.logit_scale.clamp(max=LOGIT_SCALE_MAX).exp().expand(batch_size)
+
+    @staticmethod
+    def contrastive_loss(image_embed: torch.Tensor, text_embed: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """Symmetric InfoNCE over all ranks' features, gathered with gradient (open_clip local loss)."""
+        loss_fn = ClipLoss(local_loss=True, gather_with_grad=True, rank=distributed.rank(), world_size=distributed.world_size())
+        return loss_fn(image_embed, text_embed, scale.mean())

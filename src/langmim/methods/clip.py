@@ -1,0 +1,25 @@
+"""CLIP baseline (Radford et al. 2021) with RILS's image pooling (mean of patch tokens), so
+CLIP and RILS differ only in the objective."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .base import ImageTextMethod
+
+
+class CLIP(ImageTextMethod):
+    name = "clip"
+
+    def features(self, batch: dict) -> dict[str, torch.Tensor]:
+        tokens = self.visual.forward_features(batch["image"])
+        return {
+            "image_embed": F.normalize(self.image_embedding(tokens), dim=-1),
+            "text_embed": self.encode_text(batch["text"]),
+            "logit_scale": self.scale_per_sample(tokens.shape[0]),
+        }
+
+    def loss(self, feats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        scale = feats["logit_scale"]
+        loss = self.contrastive_loss(feats["image_embed"].float(), feats["text_embed"].float(), scale)
+        return {"loss": loss, "loss_clip": loss.detach(), "logit_scale": scale.mean().detach()}

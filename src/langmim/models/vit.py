@@ -1,0 +1,89 @@
+"""Masked ViT encoder: timm blocks, fixed sin-cos positions, runs on all patches or a subset.
+
+The parameter names follow timm's ``VisionTransformer`` (``patch_embed``, ``cls_token``,
+``pos_embed``, ``blocks``, ``norm``) so the vision tower exports to timm without renaming.
+"""
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+from timm.layers import PatchEmbed
+from timm.models.vision_transformer import Block
+from torch import nn
+
+from .pos_embed import sincos_2d
+
+
+def init_transformer_weights(module: nn.Module) -> None:
+    """MAE's initialisation: xavier-uniform linears, zero biases, unit LayerNorms."""
+    if isinstance(module, nn.Linear):
+        nn.init.xavier_uniform_(module.weight)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+def vit_blocks(width: int, depth: int, heads: int, mlp_ratio: float = 4.0) -> nn.Sequential:
+    """Pre-norm timm blocks (LayerNorm eps 1e-6); attention uses scaled_dot_product_attention."""
+    norm = partial(nn.LayerNorm, eps=1e-6)
+    return nn.Sequential(
+        *[Block(width, heads, mlp_ratio, qkv_bias=True, norm_layer=norm) for _ in range(depth)]
+    )
+
+
+class MaskedVisionTransformer(nn.Module):
+    """ViT with a CLS token whose forward takes optional ``ids_keep``: the encoder then pays
+    only for the kept (visible) patches, as in MAE."""
+
+    def __init__(
+        self,
+        img_size: int,
+        patch_size: int,
+        width: int,
+        depth: int,
+        heads: int,
+        mlp_ratio: float = 4.0,
+        in_chans: int = 3,
+    ) -> None:
+        super().__init__()
+        self.patch_size = patch_size
+        self.width = width
+        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, width)
+        self.grid_size = self.patch_embed.grid_size[0]
+        self.num_patches = self.patch_embed.num_patches
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, width))
+        self.register_buffer("pos_embed", sincos_2d(width, self.grid_size, cls_token=True))
+        self.blocks = vit_blocks(width, depth, heads, mlp_ratio)
+        self.norm = nn.LayerNorm(width, eps=1e-6)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        proj = self.patch_embed.proj.weight
+        nn.init.xavier_uniform_(proj.view(proj.shape[0], -1))
+        nn.init.normal_(self.cls_token, std=0.02)
+        self.apply(init_transformer_weights)
+
+    def forward_features(self, images: torch.Tensor, ids_keep: torch.Tensor | None = None) -> torch.Tensor:
+        """Tokens after the final norm: (B, 1 + N, D), or (B, 1 + K, D) for K kept patches."""
+        tokens = self.patch_embed(images) + self.pos_embed[:, 1:]
+        if ids_keep is not None:
+            index = ids_keep.unsqueeze(-1).expand(-1, -1, tokens.shape[-1])
+            tokens = torch.gather(tokens, 1, index)
+        cls = (self.cls_token + self.pos_embed[:, :1]).expand(tokens.shape[0], -1, -1)
+        tokens = self.blocks(torch.cat([cls, tokens], dim=1))
+        return self.norm(tokens)
+
+    @staticmethod
+    def pool(tokens: torch.Tensor, kind: str = "mean") -> torch.Tensor:
+        """``mean`` of the patch tokens (CLS excluded; RILS's pooling) or the ``cls`` token."""
+        if kind == "mean":
+            return tokens[:, 1:].mean(dim=1)
+        if kind == "cls":
+            return tokens[:, 0]
+        raise ValueError(f"pool must be 'mean' or 'cls', got {kind!r}")
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.forward_features(images))

@@ -1,0 +1,27 @@
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+# A model small enough that a training step takes milliseconds on a CPU.
+TINY_MODEL = [
+    "model.img_size=32", "model.patch_size=8", "model.width=64", "model.depth=2", "model.heads=2",
+    "model.embed_dim=32", "model.text_width=32", "model.text_depth=1", "model.text_heads=2",
+    "model.context_length=24", "model.decoder_width=32", "model.decoder_depth=1", "model.decoder_heads=2",
+]
+
+
+def tiny_overrides(run_dir, method: str, steps: int = 4, **extra) -> list[str]:
+    base = TINY_MODEL + [
+        f"method={method}", f"output_dir={run_dir}", f"train.steps={steps}", "train.batch_size=16",
+        "train.warmup_steps=2", "train.log_every=1", f"train.ckpt_every={steps}", "train.lr=1e-3",
+    ]
+    return base + [f"{k}={v}" for k, v in extra.items()]
+
+
+@pytest.fixture
+def tiny():
+    return tiny_overrides

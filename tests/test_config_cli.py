@@ -1,0 +1,131 @@
+"""Config errors, CLI help, and bad input ending in one clear line with exit code 2."""
+import pickle
+
+import pytest
+import torch
+import yaml
+
+from langmim.cli import build_parser, main
+from langmim.config import config_differences, load_config, to_dict
+from langmim.errors import ConfigError
+from conftest import tiny_overrides
+
+
+def test_presets_and_overrides_resolve():
+    cfg = load_config("demo", ["train.steps=7", "method=clip", "train.betas=[0.9,0.95]"])
+    assert cfg.train.steps == 7 and cfg.method == "clip" and cfg.train.betas == [0.9, 0.95]
+    assert cfg.model.width == 128 and cfg.model.img_size == 64  # filled from model.arch=demo
+
+
+@pytest.mark.parametrize("override, words", [
+    ("train.lrr=1", ["train.lrr", "lr", "steps"]),
+    ("nosuch=1", ["nosuch", "method"]),
+    ("train.steps=abc", ["train.steps", "int", "abc"]),
+    ("train.steps=1.5", ["train.steps", "int"]),
+    ("method=byol", ["method", "mae, clip, rils", "byol"]),
+    ("model.arch=huge", ["model.arch", "demo"]),
+    ("data.augment=maybe", ["data.augment", "true or false"]),
+    ("train", ["key=value"]),
+    ("train.batch_size=10", ["batch_size"]),  # not divisible by accum_freq below
+])
+def test_config_errors_name_the_key(override, words):
+    extra = ["train.accum_freq=4"] if override == "train.batch_size=10" else []
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override, *extra])
+    for word in words:
+        assert word in str(err.value)
+
+
+def test_yaml_file_with_unknown_key_names_the_file(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text(yaml.safe_dump({"train": {"stepz": 3}}))
+    with pytest.raises(ConfigError, match="mine.yaml.*train.stepz"):
+        load_config(str(path))
+
+
+def test_resume_allow_list():
+    a = to_dict(load_config(None, ["train.steps=10"]))
+    b = to_dict(load_config(None, ["train.steps=20", "train.log_every=3"]))
+    c = to_dict(load_config(None, ["train.lr=0.5"]))
+    assert config_differences(a, b) == []
+    assert config_differences(a, c) == ["train.lr"]
+
+
+def test_every_subcommand_documents_every_option():
+    parser = build_parser()
+    subparsers = parser._subparsers._group_actions[0].choices
+    assert set(subparsers) >= {"pretrain", "eval", "demo"}
+    for name, sub in subparsers.items():
+        for action in sub._actions:
+            if action.dest != "help":
+                assert action.help, f"{name} {action.dest} has no help text"
+
+
+def _run(capsys, *argv):
+    capsys.readouterr()  # drop what earlier calls printed
+    code = main(list(argv))
+    err = capsys.readouterr().err.strip().splitlines()
+    return code, err
+
+
+def test_cli_unknown_key_exit_2(capsys, tmp_path):
+    code, err = _run(capsys, "pretrain", "--config", "demo", "train.lrr=1", f"output_dir={tmp_path}/x")
+    assert code == 2 and len(err) == 1 and "train.lrr" in err[0]
+    assert not (tmp_path / "x").exists()
+
+
+def test_cli_missing_data_path_exit_2(capsys, tmp_path):
+    code, err = _run(capsys, "pretrain", *tiny_overrides(tmp_path / "run", "mae"), f"data.root={tmp_path}/nowhere")
+    assert code == 2 and "nowhere" in err[-1]
+
+
+def test_cli_empty_data_path_exit_2(capsys, tmp_path, monkeypatch):
+    (tmp_path / "empty").mkdir()
+    code, err = _run(capsys, "pretrain", *tiny_overrides(tmp_path / "run", "mae"), f"data.root={tmp_path}/empty")
+    assert code == 2 and "empty" in err[-1]
+
+
+def test_cli_unwritable_run_dir_exit_2(capsys, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    code, err = _run(capsys, "pretrain", *tiny_overrides(blocker / "run", "mae"))
+    assert code == 2 and "not writable" in err[-1]
+    assert blocker.read_text() == "not a directory"
+
+
+def test_cli_refuses_to_overwrite_a_run(capsys, tmp_path):
+    args = ["pretrain", "--no-tensorboard", *tiny_overrides(tmp_path, "mae", steps=1)]
+    assert main(args) == 0
+    before = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
+    code, err = _run(capsys, *args)
+    assert code == 2 and "--resume latest" in err[-1]
+    assert {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()} == before
+
+
+class Payload:
+    def __reduce__(self):
+        return (print, ("this would run code",))
+
+
+@pytest.mark.parametrize("kind", ["truncated", "foreign", "pickled-code"])
+def test_cli_bad_resume_checkpoint_exit_2(capsys, tmp_path, kind):
+    bad = tmp_path / "bad.pt"
+    if kind == "truncated":
+        run = tmp_path / "good"
+        assert main(["pretrain", "--no-tensorboard", *tiny_overrides(run, "mae", steps=1)]) == 0
+        data = next(run.glob("checkpoint-*.pt")).read_bytes()
+        bad.write_bytes(data[: len(data) // 2])
+    elif kind == "foreign":
+        torch.save({"state_dict": {"w": torch.zeros(2)}}, bad)
+    else:
+        bad.write_bytes(pickle.dumps({"format": "langmim", "model": Payload()}))
+    out = tmp_path / "resumed"
+    code, err = _run(capsys, "pretrain", "--resume", str(bad), *tiny_overrides(out, "mae", steps=2))
+    assert code == 2 and len(err) == 1 and "bad.pt" in err[0]
+    assert not list(out.glob("checkpoint-*.pt"))
+
+
+def test_cli_resume_with_changed_config_is_refused(capsys, tmp_path):
+    assert main(["pretrain", "--no-tensorboard", *tiny_overrides(tmp_path, "mae", steps=1)]) == 0
+    code, err = _run(capsys, "pretrain", "--resume", "latest", *tiny_overrides(tmp_path, "mae", steps=2), "train.lr=0.1")
+    assert code == 2 and "train.lr" in err[-1]
