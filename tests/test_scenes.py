@@ -308,3 +308,14 @@ def test_missing_data_is_a_clear_data_error(tmp_path, monkeypatch):
         fm.load_fashion_mnist("train")
     with pytest.raises(DataError, match="'val'"):
         fm.load_fashion_mnist("val")
+
+
+def test_plain_scenes_are_single_centred_white_or_grey_items():
+    scenes = FashionScenes("train", seed=3, plain_prob=1.0)
+    for i in range(20):
+        s = scenes[i]
+        assert len(s["labels"]) == 1 and s["positions"] == ["centre"]
+        assert s["colours"][0] in ("white", "grey")
+    mixed = FashionScenes("train", seed=3, plain_prob=0.3)
+    plain = sum(len(mixed[i]["labels"]) == 1 and mixed[i]["positions"] == ["centre"] and mixed[i]["colours"][0] in ("white", "grey") for i in range(400))
+    assert 0.25 * 400 < plain < 0.45 * 400  # 0.3 plain plus a few ordinary scenes that look alike

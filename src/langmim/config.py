@@ -62,6 +62,7 @@ class DataConfig:
     name: str = "fashion-scenes"
     root: Optional[str] = None  # directory with the Fashion-MNIST idx files
     augment: bool = True
+    plain_share: float = 0.3  # fashion-scenes: share of single white/grey centred items
     num_workers: int = 0
 
 
@@ -248,6 +249,8 @@ def resolve(cfg: Config) -> Config:
         raise ConfigError(f"model.img_size={m.img_size} must be a multiple of model.patch_size={m.patch_size}")
     if m.width % m.heads or m.text_width % m.text_heads or m.decoder_width % m.decoder_heads:
         raise ConfigError("model widths must be divisible by their head counts (width/heads, text_width/text_heads, decoder_width/decoder_heads)")
+    if not 0.0 <= cfg.data.plain_share <= 1.0:
+        raise ConfigError(f"data.plain_share must be in [0, 1], got {cfg.data.plain_share}")
     if not 0.0 <= cfg.loss.mask_ratio < 1.0:
         raise ConfigError(f"loss.mask_ratio must be in [0, 1), got {cfg.loss.mask_ratio}")
     t = cfg.train

@@ -43,31 +43,35 @@ def masking_noise(seed: int, index: int, num_patches: int) -> torch.Tensor:
 
 
 class PretrainCollator:
-    """Stacks uint8 images, tokenises captions and draws each sample's masking noise."""
+    """Stacks uint8 images, tokenises captions (unless the method has no text tower) and draws
+    each sample's masking noise."""
 
-    def __init__(self, tokenizer: Callable[[Sequence[str]], torch.Tensor], num_patches: int, seed: int) -> None:
+    def __init__(self, tokenizer: Callable[[Sequence[str]], torch.Tensor] | None, num_patches: int, seed: int) -> None:
         self.tokenizer, self.num_patches, self.seed = tokenizer, num_patches, seed
 
     def __call__(self, samples: list[dict]) -> dict[str, torch.Tensor]:
         indices = [int(s["index"]) for s in samples]
-        return {
+        batch = {
             "image": torch.stack([s["image"] for s in samples]),
-            "text": self.tokenizer([s["caption"] for s in samples]),
             "index": torch.tensor(indices),
             "noise": torch.stack([masking_noise(self.seed, i, self.num_patches) for i in indices]),
         }
+        if self.tokenizer is not None:
+            batch["text"] = self.tokenizer([s["caption"] for s in samples])
+        return batch
 
 
 def build_pretrain_dataset(cfg: Config) -> Dataset:
     if cfg.data.name == "fashion-scenes":
         return FashionScenes(
-            split="train", canvas=cfg.model.img_size, seed=cfg.train.seed, augment=cfg.data.augment, root=cfg.data.root
+            split="train", canvas=cfg.model.img_size, seed=cfg.train.seed, augment=cfg.data.augment,
+            root=cfg.data.root, plain_prob=cfg.data.plain_share,
         )
     raise ConfigError(f"data.name must be fashion-scenes, got {cfg.data.name!r}")
 
 
 def build_pretrain_loader(
-    cfg: Config, tokenizer: Callable, num_patches: int, start_step: int, rank: int = 0, world_size: int = 1
+    cfg: Config, tokenizer: Callable | None, num_patches: int, start_step: int, rank: int = 0, world_size: int = 1
 ) -> DataLoader:
     sampler = StepSampler(start_step, cfg.train.steps, cfg.train.batch_size, rank, world_size)
     return DataLoader(

@@ -63,6 +63,7 @@ ITEM_THRESHOLD = 0.15  # intensity above which a pixel belongs to an item in the
 MAX_JITTER = 2  # px, random offset of an item from its cell centre
 MAX_SHIFT = 3  # px, random translation when augmenting; small enough to keep positions true
 CENTRED_PROB = 0.5  # chance that a single-item scene sits in the centre cell
+PLAIN_COLOURS = ("white", "grey")  # tints of "plain" scenes, which look like Fashion-MNIST
 
 NOUNS: tuple[tuple[str, ...], ...] = (
     ("t-shirt", "tee", "t shirt"),
@@ -292,19 +293,25 @@ def _caption(items: Sequence[PlacedItem], rng: np.random.Generator) -> str:
 
 
 def _sample_items(
-    rng: np.random.Generator, labels: np.ndarray, cum_probs: np.ndarray
+    rng: np.random.Generator, labels: np.ndarray, cum_probs: np.ndarray, plain_prob: float = 0.0
 ) -> list[PlacedItem]:
     """Draw the number of items, their distinct cells, sources, colours, sizes and jitters.
 
     `cum_probs` is the cumulative distribution of the item count (1, 2, ...), ending in 1.
+    With probability `plain_prob` the scene is "plain": one white or grey item in the centre,
+    where only the garment (and its size) tells captions apart. Colour and position are far
+    easier cues than the garment, so without such scenes a short contrastive run learns
+    hardly any garment words.
     """
-    count = 1 + int(np.searchsorted(cum_probs, rng.random(), side="right"))
-    if count == 1 and rng.random() < CENTRED_PROB:
+    plain = rng.random() < plain_prob
+    count = 1 if plain else 1 + int(np.searchsorted(cum_probs, rng.random(), side="right"))
+    if plain or (count == 1 and rng.random() < CENTRED_PROB):
         cells = np.array([CENTRE])
     else:
         cells = rng.permutation(len(POSITIONS))[:count]
     sources = _randint(rng, len(labels), count)
-    colours = _randint(rng, len(COLOURS), count)
+    palette = [list(COLOURS).index(c) for c in PLAIN_COLOURS] if plain else range(len(COLOURS))
+    colours = np.array([palette[i] for i in _randint(rng, len(palette), count)])
     sizes = _randint(rng, len(SIZES), count)
     jitters = _randint(rng, 2 * MAX_JITTER + 1, (count, 2)) - MAX_JITTER
     colour_names, size_names = list(COLOURS), list(SIZES)
@@ -367,7 +374,8 @@ def _cumulative_item_probs(item_probs: Sequence[float]) -> np.ndarray:
 class FashionScenes(Dataset):
     """Captioned Fashion-MNIST scenes, a deterministic procedural stream.
 
-    Sample i is a pure function of (split, seed, i); any non-negative i is valid (training
+    A share `plain_prob` of scenes are "plain": one white or grey item in the centre cell, the
+    look of Fashion-MNIST itself. Sample i is a pure function of (split, seed, i); any non-negative i is valid (training
     indexes by global sample number), `length` only sets what `len()` reports. With `augment`,
     a horizontal flip (p=0.5; swaps left/right in the caption) and a translation of at most
     MAX_SHIFT px are applied on top of the very same scene.
@@ -382,12 +390,16 @@ class FashionScenes(Dataset):
         augment: bool = False,
         item_probs: Sequence[float] = (0.5, 0.3, 0.2),
         root: str | None = None,
+        plain_prob: float = 0.0,
     ) -> None:
         if canvas < 16:
             raise ConfigError(f"scene canvas must be at least 16 px, got {canvas}")
         self.images, self.labels = load_fashion_mnist(split, root)
         self.split, self.canvas, self.seed, self.augment = split, canvas, seed, augment
         self.cum_item_probs = _cumulative_item_probs(item_probs)
+        if not 0.0 <= plain_prob <= 1.0:
+            raise ConfigError(f"plain_prob must be in [0, 1], got {plain_prob}")
+        self.plain_prob = plain_prob
         self.length = _SCENE_LENGTHS[split] if length is None else length
         self._patches: dict[tuple[int, int], np.ndarray] = {}
 
@@ -412,7 +424,7 @@ class FashionScenes(Dataset):
         if index < 0:
             raise IndexError(f"scene index must be non-negative, got {index}")
         rng = np.random.default_rng([self.seed, _SPLIT_IDS[self.split], index])
-        items = _sample_items(rng, self.labels, self.cum_item_probs)
+        items = _sample_items(rng, self.labels, self.cum_item_probs, self.plain_prob)
         patches = [self._patch(it.source, _side(it.size, self.canvas)) for it in items]
         image, mask, boxes = _render_scene(items, patches, self.canvas)
         scene = Scene(image, mask, boxes, _caption(items, rng),

@@ -178,7 +178,7 @@ def pretrain(cfg: Config, resume: str | None = None, log_tensorboard: bool = Tru
     if distributed.is_main():
         save_config(cfg, run_dir / "config.yaml")
 
-    tokenizer = build_tokenizer(cfg.model.context_length) if method.has_text else (lambda texts: torch.zeros(len(texts), 1, dtype=torch.long))
+    tokenizer = build_tokenizer(cfg.model.context_length) if method.has_text else None
     loader = build_pretrain_loader(cfg, tokenizer, method.visual.num_patches, start_step, info.rank, info.world_size)
     logger = MetricLogger(run_dir, cfg.train.steps, start_step, distributed.is_main(), log_tensorboard)
     method.train()

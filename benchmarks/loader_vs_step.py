@@ -1,0 +1,68 @@
+"""Measure the pre-training input pipeline's images/s beside the training step's images/s.
+
+The loader must never starve training. Usage:
+    python benchmarks/loader_vs_step.py [--config demo] [key=value ...]
+Prints one JSON line and appends it to benchmarks/results/loader_vs_step.jsonl.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from langmim.config import load_config, to_dict
+from langmim.data.pretrain import build_pretrain_loader
+from langmim.engine.loop import Trainer, move
+from langmim.methods import build_method
+from langmim.models.text import build_tokenizer
+
+
+def images_per_second(batches, count: int, work=lambda batch: None) -> float:
+    iterator = iter(batches)
+    work(next(iterator))  # warm-up: caches, allocator, first-call overheads
+    start = time.perf_counter()
+    images = 0
+    for _ in range(count):
+        batch = next(iterator)
+        work(batch)
+        images += batch["image"].shape[0]
+    return images / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="demo")
+    parser.add_argument("--batches", type=int, default=10)
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args()
+    cfg = load_config(args.config, args.overrides)
+    cfg.train.steps = 10 * (args.batches + 1)
+    method = build_method(cfg)
+    tokenizer = build_tokenizer(cfg.model.context_length)
+    loader = build_pretrain_loader(cfg, tokenizer, method.visual.num_patches, start_step=0)
+    loader_rate = images_per_second(loader, args.batches)
+    trainer = Trainer(cfg, method, torch.device("cpu"))
+    fixed = next(iter(loader))
+    step_rate = images_per_second(iter(lambda: fixed, None), args.batches // 2 or 1, lambda b: trainer.step(move(b, torch.device("cpu"))))
+    record = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        "method": cfg.method, "arch": cfg.model.arch, "batch_size": cfg.train.batch_size,
+        "precision": cfg.train.precision, "num_workers": cfg.data.num_workers,
+        "loader_images_per_s": round(loader_rate, 1), "train_step_images_per_s": round(step_rate, 1),
+        "loader_to_step_ratio": round(loader_rate / step_rate, 1),
+        "config": to_dict(cfg)["model"],
+    }
+    print(json.dumps({k: v for k, v in record.items() if k != "config"}))
+    out = Path(__file__).parent / "results" / "loader_vs_step.jsonl"
+    out.parent.mkdir(exist_ok=True)
+    with open(out, "a") as fh:
+        fh.write(json.dumps(record) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,42 @@
+"""The demo end to end on a tiny model: checkpoints, result JSONs, report and figures."""
+import json
+
+from PIL import Image
+
+from langmim.demo import run_demo
+from conftest import tiny_overrides
+
+SMALL_EVAL = ["eval.test_size=300", "eval.probe_train_size=400", "eval.knn_k=[10,20]"]
+
+
+def test_demo_writes_report_results_and_figures(tmp_path):
+    run = tmp_path / "demo"
+    run_demo(tiny_overrides(run, "rils", steps=3) + SMALL_EVAL)
+    report = (run / "report.md").read_text()
+    assert "random init" in report and "zero-shot top-1" in report
+    for png in ("loss_curves.png", "patch_classes.png"):
+        with Image.open(run / png) as im:
+            assert im.size[0] > 300 and im.size[1] > 200
+    results = {p.name: json.loads(p.read_text()) for p in (run / "results").glob("*.json")}
+    assert {"rils_zeroshot_fashion-mnist.json", "random-init_linear_fashion-mnist.json"} <= set(results)
+    zs = results["rils_zeroshot_fashion-mnist.json"]
+    assert zs["task"] == "zeroshot" and zs["split_sizes"]["test"] == 300 and zs["checkpoint"].endswith(".pt")
+    assert 0.0 <= zs["metrics"]["top1"] <= 100.0
+    # a second call finds the finished run and only re-evaluates
+    mtime = next(run.glob("checkpoint-*.pt")).stat().st_mtime_ns
+    run_demo(tiny_overrides(run, "rils", steps=3) + SMALL_EVAL)
+    assert next(run.glob("checkpoint-*.pt")).stat().st_mtime_ns == mtime
+
+
+def test_mae_evaluation_skips_zero_shot_with_a_note(tmp_path, capsys):
+    from langmim.api import load
+    from langmim.config import load_config
+    from langmim.engine.loop import pretrain
+    from langmim.eval.classification import evaluate_classification
+
+    cfg = load_config(None, tiny_overrides(tmp_path, "mae", steps=1) + SMALL_EVAL)
+    pretrain(cfg, log_tensorboard=False)
+    model = load(tmp_path)
+    results = evaluate_classification(model, ["zeroshot", "knn"], cfg.eval, tmp_path / "results", "mae")
+    assert set(results) == {"knn"}
+    assert "no text tower" in capsys.readouterr().out
