@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-import torch
 
 from ..config import EvalConfig, to_dict
 from ..data.fashion_mnist import CLASS_NAMES
