@@ -2,6 +2,7 @@
 and the inference API (``encode_image`` / ``encode_text``)."""
 from __future__ import annotations
 
+import abc
 import math
 
 import torch
@@ -20,7 +21,7 @@ LOGIT_SCALE_INIT = math.log(1 / 0.07)
 LOGIT_SCALE_MAX = math.log(100)
 
 
-class PretrainMethod(nn.Module):
+class PretrainMethod(nn.Module, abc.ABC):
     """A model plus its objective. ``features`` maps a batch to per-sample tensors (dim 0 is the
     sample) and ``loss`` maps them to a dict with ``loss`` and logged figures. The split lets the
     engine cache features across accumulation steps for objectives that couple samples."""
@@ -38,11 +39,13 @@ class PretrainMethod(nn.Module):
     def masking(self, batch: dict) -> Masking:
         return mask_from_noise(batch["noise"], self.num_keep)
 
+    @abc.abstractmethod
     def features(self, batch: dict) -> dict[str, torch.Tensor]:
-        raise NotImplementedError
+        """Per-sample tensors of a batch (dim 0 is the sample)."""
 
+    @abc.abstractmethod
     def loss(self, feats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        raise NotImplementedError
+        """Losses (key ``loss``) and logged figures from the whole batch's features."""
 
     def forward(self, batch: dict, cached: list[dict] | None = None, index: int = 0) -> dict[str, torch.Tensor]:
         """Losses of a batch; with ``cached`` features of the other micro-batches (gradient
