@@ -5,10 +5,10 @@ import pytest
 import torch
 import yaml
 
+from conftest import tiny_overrides
 from langmim.cli import build_parser, main
 from langmim.config import config_differences, load_config, to_dict
 from langmim.errors import ConfigError
-from conftest import tiny_overrides
 
 
 def test_presets_and_overrides_resolve():

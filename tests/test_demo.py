@@ -3,8 +3,8 @@ import json
 
 from PIL import Image
 
-from langmim.demo import run_demo
 from conftest import tiny_overrides
+from langmim.demo import run_demo
 
 SMALL_EVAL = ["eval.test_size=300", "eval.probe_train_size=400", "eval.knn_k=[10,20]"]
 

@@ -5,11 +5,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import TINY_MODEL
 from langmim.config import load_config
 from langmim.methods import build_method
 from langmim.methods.mae import masked_pixel_loss, patchify
 from langmim.methods.rils import reconstruction_kl, retrieval_hits
-from conftest import TINY_MODEL
 
 
 def test_kl_is_zero_when_student_equals_teacher():

@@ -11,8 +11,20 @@ from PIL import Image
 
 from langmim.data import fashion_mnist as fm
 from langmim.data.scenes import (
-    CENTRE, COLOURS, ITEM_THRESHOLD, NOUNS, POSITIONS, FashionMNISTCentred, FashionScenes,
-    PlacedItem, _render_scene, _resize, collate_scenes, fill_template, render_centred, to_float,
+    CENTRE,
+    COLOURS,
+    ITEM_THRESHOLD,
+    NOUNS,
+    POSITIONS,
+    FashionMNISTCentred,
+    FashionScenes,
+    PlacedItem,
+    _render_scene,
+    _resize,
+    collate_scenes,
+    fill_template,
+    render_centred,
+    to_float,
 )
 from langmim.errors import DataError
 

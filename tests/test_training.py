@@ -6,13 +6,13 @@ import pytest
 import torch
 
 import langmim
+from conftest import tiny_overrides
 from langmim.config import load_config
+from langmim.data.pretrain import build_pretrain_loader
 from langmim.engine.checkpoint import list_checkpoints, load_checkpoint
 from langmim.engine.loop import Trainer, move, pretrain
-from langmim.data.pretrain import build_pretrain_loader
 from langmim.methods import build_method
 from langmim.models.text import build_tokenizer
-from conftest import tiny_overrides
 
 
 def _losses(run_dir):

@@ -4,8 +4,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from .errors import LangmimError
 
@@ -56,8 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_eval(args: argparse.Namespace) -> None:
     from .api import load
     from .config import apply_dict, parse_override
-    from .eval.classification import CLASSIFICATION_TASKS, evaluate_classification
     from .errors import ConfigError
+    from .eval.classification import CLASSIFICATION_TASKS, evaluate_classification
 
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     unknown = [t for t in tasks if t not in CLASSIFICATION_TASKS]
@@ -80,11 +80,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "pretrain":
             from .config import load_config
+            from .engine import distributed
             from .engine.loop import pretrain
 
             run_dir = pretrain(load_config(args.config, args.overrides), resume=args.resume,
                                log_tensorboard=not args.no_tensorboard, stop_after=args.stop_after)
-            print(f"run directory: {run_dir}")
+            if distributed.is_main():
+                print(f"run directory: {run_dir}")
         elif args.command == "eval":
             cmd_eval(args)
         elif args.command == "demo":

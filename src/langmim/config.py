@@ -19,7 +19,10 @@ import yaml
 from .errors import ConfigError
 from .models import ARCHS
 
-METHODS = ("mae", "clip", "rils")
+METHODS = ("mae", "clip", "rils", "milan")
+DECODER_TYPES = ("prompting", "mae")
+MASKINGS = ("semantic", "random")
+IMPORTANCES = ("attention", "similarity")
 DATASETS = ("fashion-scenes",)
 PRECISIONS = ("fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -44,6 +47,7 @@ class ModelConfig:
     decoder_width: Optional[int] = None
     decoder_depth: Optional[int] = None
     decoder_heads: Optional[int] = None
+    decoder_type: str = "prompting"  # milan: its prompting decoder, or MAE's (the paper's ablation)
 
 
 @dataclass
@@ -55,6 +59,16 @@ class LossConfig:
     rec_weight: float = 0.5
     student_temperature: float = 0.1
     teacher_temperature: float = 0.04
+    masking: str = "semantic"  # milan: semantic-aware, or random (the paper's ablation)
+
+
+@dataclass
+class TeacherConfig:
+    """MILAN's frozen language-supervised teacher."""
+
+    source: Optional[str] = None  # openclip:MODEL:WEIGHTS or langmim:RUN_OR_CHECKPOINT
+    importance: str = "attention"  # what semantic-aware masking samples by: attention | similarity
+    embed_dim: Optional[int] = None  # the teacher's feature width; filled when it is loaded
 
 
 @dataclass
@@ -101,6 +115,7 @@ class Config:
     output_dir: str = "runs/default"
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -112,6 +127,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.name": DATASETS,
     "train.precision": PRECISIONS,
     "train.device": DEVICES,
+    "model.decoder_type": DECODER_TYPES,
+    "loss.masking": MASKINGS,
+    "teacher.importance": IMPORTANCES,
 }
 
 # Keys a resumed run may change without invalidating its checkpoint.

@@ -6,7 +6,7 @@ each taking a slice of every global batch, sees exactly what one uninterrupted p
 """
 from __future__ import annotations
 
-from typing import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch

@@ -41,6 +41,16 @@ def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def mean_over_ranks(figures: dict[str, float]) -> dict[str, float]:
+    """Average logged scalars over ranks, so the log shows the global batch's figures."""
+    if not is_distributed():
+        return figures
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+    values = torch.tensor(list(figures.values()), dtype=torch.float64, device=device)
+    dist.all_reduce(values)
+    return dict(zip(figures, (values / world_size()).tolist()))
+
+
 @dataclass
 class DistInfo:
     rank: int

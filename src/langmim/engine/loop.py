@@ -20,8 +20,15 @@ from ..methods.base import PretrainMethod
 from ..models.text import build_tokenizer
 from . import distributed
 from .checkpoint import (
-    SCHEMA_VERSION, atomic_save, checkpoint_path, list_checkpoints, load_checkpoint, prune_checkpoints,
-    rng_state, set_rng_state, versions,
+    SCHEMA_VERSION,
+    atomic_save,
+    checkpoint_path,
+    list_checkpoints,
+    load_checkpoint,
+    prune_checkpoints,
+    rng_state,
+    set_rng_state,
+    versions,
 )
 from .logger import MetricLogger
 from .optim import build_optimizer, build_scheduler
@@ -112,6 +119,7 @@ class Trainer:
             loss.backward()
             for key, value in out.items():
                 figures[key] = figures.get(key, 0.0) + float(value.detach()) / parts
+        figures = distributed.mean_over_ranks(figures)
         if cfg.grad_clip > 0:
             figures["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.method.parameters(), cfg.grad_clip))
         self.optimizer.step()
@@ -167,12 +175,12 @@ def pretrain(cfg: Config, resume: str | None = None, log_tensorboard: bool = Tru
     resume_path = find_resume_checkpoint(resume, run_dir)
     if distributed.is_main():
         prepare_run_dir(run_dir, resuming=resume is not None)
+    torch.manual_seed(cfg.train.seed)
+    method = build_method(cfg, with_teacher=True).to(info.device)  # fills teacher.embed_dim
     state = load_checkpoint(resume_path) if resume_path is not None else None
     if state is not None:
         check_resumable(state, cfg, resume_path)
 
-    torch.manual_seed(cfg.train.seed)
-    method = build_method(cfg).to(info.device)
     trainer = Trainer(cfg, method, info.device)
     start_step = trainer.load_state_dict(state) if state is not None else 0
     if distributed.is_main():

@@ -1,7 +1,7 @@
 """CLIP text tower (open_clip's causal transformer) and its BPE tokenizer."""
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from open_clip.tokenizer import SimpleTokenizer

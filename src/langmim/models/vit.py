@@ -9,7 +9,7 @@ from functools import partial
 
 import torch
 from timm.layers import PatchEmbed
-from timm.models.vision_transformer import Block
+from timm.models.vision_transformer import Attention, Block
 from torch import nn
 
 from .pos_embed import sincos_2d
@@ -32,6 +32,16 @@ def vit_blocks(width: int, depth: int, heads: int, mlp_ratio: float = 4.0) -> nn
     return nn.Sequential(
         *[Block(width, heads, mlp_ratio, qkv_bias=True, norm_layer=norm) for _ in range(depth)]
     )
+
+
+def cls_attention(attn: Attention, x: torch.Tensor) -> torch.Tensor:
+    """Softmax attention of a timm ``Attention`` from the CLS query (token 0) to the other
+    tokens, averaged over heads: (B, N)."""
+    batch, length, _ = x.shape
+    qkv = attn.qkv(x).reshape(batch, length, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+    q, k = attn.q_norm(qkv[0]), attn.k_norm(qkv[1])
+    weights = ((q[:, :, :1] * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
+    return weights.mean(dim=1)[:, 0, 1:]
 
 
 class MaskedVisionTransformer(nn.Module):
@@ -66,15 +76,28 @@ class MaskedVisionTransformer(nn.Module):
         nn.init.normal_(self.cls_token, std=0.02)
         self.apply(init_transformer_weights)
 
-    def forward_features(self, images: torch.Tensor, ids_keep: torch.Tensor | None = None) -> torch.Tensor:
-        """Tokens after the final norm: (B, 1 + N, D), or (B, 1 + K, D) for K kept patches."""
+    def embed(self, images: torch.Tensor, ids_keep: torch.Tensor | None = None) -> torch.Tensor:
+        """Patch embeddings plus positions (only the ``ids_keep`` patches if given), CLS first."""
         tokens = self.patch_embed(images) + self.pos_embed[:, 1:]
         if ids_keep is not None:
             index = ids_keep.unsqueeze(-1).expand(-1, -1, tokens.shape[-1])
             tokens = torch.gather(tokens, 1, index)
         cls = (self.cls_token + self.pos_embed[:, :1]).expand(tokens.shape[0], -1, -1)
-        tokens = self.blocks(torch.cat([cls, tokens], dim=1))
-        return self.norm(tokens)
+        return torch.cat([cls, tokens], dim=1)
+
+    def forward_features(self, images: torch.Tensor, ids_keep: torch.Tensor | None = None) -> torch.Tensor:
+        """Tokens after the final norm: (B, 1 + N, D), or (B, 1 + K, D) for K kept patches."""
+        return self.norm(self.blocks(self.embed(images, ids_keep)))
+
+    def forward_with_cls_attention(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """All tokens after the final norm, and the last block's attention from the CLS query to
+        the N patch keys averaged over heads (B, N): what MILAN's teacher masks by."""
+        *blocks, last = self.blocks
+        x = self.embed(images)
+        for block in blocks:
+            x = block(x)
+        attention = cls_attention(last.attn, last.norm1(x))
+        return self.norm(last(x)), attention
 
     @staticmethod
     def pool(tokens: torch.Tensor, kind: str = "mean") -> torch.Tensor:

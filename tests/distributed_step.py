@@ -1,0 +1,42 @@
+"""Run under torchrun (or plainly): the gradients and logged figures of one training step.
+
+    python -m torch.distributed.run --standalone --nproc_per_node=2 tests/distributed_step.py OUT.pt KEY=VALUE...
+
+Builds the config from the overrides, restores ``--resume``-style state where the overrides'
+run directory holds a checkpoint, takes one step with the optimizer held, and rank 0 saves the
+gradients (summed over ranks by DDP then averaged) and the figures to OUT.pt.
+"""
+import sys
+from pathlib import Path
+
+import torch
+
+from langmim.config import load_config
+from langmim.data.pretrain import build_pretrain_loader
+from langmim.engine import distributed
+from langmim.engine.checkpoint import list_checkpoints, load_checkpoint
+from langmim.engine.loop import Trainer, move
+from langmim.methods import build_method
+from langmim.models.text import build_tokenizer
+
+
+def one_step(out_path: str, overrides: list[str]) -> None:
+    info = distributed.setup("cpu")
+    cfg = load_config(None, overrides)
+    torch.manual_seed(cfg.train.seed)
+    method = build_method(cfg, with_teacher=True)
+    trainer = Trainer(cfg, method, info.device)
+    found = list_checkpoints(Path(cfg.output_dir))
+    start = trainer.load_state_dict(load_checkpoint(found[-1])) if found else 0
+    trainer.optimizer.step = lambda: None  # keep the gradients
+    trainer.optimizer.zero_grad = lambda set_to_none=True: None
+    tokenizer = build_tokenizer(cfg.model.context_length) if method.has_text else None
+    loader = build_pretrain_loader(cfg, tokenizer, method.visual.num_patches, start, info.rank, info.world_size)
+    figures = trainer.step(move(next(iter(loader)), info.device))
+    if distributed.is_main():
+        grads = {k: p.grad.clone() for k, p in method.named_parameters() if p.grad is not None}
+        torch.save({"grads": grads, "figures": figures, "start": start}, out_path)
+
+
+if __name__ == "__main__":
+    one_step(sys.argv[1], sys.argv[2:])
