@@ -32,11 +32,11 @@ def test_mae_evaluation_skips_zero_shot_with_a_note(tmp_path, capsys):
     from langmim.api import load
     from langmim.config import load_config
     from langmim.engine.loop import pretrain
-    from langmim.eval.classification import evaluate_classification
+    from langmim.eval.suite import evaluate
 
     cfg = load_config(None, tiny_overrides(tmp_path, "mae", steps=1) + SMALL_EVAL)
     pretrain(cfg, log_tensorboard=False)
     model = load(tmp_path)
-    results = evaluate_classification(model, ["zeroshot", "knn"], cfg.eval, tmp_path / "results", "mae")
+    results = evaluate(model, ["zeroshot", "knn"], cfg.eval, tmp_path / "results", "mae")
     assert set(results) == {"knn"}
     assert "no text tower" in capsys.readouterr().out

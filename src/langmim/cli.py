@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("pretrain", help="pre-train one method; writes checkpoints, metrics and config.yaml",
-                       description="Pre-train a method (method=mae|clip|rils) from a preset or YAML file "
+                       description="Pre-train a method (method=mae|clip|rils|milan) from a preset or YAML file "
                        "with key=value overrides. Run it under torchrun for several processes.")
     p.add_argument("--config", default="demo", help=f"a packaged preset ({_presets()}) or a YAML file; default: demo")
     p.add_argument("--resume", default=None, metavar="latest|PATH",
@@ -38,13 +38,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-tensorboard", action="store_true", help="write metrics.jsonl only, no TensorBoard events")
     p.add_argument("overrides", nargs="*", help=OVERRIDE_HELP)
 
-    e = sub.add_parser("eval", help="evaluate a checkpoint: zero-shot, k-NN, linear probe on Fashion-MNIST",
-                       description="Evaluate a checkpoint file or run directory on the Fashion-MNIST test images "
-                       "(rendered as centred scenes); writes one JSON per task.")
+    e = sub.add_parser("eval", help="evaluate a checkpoint: zero-shot, k-NN, linear, few-shot, retrieval, segmentation",
+                       description="Evaluate a checkpoint file or run directory on the built-in data: Fashion-MNIST "
+                       "test images rendered as centred scenes (zeroshot, knn, linear, fewshot), held-out captioned "
+                       "scenes (retrieval) and scenes with masks (segmentation); writes one JSON per task. Tasks that "
+                       "need a text tower are skipped with a note for MAE and MILAN.")
     e.add_argument("--checkpoint", required=True, help="a checkpoint file or a run directory (newest checkpoint)")
-    e.add_argument("--tasks", default="zeroshot,knn,linear", help="comma-separated: zeroshot, knn, linear")
+    e.add_argument("--tasks", default="zeroshot,knn,linear",
+                   help="comma-separated: zeroshot, knn, linear, fewshot, retrieval, segmentation, or 'all'")
     e.add_argument("--output", default=None, help="directory for the result JSONs; default: RUN/results")
     e.add_argument("overrides", nargs="*", help="eval.* overrides, e.g. eval.probe_train_size=5000")
+
+    r = sub.add_parser("report", help="compile the results of several runs into one markdown table and PNG figures",
+                       description="Read the result JSONs of each run (RUN/results, written by langmim eval or the "
+                       "demo) and write report.md with one column per model, plus few-shot, retrieval and "
+                       "segmentation figures where those tasks were run.")
+    r.add_argument("runs", nargs="+", metavar="RUN", help="run directories (or results directories)")
+    r.add_argument("--output", default="runs/report", help="directory for report.md and the PNGs; default: runs/report")
 
     d = sub.add_parser("demo", help="pre-train RILS on the built-in scenes, evaluate, write runs/demo/report.md",
                        description="The laptop demo: pre-trains with the 'demo' preset (resuming an interrupted "
@@ -57,12 +67,12 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from .api import load
     from .config import apply_dict, parse_override
     from .errors import ConfigError
-    from .eval.classification import CLASSIFICATION_TASKS, evaluate_classification
+    from .eval.suite import TASKS, evaluate
 
-    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    unknown = [t for t in tasks if t not in CLASSIFICATION_TASKS]
+    tasks = list(TASKS) if args.tasks.strip() == "all" else [t.strip() for t in args.tasks.split(",") if t.strip()]
+    unknown = [t for t in tasks if t not in TASKS]
     if unknown or not tasks:
-        raise ConfigError(f"--tasks: unknown task(s) {', '.join(unknown) or '(none given)'}; valid: {', '.join(CLASSIFICATION_TASKS)}")
+        raise ConfigError(f"--tasks: unknown task(s) {', '.join(unknown) or '(none given)'}; valid: {', '.join(TASKS)}, all")
     model = load(args.checkpoint)
     for item in args.overrides:
         key, value = parse_override(item)
@@ -71,7 +81,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
         apply_dict(model.config, {key: value}, "command line")
     ckpt = Path(model.checkpoint_path)
     out = Path(args.output) if args.output else ckpt.parent / "results"
-    results = evaluate_classification(model, tasks, model.config.eval, out, model.config.method, model.config.data.root)
+    results = evaluate(model, tasks, model.config.eval, out, model.config.method, model.config.data.root)
     print(json.dumps({t: r["metrics"] for t, r in results.items()}, indent=1))
 
 
@@ -89,6 +99,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"run directory: {run_dir}")
         elif args.command == "eval":
             cmd_eval(args)
+        elif args.command == "report":
+            from .report import write_report
+
+            print(f"report: {write_report([Path(r) for r in args.runs], Path(args.output))}")
         elif args.command == "demo":
             from .demo import run_demo
 

@@ -107,6 +107,12 @@ class EvalConfig:
     batch_size: int = 256
     seed: int = 0  # fixes the probe subset and the validation split
     knn_k: list[int] = field(default_factory=lambda: [10, 20, 100, 200])
+    fewshot_shots: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])
+    fewshot_seeds: int = 5
+    retrieval_size: int = 1000  # held-out captioned scenes
+    segmentation_train_size: int = 2000  # scenes of train-split items the head fits on
+    segmentation_test_size: int = 1000  # scenes of test-split items it is scored on
+    segmentation_epochs: int = 20
 
 
 @dataclass

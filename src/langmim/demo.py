@@ -13,9 +13,11 @@ from . import __version__
 from .api import attach_inference_api, load
 from .config import Config, load_config
 from .engine.loop import pretrain
-from .eval.classification import CLASSIFICATION_TASKS, evaluate_classification
+from .eval.suite import evaluate
 from .methods import build_method
 from .report import comparison_table, plot_loss_curves, plot_patch_classes
+
+DEMO_TASKS = ("zeroshot", "knn", "linear")
 
 
 def random_init_model(cfg: Config) -> torch.nn.Module:
@@ -34,10 +36,10 @@ def run_demo(overrides: Sequence[str] = (), preset: str = "demo") -> Path:
     trained = load(run_dir)
     results_dir = run_dir / "results"
     columns = {
-        f"{cfg.method} (step {trained.step})": evaluate_classification(
-            trained, list(CLASSIFICATION_TASKS), cfg.eval, results_dir, cfg.method, cfg.data.root),
-        "random init": evaluate_classification(
-            random_init_model(cfg), list(CLASSIFICATION_TASKS), cfg.eval, results_dir, "random-init", cfg.data.root),
+        f"{cfg.method} (step {trained.step})": evaluate(
+            trained, list(DEMO_TASKS), cfg.eval, results_dir, cfg.method, cfg.data.root),
+        "random init": evaluate(
+            random_init_model(cfg), list(DEMO_TASKS), cfg.eval, results_dir, "random-init", cfg.data.root),
     }
     timings["evaluation"] = time.perf_counter() - t0
 

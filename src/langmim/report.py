@@ -13,6 +13,7 @@ import torch  # noqa: E402
 
 from .data.fashion_mnist import CLASS_NAMES  # noqa: E402
 from .data.scenes import ZEROSHOT_TEMPLATES, FashionScenes, fill_template, to_float  # noqa: E402
+from .errors import LangmimError  # noqa: E402
 from .eval.zeroshot import zeroshot_classifier  # noqa: E402
 from .methods.base import ImageTextMethod  # noqa: E402
 
@@ -57,7 +58,7 @@ def plot_patch_classes(model: ImageTextMethod, png: Path, num_scenes: int = 6, d
     for j, sample in enumerate(samples):
         mask = sample["mask"].numpy()
         item_patches = mask.reshape(grid, patch, grid, patch).max(axis=(1, 3))
-        truth = np.where(item_patches[..., None] > 0, CLASS_COLOURS[np.maximum(item_patches - 1, 0)], 0.0)
+        truth = mask_colours(item_patches)
         predicted = CLASS_COLOURS[pred[j]] * np.where(item_patches > 0, 1.0, 0.35)[..., None]
         for row, (picture, title) in enumerate([
             (sample["image"].permute(1, 2, 0).numpy(), sample["caption"]),
@@ -76,6 +77,30 @@ def plot_patch_classes(model: ImageTextMethod, png: Path, num_scenes: int = 6, d
     plt.close(fig)
 
 
+def mask_colours(mask: np.ndarray) -> np.ndarray:
+    """(H, W) class mask (0 = background, 1 + label) -> RGB in the class palette, black background."""
+    return np.where(mask[..., None] > 0, CLASS_COLOURS[np.maximum(mask - 1, 0)], 0.0)
+
+
+def plot_segmentation_examples(samples: list[dict], predictions: torch.Tensor, png: Path) -> None:
+    """Columns of held-out scenes: the image, the true mask, the linear probe's mask."""
+    fig, axes = plt.subplots(3, len(samples), figsize=(2.0 * len(samples), 6.4), squeeze=False)
+    for j, (sample, pred) in enumerate(zip(samples, predictions)):
+        for row, (picture, title) in enumerate([
+            (sample["image"].permute(1, 2, 0).numpy(), "image"),
+            (mask_colours(sample["mask"].numpy()), "truth"),
+            (mask_colours(pred.numpy()), "prediction"),
+        ]):
+            axes[row, j].imshow(picture, interpolation="nearest")
+            axes[row, j].set_xticks([]), axes[row, j].set_yticks([])
+            axes[row, j].set_title(title, fontsize=8)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=CLASS_COLOURS[c]) for c in range(10)]
+    fig.legend(handles, CLASS_NAMES, loc="lower center", ncol=5, fontsize=8)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+
+
 def _wrap(text: str, width: int) -> str:
     words, lines, line = text.split(), [], ""
     for word in words:
@@ -87,22 +112,135 @@ def _wrap(text: str, width: int) -> str:
     return "\n".join(lines + [line])
 
 
-def comparison_table(columns: dict[str, dict[str, dict]]) -> str:
-    """Markdown table: one row per metric, one column per model (results keyed by task)."""
-    rows = [
-        ("zero-shot top-1 (%)", "zeroshot", "top1"),
-        ("k-NN top-1, k=20, patch mean (%)", "knn", "mean_top1_k20"),
-        ("k-NN top-1, k=20, CLS (%)", "knn", "cls_top1_k20"),
-        ("linear probe top-1, patch mean (%)", "linear", "mean_top1"),
-        ("linear probe top-1, CLS (%)", "linear", "cls_top1"),
-    ]
+# (label, task, metric key) of the summary table, in reading order.
+TABLE_ROWS = (
+    ("zero-shot top-1 (%)", "zeroshot", "top1"),
+    ("retrieval R@1 image->text (%)", "retrieval", "image_to_text_R@1"),
+    ("retrieval R@1 text->image (%)", "retrieval", "text_to_image_R@1"),
+    ("k-NN top-1, k=20, patch mean (%)", "knn", "mean_top1_k20"),
+    ("k-NN top-1, k=20, CLS (%)", "knn", "cls_top1_k20"),
+    ("linear probe top-1, patch mean (%)", "linear", "mean_top1"),
+    ("linear probe top-1, CLS (%)", "linear", "cls_top1"),
+    ("few-shot 1-shot, prototype, patch mean (%)", "fewshot", "mean_prototype_1shot"),
+    ("few-shot 16-shot, logistic, patch mean (%)", "fewshot", "mean_logistic_16shot"),
+    ("segmentation mIoU (%)", "segmentation", "miou"),
+)
+NO_TEXT_TASKS = ("zeroshot", "retrieval")
+
+
+def comparison_table(columns: dict[str, dict[str, dict]], has_text: dict[str, bool] | None = None) -> str:
+    """Markdown table: one row per metric that any model has, one column per model (results
+    keyed by task). A text task of a model without a text tower reads "n/a, no text tower"."""
     names = list(columns)
     lines = ["| metric | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
-    for label, task, key in rows:
+    for label, task, key in TABLE_ROWS:
         cells = []
         for name in names:
             value = columns[name].get(task, {}).get("metrics", {}).get(key)
-            cells.append("n/a" if value is None else f"{value:.2f}")
-        if any(c != "n/a" for c in cells):
+            if value is None:
+                no_text = has_text is not None and not has_text.get(name, True) and task in NO_TEXT_TASKS
+                cells.append("n/a, no text tower" if no_text else "n/a")
+            else:
+                cells.append(f"{value:.2f}")
+        if any(c[0].isdigit() for c in cells):
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def read_results(results_dir: Path) -> dict[str, dict[str, dict]]:
+    """{model name: {task: result}} from the result JSONs of a directory."""
+    found: dict[str, dict[str, dict]] = {}
+    for path in sorted(results_dir.glob("*.json")):
+        try:
+            result = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            raise LangmimError(f"result file '{path}' is not valid JSON") from None
+        if {"model", "task", "metrics"} <= set(result):
+            found.setdefault(result["model"], {})[result["task"]] = result
+    return found
+
+
+def plot_fewshot(columns: dict[str, dict[str, dict]], png: Path) -> bool:
+    """Few-shot top-1 against shots per class, one line per model (mean +- std over seeds)."""
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), sharey=True)
+    drawn = False
+    for name, results in columns.items():
+        details = results.get("fewshot", {}).get("details", {}).get("mean")
+        if not details:
+            continue
+        shots = sorted(details, key=int)
+        for ax, classifier in zip(axes, ("prototype", "logistic")):
+            means = [details[n][classifier]["mean"] for n in shots]
+            stds = [details[n][classifier]["std"] for n in shots]
+            ax.errorbar([int(n) for n in shots], means, yerr=stds, marker="o", capsize=3, label=name)
+            drawn = True
+    for ax, classifier in zip(axes, ("prototype", "logistic")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("labelled images per class")
+        ax.set_title(f"few-shot, {classifier} (patch mean)")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("top-1 (%)")
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    if drawn:
+        fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return drawn
+
+
+def plot_retrieval(columns: dict[str, dict[str, dict]], png: Path) -> bool:
+    """Recall@1/5/10 in both directions, grouped bars per model."""
+    models = [n for n, r in columns.items() if "retrieval" in r]
+    if not models:
+        return False
+    keys = [f"{d}_R@{k}" for d in ("image_to_text", "text_to_image") for k in (1, 5, 10)]
+    fig, ax = plt.subplots(figsize=(9, 3.4))
+    width = 0.8 / len(models)
+    for i, name in enumerate(models):
+        metrics = columns[name]["retrieval"]["metrics"]
+        ax.bar(np.arange(len(keys)) + i * width, [metrics[k] for k in keys], width, label=name)
+    ax.set_xticks(np.arange(len(keys)) + 0.4 - width / 2)
+    ax.set_xticklabels([k.replace("image_to_text", "i->t").replace("text_to_image", "t->i") for k in keys])
+    ax.set_ylabel("recall (%)")
+    ax.set_title("retrieval on held-out captioned scenes")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def write_report(run_dirs: list[Path], out_dir: Path) -> Path:
+    """Compile the result JSONs of several runs into ``out_dir/report.md`` and PNG figures."""
+    columns: dict[str, dict[str, dict]] = {}
+    has_text: dict[str, bool] = {}
+    for run_dir in run_dirs:
+        results_dir = run_dir / "results" if (run_dir / "results").is_dir() else run_dir
+        if not results_dir.is_dir():
+            raise LangmimError(f"'{run_dir}' is not a run directory or a results directory")
+        found = read_results(results_dir)
+        if not found:
+            raise LangmimError(f"no result JSONs in '{results_dir}'; run langmim eval --checkpoint {run_dir} first")
+        for model, results in found.items():
+            label = model if len(run_dirs) == 1 else f"{model} ({run_dir.name})"
+            columns[label] = results
+            method = next(iter(results.values()))["config"]["method"] if model != "random-init" else None
+            has_text[label] = method in ("clip", "rils") if method else any(t in results for t in NO_TEXT_TASKS)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lines = ["# langmim report", "", "Runs: " + ", ".join(f"`{d}`" for d in run_dirs), "", comparison_table(columns, has_text), ""]
+    if plot_fewshot(columns, out_dir / "fewshot.png"):
+        lines += ["## Few-shot", "![few-shot](fewshot.png)", ""]
+    if plot_retrieval(columns, out_dir / "retrieval.png"):
+        lines += ["## Retrieval", "![retrieval](retrieval.png)", ""]
+    examples = [p for d in run_dirs for p in sorted((d / "results" if (d / "results").is_dir() else d).glob("*_segmentation_examples.png"))]
+    if examples:
+        lines += ["## Segmentation examples (image, truth, prediction)"]
+        for png in examples:
+            target = out_dir / f"{png.parent.parent.name}_{png.name}" if png.parent.name == "results" else out_dir / png.name
+            if target.resolve() != png.resolve():
+                target.write_bytes(png.read_bytes())
+            lines += [f"![{png.stem}]({target.name})"]
+    report = out_dir / "report.md"
+    report.write_text("\n".join(lines) + "\n")
+    return report

@@ -61,7 +61,7 @@ def train_val_split(n: int, val_fraction: float, seed: int) -> tuple[Tensor, Ten
     return perm[n_val:], perm[:n_val]
 
 
-def _standardize(fit: Tensor, *others: Tensor) -> list[Tensor]:
+def standardize(fit: Tensor, *others: Tensor) -> list[Tensor]:
     """Scale every tensor by the per-dimension mean/std of `fit` alone (no leak from others)."""
     fit = fit.float()
     mean = fit.mean(dim=0)
@@ -93,14 +93,14 @@ def linear_probe(
     fit_idx, val_idx = train_val_split(train_features.shape[0], val_fraction, seed)
     fit_idx, val_idx = fit_idx.to(device), val_idx.to(device)
 
-    fit_x, val_x = _standardize(train_features[fit_idx], train_features[val_idx])
+    fit_x, val_x = standardize(train_features[fit_idx], train_features[val_idx])
     sweep = {}
     for wd in weight_decays:
         head = fit_logistic_regression(fit_x, train_labels[fit_idx], wd, num_classes, max_iter)
         sweep[wd] = accuracy(head(val_x), train_labels[val_idx])
     best_wd = max(sweep, key=lambda wd: (sweep[wd], wd))
 
-    train_x, test_x = _standardize(train_features, test_features)
+    train_x, test_x = standardize(train_features, test_features)
     head = fit_logistic_regression(train_x, train_labels, best_wd, num_classes, max_iter)
     return {
         "top1": accuracy(head(test_x), test_labels),

@@ -1,0 +1,35 @@
+"""Recall@k from hand-made similarity matrices, with repeated captions."""
+import pytest
+import torch
+
+from langmim.eval.retrieval import recall_at_k, relevance_from_captions
+
+
+def test_recall_from_a_hand_made_matrix():
+    # 3 images x 3 captions, all captions distinct: truth is the diagonal.
+    sim = torch.tensor([
+        [0.9, 0.1, 0.0],   # image 0: own caption first
+        [0.8, 0.5, 0.1],   # image 1: own caption second
+        [0.7, 0.6, 0.2],   # image 2: own caption third
+    ])
+    r = recall_at_k(sim, torch.eye(3, dtype=torch.bool), ks=(1, 2, 3))
+    assert r["image_to_text_R@1"] == pytest.approx(100 / 3)
+    assert r["image_to_text_R@2"] == pytest.approx(200 / 3)
+    assert r["image_to_text_R@3"] == pytest.approx(100.0)
+    # columns: caption 0 -> image 0 first (hit); caption 1 -> image 2 (0.6) then image 1 (0.5);
+    # caption 2 -> image 2 first (hit)
+    assert r["text_to_image_R@1"] == pytest.approx(200 / 3)
+    assert r["text_to_image_R@2"] == pytest.approx(100.0)
+
+
+def test_a_caption_with_the_same_text_counts_as_a_hit():
+    captions = ["a red bag.", "a red bag.", "a blue coat."]
+    relevant = relevance_from_captions(captions)
+    assert relevant.tolist() == [[True, True, False], [True, True, False], [False, False, True]]
+    sim = torch.tensor([
+        [0.1, 0.9, 0.0],   # image 0 retrieves caption 1: same text -> hit
+        [0.2, 0.1, 0.9],   # image 1 retrieves the coat -> miss at k=1
+        [0.0, 0.0, 1.0],
+    ])
+    r = recall_at_k(sim, relevant, ks=(1,))
+    assert r["image_to_text_R@1"] == pytest.approx(200 / 3)
