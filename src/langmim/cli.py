@@ -38,14 +38,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-tensorboard", action="store_true", help="write metrics.jsonl only, no TensorBoard events")
     p.add_argument("overrides", nargs="*", help=OVERRIDE_HELP)
 
-    e = sub.add_parser("eval", help="evaluate a checkpoint: zero-shot, k-NN, linear, few-shot, retrieval, segmentation",
+    e = sub.add_parser("eval", help="evaluate a checkpoint: zero-shot, k-NN, linear, few-shot, fine-tuning, retrieval, segmentation",
                        description="Evaluate a checkpoint file or run directory on the built-in data: Fashion-MNIST "
-                       "test images rendered as centred scenes (zeroshot, knn, linear, fewshot), held-out captioned "
+                       "test images rendered as centred scenes (zeroshot, knn, linear, fewshot, finetune), held-out captioned "
                        "scenes (retrieval) and scenes with masks (segmentation); writes one JSON per task. Tasks that "
                        "need a text tower are skipped with a note for MAE and MILAN.")
     e.add_argument("--checkpoint", required=True, help="a checkpoint file or a run directory (newest checkpoint)")
     e.add_argument("--tasks", default="zeroshot,knn,linear",
-                   help="comma-separated: zeroshot, knn, linear, fewshot, retrieval, segmentation, or 'all'")
+                   help="comma-separated: zeroshot, knn, linear, fewshot, finetune, retrieval, segmentation, or 'all'")
     e.add_argument("--output", default=None, help="directory for the result JSONs; default: RUN/results")
     e.add_argument("overrides", nargs="*", help="eval.* overrides, e.g. eval.probe_train_size=5000")
 

@@ -123,6 +123,7 @@ TABLE_ROWS = (
     ("linear probe top-1, CLS (%)", "linear", "cls_top1"),
     ("few-shot 1-shot, prototype, patch mean (%)", "fewshot", "mean_prototype_1shot"),
     ("few-shot 16-shot, logistic, patch mean (%)", "fewshot", "mean_logistic_16shot"),
+    ("fine-tuning top-1 (%)", "finetune", "top1"),
     ("segmentation mIoU (%)", "segmentation", "miou"),
 )
 NO_TEXT_TASKS = ("zeroshot", "retrieval")

@@ -1,0 +1,101 @@
+"""End-to-end fine-tuning: the whole encoder plus a linear head (MAE ``main_finetune.py``).
+
+A copy of the vision tower is trained with a linear head on the pooled patch tokens, AdamW with
+layer-wise lr decay (layer ``i`` of ``L`` gets ``decay ** (L + 1 - i)`` of the head's lr),
+stochastic depth rising linearly over the blocks, label smoothing, and a linear warm-up then
+cosine schedule. The checkpoint's own weights are never touched.
+"""
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+import torch.nn.functional as F
+from timm.layers import DropPath
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from ..data.scenes import to_float
+from ..models.vit import MaskedVisionTransformer
+from .linear import accuracy
+
+
+class FineTuneClassifier(nn.Module):
+    """Vision tower -> patch-token mean -> LayerNorm-free linear head."""
+
+    def __init__(self, visual: MaskedVisionTransformer, num_classes: int, drop_path: float) -> None:
+        super().__init__()
+        self.visual = copy.deepcopy(visual)
+        depth = len(self.visual.blocks)
+        for i, block in enumerate(self.visual.blocks):
+            rate = drop_path * i / max(1, depth - 1)
+            block.drop_path1 = DropPath(rate) if rate > 0 else nn.Identity()
+            block.drop_path2 = DropPath(rate) if rate > 0 else nn.Identity()
+        self.head = nn.Linear(self.visual.width, num_classes)
+        nn.init.trunc_normal_(self.head.weight, std=2e-5)  # MAE's head init
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.visual.pool(self.visual.forward_features(images), "mean"))
+
+
+def layer_id(name: str, depth: int) -> int:
+    """0 for the embeddings, i + 1 for block i, depth + 1 for the final norm and the head."""
+    if name.startswith(("visual.patch_embed", "visual.cls_token", "visual.pos_embed")):
+        return 0
+    if name.startswith("visual.blocks."):
+        return int(name.split(".")[2]) + 1
+    return depth + 1
+
+
+def layer_decay_groups(model: FineTuneClassifier, weight_decay: float, layer_decay: float) -> list[dict]:
+    """One param group per (layer, decayed or not), each with its ``lr_scale``."""
+    depth = len(model.visual.blocks)
+    groups: dict[tuple[int, bool], dict] = {}
+    for name, param in model.named_parameters():
+        layer = layer_id(name, depth)
+        decay = param.ndim > 1 and not name.endswith(("cls_token", "pos_embed"))
+        group = groups.setdefault((layer, decay), {
+            "params": [], "weight_decay": weight_decay if decay else 0.0,
+            "lr_scale": layer_decay ** (depth + 1 - layer),
+        })
+        group["params"].append(param)
+    return list(groups.values())
+
+
+def finetune(
+    visual: MaskedVisionTransformer, train: Dataset, test: Dataset, num_classes: int, *, epochs: int = 3,
+    batch_size: int = 128, lr: float = 1e-3, layer_decay: float = 0.75, drop_path: float = 0.1,
+    weight_decay: float = 0.05, warmup_fraction: float = 0.1, label_smoothing: float = 0.1, seed: int = 0,
+) -> dict:
+    """Fine-tune a copy of ``visual`` on ``train`` (uint8 image, label) pairs; top-1 on ``test``."""
+    torch.manual_seed(seed)
+    device = next(visual.parameters()).device
+    model = FineTuneClassifier(visual, num_classes, drop_path).to(device).train()
+    optimizer = torch.optim.AdamW(layer_decay_groups(model, weight_decay, layer_decay), lr=lr)
+    loader = DataLoader(train, batch_size=batch_size, shuffle=True, drop_last=True,
+                        generator=torch.Generator().manual_seed(seed))
+    total = epochs * len(loader)
+    warmup = max(1, int(warmup_fraction * total))
+    step = 0
+    for _ in range(epochs):
+        for images, labels in loader:
+            factor = (step + 1) / warmup if step < warmup else 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+            for group in optimizer.param_groups:
+                group["lr"] = lr * factor * group["lr_scale"]
+            images = to_float(images.to(device))
+            flip = torch.rand(images.shape[0], device=device) < 0.5
+            images = torch.where(flip[:, None, None, None], images.flip(-1), images)
+            loss = F.cross_entropy(model(images), labels.to(device), label_smoothing=label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+    model.eval()
+    logits, targets = [], []
+    with torch.no_grad():
+        for images, labels in DataLoader(test, batch_size=256):
+            logits.append(model(to_float(images.to(device))).float().cpu())
+            targets.append(labels)
+    return {"top1": accuracy(torch.cat(logits), torch.cat(targets)), "steps": total, "final_loss": float(loss.detach())}
