@@ -43,10 +43,16 @@ def build_parser() -> argparse.ArgumentParser:
                        "test images rendered as centred scenes (zeroshot, knn, linear, fewshot, finetune), held-out captioned "
                        "scenes (retrieval) and scenes with masks (segmentation); writes one JSON per task. Tasks that "
                        "need a text tower are skipped with a note for MAE and MILAN.")
-    e.add_argument("--checkpoint", required=True, help="a checkpoint file or a run directory (newest checkpoint)")
+    e.add_argument("--checkpoint", required=True,
+                   help="a langmim checkpoint file or run directory (newest checkpoint), or an external model "
+                   "with weights on disk: timm:MODEL:WEIGHTS or openclip:MODEL:WEIGHTS")
+    e.add_argument("--dataset", default=None, metavar="PATH",
+                   help="an image folder with train/ and val/ class sub-folders (classification tasks) or a "
+                   "CSV/TSV with image-path and caption columns (retrieval); default: the built-in data")
     e.add_argument("--tasks", default="zeroshot,knn,linear",
                    help="comma-separated: zeroshot, knn, linear, fewshot, finetune, retrieval, segmentation, or 'all'")
-    e.add_argument("--output", default=None, help="directory for the result JSONs; default: RUN/results")
+    e.add_argument("--output", default=None, help="directory for the result JSONs; default: RUN/results "
+                   "(runs/external/NAME/results for external models)")
     e.add_argument("overrides", nargs="*", help="eval.* overrides, e.g. eval.probe_train_size=5000")
 
     r = sub.add_parser("report", help="compile the results of several runs into one markdown table and PNG figures",
@@ -73,15 +79,23 @@ def cmd_eval(args: argparse.Namespace) -> None:
     unknown = [t for t in tasks if t not in TASKS]
     if unknown or not tasks:
         raise ConfigError(f"--tasks: unknown task(s) {', '.join(unknown) or '(none given)'}; valid: {', '.join(TASKS)}, all")
-    model = load(args.checkpoint)
+    external = args.checkpoint.startswith(("timm:", "openclip:"))
+    if external:
+        from .eval.external import load_external
+
+        model = load_external(args.checkpoint)
+        name = model.config.method.replace(":", "-").replace("/", "-")
+    else:
+        model = load(args.checkpoint)
+        name = model.config.method
     for item in args.overrides:
         key, value = parse_override(item)
         if not key.startswith("eval."):
             raise ConfigError(f"eval accepts only eval.* overrides, got '{key}'")
         apply_dict(model.config, {key: value}, "command line")
-    ckpt = Path(model.checkpoint_path)
-    out = Path(args.output) if args.output else ckpt.parent / "results"
-    results = evaluate(model, tasks, model.config.eval, out, model.config.method, model.config.data.root)
+    default_out = Path("runs/external") / name / "results" if external else Path(model.checkpoint_path).parent / "results"
+    out = Path(args.output) if args.output else default_out
+    results = evaluate(model, tasks, model.config.eval, out, name, model.config.data.root, dataset=args.dataset)
     print(json.dumps({t: r["metrics"] for t, r in results.items()}, indent=1))
 
 

@@ -113,9 +113,9 @@ class EvalConfig:
     segmentation_train_size: int = 2000  # scenes of train-split items the head fits on
     segmentation_test_size: int = 1000  # scenes of test-split items it is scored on
     segmentation_epochs: int = 20
-    finetune_train_size: int = 5000  # Fashion-MNIST train images fine-tuning trains on
-    finetune_epochs: int = 3
-    finetune_lr: float = 1e-3
+    finetune_train_size: int = 20000  # Fashion-MNIST train images fine-tuning trains on (as the probes)
+    finetune_epochs: int = 2
+    finetune_lr: float = 3e-3
     finetune_layer_decay: float = 0.75  # MAE uses 0.65 for ViT-B's 12 blocks; the demo has 6
     finetune_drop_path: float = 0.1
 

@@ -227,7 +227,8 @@ def write_report(run_dirs: list[Path], out_dir: Path) -> Path:
             label = model if len(run_dirs) == 1 else f"{model} ({run_dir.name})"
             columns[label] = results
             method = next(iter(results.values()))["config"]["method"] if model != "random-init" else None
-            has_text[label] = method in ("clip", "rils") if method else any(t in results for t in NO_TEXT_TASKS)
+            text_method = method in ("clip", "rils") or str(method).startswith("openclip:")
+            has_text[label] = text_method if method else any(t in results for t in NO_TEXT_TASKS)
     out_dir.mkdir(parents=True, exist_ok=True)
     lines = ["# langmim report", "", "Runs: " + ", ".join(f"`{d}`" for d in run_dirs), "", comparison_table(columns, has_text), ""]
     if plot_fewshot(columns, out_dir / "fewshot.png"):

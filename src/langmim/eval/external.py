@@ -1,0 +1,137 @@
+"""External baselines in the same evaluation table: a timm ViT or an open_clip model with
+weights on disk (``timm:MODEL:WEIGHTS``, ``openclip:MODEL:WEIGHTS``).
+
+The adapter offers what the evaluation suite uses of a langmim model: ``visual.forward_features``
+(CLS then patch tokens after the final norm), ``visual.pool``, ``image_embedding``,
+``encode_image``, and for open_clip ``encode_text`` with its tokenizer. Images arrive in
+langmim's normalisation at the model's input size and are converted to the model's own.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import Config
+from ..errors import CheckpointError, ConfigError
+from ..models.teacher import LANGMIM_NORMALISATION
+from ..models.vit import MaskedVisionTransformer
+
+
+class Renormalise(nn.Module):
+    """langmim-normalised images -> another model's normalisation."""
+
+    def __init__(self, mean: tuple, std: tuple) -> None:
+        super().__init__()
+        in_mean, in_std = LANGMIM_NORMALISATION
+        self.register_buffer("scale", (torch.tensor(in_std) / torch.tensor(std)).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("shift", ((torch.tensor(in_mean) - torch.tensor(mean)) / torch.tensor(std)).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return images * self.scale + self.shift
+
+
+class TimmTower(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        cfg = model.pretrained_cfg
+        self.renormalise = Renormalise(tuple(cfg.get("mean", (0.5,) * 3)), tuple(cfg.get("std", (0.5,) * 3)))
+        self.prefix = getattr(model, "num_prefix_tokens", 1)
+
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        tokens = self.model.forward_features(self.renormalise(images))
+        return torch.cat([tokens[:, :1], tokens[:, self.prefix:]], dim=1)
+
+    pool = staticmethod(MaskedVisionTransformer.pool)
+
+
+class OpenCLIPTower(nn.Module):
+    def __init__(self, visual: nn.Module, mean: tuple, std: tuple) -> None:
+        super().__init__()
+        self.visual = visual
+        self.renormalise = Renormalise(mean, std)
+
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        v = self.visual
+        return v.ln_post(v.transformer(v._embeds(self.renormalise(images))))
+
+    pool = staticmethod(MaskedVisionTransformer.pool)
+
+
+class ExternalModel(nn.Module):
+    """A timm or open_clip model wearing the evaluation API of a langmim model."""
+
+    def __init__(self, kind: str, name: str, weights: str, visual: nn.Module, image_size: int,
+                 clip: nn.Module | None = None, tokenizer=None) -> None:
+        super().__init__()
+        self.visual, self.clip, self.tokenizer = visual, clip, tokenizer
+        self.has_text = clip is not None
+        self.config = Config(method=f"{kind}:{name}")
+        self.config.model.img_size = image_size
+        self.checkpoint_path, self.step = weights, None
+
+    def image_embedding(self, tokens: torch.Tensor) -> torch.Tensor:
+        if self.clip is None:  # timm: the model's own pooling of the normed tokens
+            return self.visual.pool(tokens, "cls" if self.visual.model.global_pool == "token" else "mean")
+        v = self.clip.visual
+        pooled = tokens[:, 1:].mean(dim=1) if v.pool_type == "avg" else tokens[:, 0]
+        return pooled @ v.proj
+
+    def encode_image(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        emb = self.image_embedding(self.visual.forward_features(images))
+        return F.normalize(emb, dim=-1) if normalize else emb
+
+    def encode_text(self, tokens: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        return self.clip.encode_text(tokens, normalize=normalize)
+
+
+def load_weights(path: str) -> dict:
+    if not Path(path).is_file():
+        raise CheckpointError(f"weights file '{path}' not found")
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle errors come in many types; all mean "not plain weights"
+        raise CheckpointError(f"'{path}' is not a plain weights file that loads with weights_only=True ({type(err).__name__})") from None
+    return state.get("state_dict", state) if isinstance(state, dict) else state
+
+
+def load_external(spec: str) -> ExternalModel:
+    """``timm:MODEL:WEIGHTS`` or ``openclip:MODEL:WEIGHTS`` -> an evaluable model (eval mode)."""
+    kind, _, rest = spec.partition(":")
+    name, _, weights = rest.partition(":")
+    if kind not in ("timm", "openclip") or not name or not weights:
+        raise ConfigError(f"--checkpoint {spec!r}: expected a langmim run/checkpoint, timm:MODEL:WEIGHTS or openclip:MODEL:WEIGHTS")
+    if kind == "timm":
+        import timm
+
+        try:
+            model = timm.create_model(name, pretrained=False, num_classes=0)
+        except RuntimeError as err:
+            raise ConfigError(f"unknown timm model {name!r} ({err})") from None
+        try:
+            model.load_state_dict(load_weights(weights), strict=True)
+        except RuntimeError as err:
+            raise CheckpointError(f"'{weights}' does not load into timm {name}: {str(err).splitlines()[0]}") from None
+        size = model.pretrained_cfg.get("input_size", (3, 224, 224))[-1]
+        return ExternalModel(kind, name, weights, TimmTower(model), size).eval()
+    import open_clip
+
+    try:
+        model = open_clip.create_model(name, pretrained=None)
+    except RuntimeError as err:
+        raise ConfigError(f"unknown open_clip model {name!r} ({err})") from None
+    try:
+        open_clip.load_checkpoint(model, weights, strict=True, weights_only=True)
+    except Exception as err:  # open_clip raises several kinds; all mean "not these weights"
+        raise CheckpointError(f"'{weights}' does not load into open_clip {name}: {str(err).splitlines()[0]}") from None
+    preprocess = open_clip.get_model_preprocess_cfg(model)
+    tower = OpenCLIPTower(model.visual, tuple(preprocess["mean"]), tuple(preprocess["std"]))
+    size = model.visual.image_size[0] if isinstance(model.visual.image_size, tuple) else model.visual.image_size
+    return ExternalModel(kind, name, weights, tower, size, clip=model, tokenizer=open_clip.get_tokenizer(name)).eval()
