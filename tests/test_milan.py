@@ -192,3 +192,19 @@ def test_paper_ablations_train(tmp_path, clip_run, overrides):
     cfg = load_config(None, milan_overrides(tmp_path, clip_run, steps=2, **overrides))
     pretrain(cfg, log_tensorboard=False)
     assert isinstance(build_method(cfg), MILAN)
+
+
+def test_accumulation_and_bf16(tmp_path, clip_run):
+    """K micro-batches give the gradients of one batch; bf16 autocast trains."""
+    from distributed_step import one_step
+
+    for accum in (1, 4):
+        one_step(str(tmp_path / f"accum{accum}.pt"), milan_overrides(tmp_path / f"run{accum}", clip_run, **{"train.accum_freq": accum}))
+    one, four = (torch.load(tmp_path / f"accum{k}.pt") for k in (1, 4))
+    assert four["figures"]["loss"] == pytest.approx(one["figures"]["loss"], rel=1e-5)
+    for name, grad in one["grads"].items():
+        assert torch.allclose(four["grads"][name], grad, rtol=1e-3, atol=1e-6), name
+
+    cfg = load_config(None, milan_overrides(tmp_path / "bf16", clip_run, steps=2, **{"train.precision": "bf16"}))
+    pretrain(cfg, log_tensorboard=False)
+    assert list_checkpoints(tmp_path / "bf16")

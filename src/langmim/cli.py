@@ -1,4 +1,4 @@
-"""Command line: ``langmim pretrain | eval | demo | report``."""
+"""Command line: ``langmim pretrain | eval | report | export | demo``."""
 from __future__ import annotations
 
 import argparse
@@ -62,6 +62,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("runs", nargs="+", metavar="RUN", help="run directories (or results directories)")
     r.add_argument("--output", default="runs/report", help="directory for report.md and the PNGs; default: runs/report")
 
+    x = sub.add_parser("export", help="export a checkpoint for timm (vision tower), open_clip (CLIP/RILS) or as safetensors",
+                       description="Write the vision tower as a timm local-dir folder (timm.create_model('local-dir:OUT', "
+                       "pretrained=True)), a CLIP or RILS model as an open_clip local-dir folder "
+                       "(open_clip.create_model('local-dir:OUT')), or the whole state dict as safetensors with the "
+                       "resolved config as metadata. The preprocessing travels with every export.")
+    x.add_argument("run", metavar="RUN", help="a checkpoint file or a run directory (newest checkpoint)")
+    x.add_argument("--format", required=True, choices=("timm", "open_clip", "safetensors"), help="what to write")
+    x.add_argument("--out", default=None, metavar="PATH",
+                   help="output folder (timm, open_clip) or file (safetensors); default: RUN/export-FORMAT[.safetensors]")
+
     d = sub.add_parser("demo", help="pre-train RILS on the built-in scenes, evaluate, write runs/demo/report.md",
                        description="The laptop demo: pre-trains with the 'demo' preset (resuming an interrupted "
                        "run), evaluates it beside a random encoder of the same shape and writes report.md.")
@@ -117,6 +127,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .report import write_report
 
             print(f"report: {write_report([Path(r) for r in args.runs], Path(args.output))}")
+        elif args.command == "export":
+            from .api import load
+            from .export import export
+
+            model = load(args.run)
+            default = Path(model.checkpoint_path).parent / f"export-{args.format}{'.safetensors' if args.format == 'safetensors' else ''}"
+            print(f"exported: {export(model, args.format, Path(args.out) if args.out else default)}")
         elif args.command == "demo":
             from .demo import run_demo
 

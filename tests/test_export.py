@@ -1,0 +1,82 @@
+"""Exports load strictly into timm and open_clip and give langmim's own features."""
+import json
+
+import open_clip
+import pytest
+import timm
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from conftest import tiny_overrides
+from langmim.api import load
+from langmim.cli import main
+from langmim.config import load_config, to_dict
+from langmim.engine.loop import pretrain
+
+# Two encoder sizes beside the conftest one: patch 8 at 32 px, and patch 16 at 64 px (the demo's grid).
+SIZES = {
+    "tiny": [],
+    "demo-grid": ["model.img_size=64", "model.patch_size=16", "model.width=96", "model.depth=3", "model.heads=3"],
+}
+
+
+@pytest.fixture(scope="module", params=list(SIZES))
+def rils_run(request, tmp_path_factory):
+    run = tmp_path_factory.mktemp(f"rils_{request.param}")
+    pretrain(load_config(None, tiny_overrides(run, "rils", steps=2) + SIZES[request.param]), log_tensorboard=False)
+    return run
+
+
+def test_timm_export_loads_strictly_and_matches(rils_run, tmp_path):
+    assert main(["export", str(rils_run), "--format", "timm", "--out", str(tmp_path / "timm")]) == 0
+    ours = load(rils_run)
+    config = json.loads((tmp_path / "timm" / "config.json").read_text())
+    size = ours.config.model.img_size
+    assert config["pretrained_cfg"]["input_size"] == [3, size, size] and config["pretrained_cfg"]["mean"] == [0.5] * 3
+
+    by_name = timm.create_model(config["architecture"], pretrained=False, num_classes=0, **config["model_args"])
+    by_name.load_state_dict(load_file(tmp_path / "timm" / "model.safetensors"), strict=True)
+    local = timm.create_model(f"local-dir:{tmp_path / 'timm'}", pretrained=True)
+    images = torch.randn(3, 3, size, size)
+    with torch.no_grad():
+        expected = ours.visual.forward_features(images)
+        for model in (by_name.eval(), local.eval()):
+            assert torch.allclose(model.forward_features(images), expected, atol=1e-5)
+            assert torch.allclose(model(images), ours.visual(images), atol=1e-5)  # mean of patch tokens
+
+
+def test_open_clip_export_gives_the_same_embeddings(rils_run, tmp_path):
+    assert main(["export", str(rils_run), "--format", "open_clip", "--out", str(tmp_path / "oc")]) == 0
+    ours = load(rils_run)
+    theirs = open_clip.create_model(f"local-dir:{tmp_path / 'oc'}").eval()
+    size = ours.config.model.img_size
+    images = torch.randn(3, 3, size, size)
+    captions = ["a small red bag on the left.", "a pair of white trousers in the centre."]
+    tokenizer = open_clip.get_tokenizer(f"local-dir:{tmp_path / 'oc'}")
+    assert torch.equal(tokenizer(captions), ours.tokenizer(captions))
+    with torch.no_grad():
+        assert torch.allclose(theirs.encode_image(images), ours.encode_image(images, normalize=False), atol=1e-5)
+        assert torch.allclose(theirs.encode_text(tokenizer(captions)), ours.encode_text(ours.tokenizer(captions), normalize=False), atol=1e-5)
+    assert theirs.logit_scale.item() == pytest.approx(ours.logit_scale.item())
+    preprocess = json.loads((tmp_path / "oc" / "open_clip_config.json").read_text())["preprocess_cfg"]
+    assert preprocess["size"] == size and preprocess["mean"] == [0.5] * 3
+
+
+def test_safetensors_round_trip_is_lossless(rils_run, tmp_path):
+    out = tmp_path / "model.safetensors"
+    assert main(["export", str(rils_run), "--format", "safetensors", "--out", str(out)]) == 0
+    ours = load(rils_run)
+    with safe_open(str(out), "pt") as f:
+        config = json.loads(f.metadata()["langmim_config"])
+    assert config == json.loads(json.dumps(to_dict(ours.config)))
+    reloaded = load(rils_run)
+    reloaded.load_state_dict(load_file(out), strict=True)
+    for name, value in ours.state_dict().items():
+        assert torch.equal(value, reloaded.state_dict()[name]), name
+
+
+def test_open_clip_export_of_mae_is_a_clear_error(tmp_path, capsys):
+    pretrain(load_config(None, tiny_overrides(tmp_path, "mae", steps=1)), log_tensorboard=False)
+    assert main(["export", str(tmp_path), "--format", "open_clip"]) == 2
+    assert "CLIP or RILS" in capsys.readouterr().err
