@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import signal
 import subprocess
 import zipfile
 from pathlib import Path
@@ -53,6 +54,22 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+# Test-only fault injection: SIGKILL this process inside its N-th checkpoint write (after the
+# temporary file is written, before it is renamed), a moment too short to hit from outside.
+KILL_IN_SAVE_ENV = "LANGMIM_TEST_KILL_IN_SAVE"
+_saves_started = 0
+
+
+def _fault_point() -> None:
+    global _saves_started
+    target = os.environ.get(KILL_IN_SAVE_ENV)
+    if target is None:
+        return
+    _saves_started += 1
+    if _saves_started == int(target):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def atomic_save(obj: Any, path: Path) -> None:
     """torch.save to a temporary file in the same directory, fsync, then rename over ``path``."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -60,6 +77,7 @@ def atomic_save(obj: Any, path: Path) -> None:
         with open(tmp, "wb") as fh:
             torch.save(obj, fh)
             fh.flush()
+            _fault_point()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     finally:
@@ -86,6 +104,14 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
 def prune_checkpoints(run_dir: Path, keep: int) -> None:
     for old in list_checkpoints(run_dir)[:-keep]:
         old.unlink(missing_ok=True)
+
+
+def remove_stale_temporaries(run_dir: Path) -> list[Path]:
+    """Delete temporary files left by a process killed inside a checkpoint write."""
+    stale = [p for p in run_dir.glob(".checkpoint-*.pt.tmp-*") if p.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
 
 
 def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -26,6 +26,7 @@ from .checkpoint import (
     list_checkpoints,
     load_checkpoint,
     prune_checkpoints,
+    remove_stale_temporaries,
     rng_state,
     set_rng_state,
     versions,
@@ -175,6 +176,8 @@ def pretrain(cfg: Config, resume: str | None = None, log_tensorboard: bool = Tru
     resume_path = find_resume_checkpoint(resume, run_dir)
     if distributed.is_main():
         prepare_run_dir(run_dir, resuming=resume is not None)
+        for stale in remove_stale_temporaries(run_dir):
+            print(f"removed {stale.name}, left by a run killed while writing a checkpoint")
     torch.manual_seed(cfg.train.seed)
     method = build_method(cfg, with_teacher=True).to(info.device)  # fills teacher.embed_dim
     state = load_checkpoint(resume_path) if resume_path is not None else None

@@ -1,0 +1,67 @@
+"""A run SIGKILLed at random moments, also inside checkpoint writes, resumes to the very weights
+of an uninterrupted run."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+
+from conftest import tiny_overrides
+from langmim.engine.checkpoint import KILL_IN_SAVE_ENV, list_checkpoints, load_checkpoint
+
+STEPS = 200
+KILLS = 10
+
+
+def logged_lines(run_dir) -> int:
+    path = run_dir / "metrics.jsonl"
+    return path.read_text().count("\n") if path.is_file() else 0
+
+
+def launch(overrides, env):
+    cmd = [sys.executable, "-m", "langmim.cli", "pretrain", "--no-tensorboard", "--resume", "latest", *overrides]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def test_random_sigkills_resume_to_identical_weights(tmp_path):
+    extra = {"train.ckpt_every": 7, "train.keep_checkpoints": 2}
+    # Both runs in subprocesses with one thread: floating-point sums depend on the thread count.
+    base_env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    reference = tmp_path / "reference"
+    uninterrupted = launch(tiny_overrides(reference, "rils", steps=STEPS, **extra), base_env)
+
+    run = tmp_path / "killed"
+    overrides = tiny_overrides(run, "rils", steps=STEPS, **extra)
+    rng = np.random.default_rng(0)
+    kills = in_save = 0
+    while kills < KILLS:
+        env = dict(base_env)
+        if kills % 3 == 2:  # a third of the kills land inside a checkpoint write
+            env[KILL_IN_SAVE_ENV] = str(int(rng.integers(1, 3)))
+            proc = launch(overrides, env)
+            proc.wait(timeout=120)
+            in_save += proc.returncode == -signal.SIGKILL
+        else:  # the others at a random step, from outside
+            # log_every=1: each new line is one more step of this process; kill after 1 to 14
+            before, steps = logged_lines(run), int(rng.integers(1, 15))
+            proc = launch(overrides, env)
+            while proc.poll() is None and logged_lines(run) < before + steps:
+                time.sleep(0.002)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=60)
+        kills += 1
+        assert not [p for p in run.glob("checkpoint-*.pt") if p.name.startswith(".")]
+    assert in_save >= 2, "the fault hook never fired inside a checkpoint write"
+
+    for proc in (launch(overrides, base_env), uninterrupted):
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-2000:]
+    assert not list(run.glob(".checkpoint-*.tmp-*"))  # temporaries of killed writes are cleaned up
+    a = load_checkpoint(list_checkpoints(reference)[-1])
+    b = load_checkpoint(list_checkpoints(run)[-1])
+    assert a["step"] == b["step"] == STEPS
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
