@@ -23,7 +23,7 @@ METHODS = ("mae", "clip", "rils", "milan")
 DECODER_TYPES = ("prompting", "mae")
 MASKINGS = ("semantic", "random")
 IMPORTANCES = ("attention", "similarity")
-DATASETS = ("fashion-scenes",)
+DATASETS = ("fashion-scenes", "csv", "imagefolder")
 PRECISIONS = ("fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
@@ -74,7 +74,7 @@ class TeacherConfig:
 @dataclass
 class DataConfig:
     name: str = "fashion-scenes"
-    root: Optional[str] = None  # directory with the Fashion-MNIST idx files
+    root: Optional[str] = None  # fashion-scenes: the Fashion-MNIST idx files; csv: the table; imagefolder: the folder
     augment: bool = True
     plain_share: float = 0.3  # fashion-scenes: share of single white/grey centred items
     num_workers: int = 0

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..config import Config
 from ..errors import ConfigError
+from .captioned import CaptionedImages
 from .scenes import FashionScenes
 
 NOISE_STREAM = 7919  # separates the masking-noise RNG stream from the scene stream
@@ -58,6 +59,8 @@ class PretrainCollator:
         }
         if self.tokenizer is not None:
             batch["text"] = self.tokenizer([s["caption"] for s in samples])
+        if "data_problems" in samples[0]:
+            batch["data_problems"] = torch.stack([s["data_problems"] for s in samples]).sum(dim=0)
         return batch
 
 
@@ -67,7 +70,9 @@ def build_pretrain_dataset(cfg: Config) -> Dataset:
             split="train", canvas=cfg.model.img_size, seed=cfg.train.seed, augment=cfg.data.augment,
             root=cfg.data.root, plain_prob=cfg.data.plain_share,
         )
-    raise ConfigError(f"data.name must be fashion-scenes, got {cfg.data.name!r}")
+    if cfg.data.name in ("csv", "imagefolder"):
+        return CaptionedImages(cfg.data.name, cfg.data.root, cfg.model.img_size, cfg.train.seed, cfg.data.augment)
+    raise ConfigError(f"data.name must be fashion-scenes, csv or imagefolder, got {cfg.data.name!r}")
 
 
 def build_pretrain_loader(

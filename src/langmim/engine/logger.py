@@ -38,14 +38,17 @@ class MetricLogger:
         if self.bar is not None:
             self.bar.update(1)
 
-    def flush(self, step: int, lr: float) -> dict[str, float] | None:
-        """Write the interval's means; returns the record (None off the main rank)."""
+    def flush(self, step: int, lr: float, data_problems: dict[str, int] | None = None) -> dict | None:
+        """Write the interval's means (and the run's bad-sample counts so far); returns the
+        record (None off the main rank)."""
         elapsed = time.perf_counter() - self.interval_start
         record = {"step": step, "lr": lr}
         record.update({k: v / max(1, self.count) for k, v in self.sums.items()})
         record["images_per_s"] = self.images / max(elapsed, 1e-9)
         record["data_wait_share"] = self.data_time / max(elapsed, 1e-9)
         record["time"] = time.time()
+        if data_problems:
+            record["data_problems"] = data_problems
         self.sums.clear()
         self.count = self.images = 0
         self.data_time = 0.0
@@ -56,7 +59,7 @@ class MetricLogger:
             fh.write(json.dumps(record) + "\n")
         if self.writer is not None:
             for key, value in record.items():
-                if key not in ("step", "time"):
+                if key not in ("step", "time", "data_problems"):
                     self.writer.add_scalar(f"train/{key}", value, step)
         self.bar.set_postfix_str(
             f"loss {record.get('loss', float('nan')):.4f} | {record['images_per_s']:.0f} img/s | lr {lr:.2e}", refresh=False

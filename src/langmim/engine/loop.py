@@ -12,6 +12,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ..config import Config, config_differences, config_from_dict, save_config, to_dict
+from ..data.captioned import PROBLEM_KINDS
 from ..data.pretrain import build_pretrain_loader
 from ..data.scenes import to_float
 from ..errors import CheckpointError, LangmimError
@@ -194,17 +195,21 @@ def pretrain(cfg: Config, resume: str | None = None, log_tensorboard: bool = Tru
     logger = MetricLogger(run_dir, cfg.train.steps, start_step, distributed.is_main(), log_tensorboard)
     method.train()
     step = start_step
+    data_problems = None  # per-kind counts of skipped or converted samples in this process's batches
     try:
         fetch_start = time.perf_counter()
         for batch in loader:
             data_time = time.perf_counter() - fetch_start
+            problems = batch.pop("data_problems", None)
+            if problems is not None:
+                data_problems = problems if data_problems is None else data_problems + problems
             figures = trainer.step(move(batch, info.device))
             step += 1
             if not math.isfinite(figures["loss"]):
                 raise TrainingDiverged(f"loss became {figures['loss']} at step {step}; the last good checkpoint is kept in '{run_dir}'")
             logger.update(figures, batch["image"].shape[0] * info.world_size, data_time)
             if step % cfg.train.log_every == 0 or step == cfg.train.steps:
-                logger.flush(step, trainer.optimizer.param_groups[0]["lr"])
+                logger.flush(step, trainer.optimizer.param_groups[0]["lr"], problem_counts(data_problems, info.device))
             if step % cfg.train.ckpt_every == 0 or step in (cfg.train.steps, stop_after):
                 save_checkpoint(trainer, run_dir, step, cfg.train.keep_checkpoints)
             if step == stop_after:
@@ -212,7 +217,18 @@ def pretrain(cfg: Config, resume: str | None = None, log_tensorboard: bool = Tru
             fetch_start = time.perf_counter()
     finally:
         logger.close()
+    counts = problem_counts(data_problems, info.device)
+    if counts and distributed.is_main():
+        print(f"data problems in this run (skipped or converted samples, all ranks): {counts}")
     return run_dir
+
+
+def problem_counts(local: torch.Tensor | None, device: torch.device) -> dict[str, int]:
+    """Nonzero per-kind counts of bad samples summed over ranks."""
+    if local is None:
+        return {}
+    total = distributed.all_reduce_sum(local.to(device)).cpu()
+    return {kind: int(n) for kind, n in zip(PROBLEM_KINDS, total.tolist()) if n}
 
 
 def save_checkpoint(trainer: Trainer, run_dir: Path, step: int, keep: int) -> None:

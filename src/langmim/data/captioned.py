@@ -1,0 +1,163 @@
+"""Pre-training on your own image-caption data: a CSV/TSV of image paths and captions
+(open_clip's convention), or an image folder whose class names become captions through
+templates (for ImageNet-style data).
+
+Sample ``g`` of the run is a pure function of (seed, g), like the built-in scenes: epoch
+``g // n`` visits the ``n`` pairs in a seeded permutation, and the crop is drawn from a
+generator seeded by (seed, g). So resumed and multi-rank runs see what one process sees.
+
+Bad samples never stop a run. Images in other modes (grayscale, palette, RGBA, CMYK, 16-bit)
+are converted to RGB and counted; a pair that cannot be used (missing, empty, truncated or
+unreadable file, empty caption) is replaced by a later pair of the permutation and counted by
+kind. Each sample carries its counts, so they survive DataLoader workers; the training loop sums
+them, logs them with the metrics and prints them at the end of the run.
+"""
+from __future__ import annotations
+
+import csv
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+from torchvision.transforms import v2
+
+from ..errors import DataError
+from .folders import CAPTION_COLUMNS, IMAGE_COLUMNS, IMAGE_SUFFIXES
+from .scenes import fill_template
+
+CLASS_TEMPLATES = ("a photo of a {}.", "a {}.", "an image of a {}.", "a picture of a {}.")
+PROBLEM_KINDS = (
+    "missing_file", "empty_file", "unreadable_image", "truncated_image", "empty_caption",
+    "converted_grayscale", "converted_palette", "converted_alpha", "converted_cmyk", "converted_16bit", "converted_other",
+)
+CROP_SCALE = (0.5, 1.0)  # SLIP's RandomResizedCrop scale, which RILS's code inherits
+MAX_REPLACEMENTS = 100
+
+
+def read_caption_table(path: Path) -> list[tuple[Path, str]]:
+    """(image path, caption) rows of a CSV/TSV with a header; relative paths from its folder."""
+    if not path.is_file():
+        raise DataError(f"data.root: caption table '{path}' not found")
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+        header = reader.fieldnames or []
+        image_key = next((c for c in IMAGE_COLUMNS if c in header), None)
+        caption_key = next((c for c in CAPTION_COLUMNS if c in header), None)
+        if image_key is None or caption_key is None:
+            raise DataError(f"'{path}': header {header} needs an image column ({', '.join(IMAGE_COLUMNS)}) "
+                            f"and a caption column ({', '.join(CAPTION_COLUMNS)})")
+        rows = [(r.get(image_key) or "", r.get(caption_key) or "") for r in reader]
+    if not rows:
+        raise DataError(f"caption table '{path}' has no rows")
+    return [(Path(p) if Path(p).is_absolute() else path.parent / p, c) for p, c in rows]
+
+
+def read_class_folder(root: Path) -> tuple[list[tuple[Path, str]], list[str]]:
+    """(image path, class name) pairs of ``root/<class>/<image>`` (or ``root/train/<class>``)."""
+    if (root / "train").is_dir():
+        root = root / "train"
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir()) if root.is_dir() else []
+    if not classes:
+        raise DataError(f"data.root: '{root}' has no class sub-folders (expected {root}/<class>/<image>)")
+    pairs = [(p, name.replace("_", " ")) for name in classes for p in sorted((root / name).iterdir())
+             if p.suffix.lower() in IMAGE_SUFFIXES]
+    if not pairs:
+        raise DataError(f"data.root: '{root}' holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    return pairs, classes
+
+
+def to_rgb(image: Image.Image) -> tuple[Image.Image, str | None]:
+    """RGB image, and the kind of conversion it needed (None for RGB already)."""
+    if image.mode == "RGB":
+        return image, None
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        pixels = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") else max(pixels.max(), 1.0)
+        image = Image.fromarray((pixels / top * 255).round().astype(np.uint8))
+        return image.convert("RGB"), "converted_16bit"
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB"), "converted_alpha"
+    kind = {"L": "converted_grayscale", "1": "converted_grayscale", "P": "converted_palette", "CMYK": "converted_cmyk"}
+    return image.convert("RGB"), kind.get(image.mode, "converted_other")
+
+
+def load_rgb(path: Path) -> tuple[Image.Image | None, str | None]:
+    """(image, conversion kind) or (None, why it is unusable)."""
+    if not path.is_file():
+        return None, "missing_file"
+    if path.stat().st_size == 0:
+        return None, "empty_file"
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return to_rgb(im)
+    except UnidentifiedImageError:
+        return None, "unreadable_image"
+    except OSError:
+        return None, "truncated_image"
+
+
+class CaptionedImages(Dataset):
+    """Pre-training pairs from a CSV/TSV (``data.name=csv``) or a class folder (``data.name=imagefolder``)."""
+
+    def __init__(self, kind: str, root: str | None, size: int, seed: int, augment: bool = True) -> None:
+        if not root:
+            raise DataError(f"data.name={kind} needs data.root=PATH (a CSV/TSV file or an image folder)")
+        if kind == "csv":
+            self.pairs, self.classes = read_caption_table(Path(root)), None
+        else:
+            self.pairs, self.classes = read_class_folder(Path(root))
+        self.size, self.seed, self.augment = size, seed, augment
+        self.resize = v2.Compose([v2.Resize(size, interpolation=v2.InterpolationMode.BICUBIC, antialias=True), v2.CenterCrop(size)])
+        self._epoch_orders: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def _order(self, epoch: int) -> np.ndarray:
+        if epoch not in self._epoch_orders:
+            self._epoch_orders = {epoch: np.random.default_rng([self.seed, 104729, epoch]).permutation(len(self.pairs))}
+        return self._epoch_orders[epoch]
+
+    def _pair(self, index: int) -> tuple[Path, str]:
+        epoch, position = divmod(index, len(self.pairs))
+        return self.pairs[self._order(epoch)[position]]
+
+    def _crop(self, image: Image.Image, rng: np.random.Generator) -> torch.Tensor:
+        pixels = v2.functional.pil_to_tensor(image)
+        if not self.augment:
+            return self.resize(pixels)
+        height, width = pixels.shape[-2:]
+        for _ in range(10):  # RandomResizedCrop with the sample's own generator
+            area = height * width * rng.uniform(*CROP_SCALE)
+            ratio = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
+            w, h = round((area * ratio) ** 0.5), round((area / ratio) ** 0.5)
+            if 0 < w <= width and 0 < h <= height:
+                top, left = int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1))
+                return v2.functional.resized_crop(pixels, top, left, h, w, [self.size, self.size],
+                                                  interpolation=v2.InterpolationMode.BICUBIC, antialias=True)
+        return self.resize(pixels)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        """Sample ``index``; an unusable pair is replaced by a later one of the order. Only the
+        sample's own pair is counted (a replacement is counted when its own turn comes), so one
+        epoch counts every planted problem exactly once."""
+        rng = np.random.default_rng([self.seed, 7, index])
+        problems: Counter = Counter()
+        for attempt in range(MAX_REPLACEMENTS):
+            path, text = self._pair(index + attempt * 7919)
+            image, kind = (None, "empty_caption") if not text.strip() else load_rgb(path)
+            if attempt == 0 and kind is not None:
+                problems[kind] += 1
+            if image is None:
+                continue
+            caption = text.strip() if self.classes is None else fill_template(CLASS_TEMPLATES[int(rng.integers(len(CLASS_TEMPLATES)))], text)
+            counts = torch.tensor([problems[k] for k in PROBLEM_KINDS], dtype=torch.long)
+            return {"image": self._crop(image, rng), "caption": caption, "index": index, "data_problems": counts}
+        raise DataError(f"{MAX_REPLACEMENTS} pairs in a row were unusable around sample {index}; check data.root")
