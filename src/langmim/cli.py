@@ -72,6 +72,18 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--out", default=None, metavar="PATH",
                    help="output folder (timm, open_clip) or file (safetensors); default: RUN/export-FORMAT[.safetensors]")
 
+    g = sub.add_parser("data", help="write fashion-scenes as WebDataset shards (img2dataset layout)",
+                       description="Render built-in fashion-scenes (train-split items) into tar shards with "
+                       "{key}.png, {key}.txt and {key}.json per sample, the layout img2dataset writes; train on them "
+                       "with data.name=webdataset data.root='OUT/{00000..NNNNN}.tar'.")
+    g.add_argument("action", choices=("shards",), help="what to write")
+    g.add_argument("--out", required=True, help="output folder for the .tar shards")
+    g.add_argument("--num-samples", type=int, default=10000, help="scenes to write (default 10000)")
+    g.add_argument("--shard-size", type=int, default=1000, help="samples per shard (default 1000)")
+    g.add_argument("--seed", type=int, default=0, help="scene seed (default 0)")
+    g.add_argument("--canvas", type=int, default=64, help="image side in pixels (default 64)")
+    g.add_argument("--plain-share", type=float, default=0.3, help="share of plain single-item scenes (default 0.3)")
+
     d = sub.add_parser("demo", help="pre-train RILS on the built-in scenes, evaluate, write runs/demo/report.md",
                        description="The laptop demo: pre-trains with the 'demo' preset (resuming an interrupted "
                        "run), evaluates it beside a random encoder of the same shape and writes report.md.")
@@ -134,6 +146,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             model = load(args.run)
             default = Path(model.checkpoint_path).parent / f"export-{args.format}{'.safetensors' if args.format == 'safetensors' else ''}"
             print(f"exported: {export(model, args.format, Path(args.out) if args.out else default)}")
+        elif args.command == "data":
+            from .data.shards import write_scene_shards
+
+            shards = write_scene_shards(Path(args.out), args.num_samples, args.shard_size, args.seed, args.canvas, args.plain_share)
+            print(f"wrote {len(shards)} shards: {shards[0].parent}/{{{shards[0].stem}..{shards[-1].stem}}}.tar")
         elif args.command == "demo":
             from .demo import run_demo
 

@@ -23,7 +23,7 @@ METHODS = ("mae", "clip", "rils", "milan")
 DECODER_TYPES = ("prompting", "mae")
 MASKINGS = ("semantic", "random")
 IMPORTANCES = ("attention", "similarity")
-DATASETS = ("fashion-scenes", "csv", "imagefolder")
+DATASETS = ("fashion-scenes", "csv", "imagefolder", "webdataset")
 PRECISIONS = ("fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
@@ -74,7 +74,9 @@ class TeacherConfig:
 @dataclass
 class DataConfig:
     name: str = "fashion-scenes"
-    root: Optional[str] = None  # fashion-scenes: the Fashion-MNIST idx files; csv: the table; imagefolder: the folder
+    root: Optional[str] = None  # fashion-scenes: the Fashion-MNIST idx files; csv: the table; imagefolder: the folder;
+    # webdataset: a brace-expanded shard list, e.g. /data/laion/{00000..01023}.tar
+    resampled: bool = False  # webdataset: draw shards with replacement (open_clip's --dataset-resampled)
     augment: bool = True
     plain_share: float = 0.3  # fashion-scenes: share of single white/grey centred items
     num_workers: int = 0

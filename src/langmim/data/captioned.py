@@ -33,6 +33,7 @@ CLASS_TEMPLATES = ("a photo of a {}.", "a {}.", "an image of a {}.", "a picture 
 PROBLEM_KINDS = (
     "missing_file", "empty_file", "unreadable_image", "truncated_image", "empty_caption",
     "converted_grayscale", "converted_palette", "converted_alpha", "converted_cmyk", "converted_16bit", "converted_other",
+    "missing_image", "bad_tar",  # WebDataset shards: a sample without an image, a damaged tar file
 )
 CROP_SCALE = (0.5, 1.0)  # SLIP's RandomResizedCrop scale, which RILS's code inherits
 MAX_REPLACEMENTS = 100
@@ -87,6 +88,23 @@ def to_rgb(image: Image.Image) -> tuple[Image.Image, str | None]:
     return image.convert("RGB"), kind.get(image.mode, "converted_other")
 
 
+def crop_uint8(image: Image.Image, size: int, rng: np.random.Generator, augment: bool) -> torch.Tensor:
+    """uint8 (3, size, size): RandomResizedCrop (scale CROP_SCALE, ratio 3/4 to 4/3) drawn from
+    ``rng``, or resize + centre crop without ``augment`` (and when no crop fits in 10 tries)."""
+    pixels = v2.functional.pil_to_tensor(image)
+    height, width = pixels.shape[-2:]
+    for _ in range(10 if augment else 0):
+        area = height * width * rng.uniform(*CROP_SCALE)
+        ratio = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
+        w, h = round((area * ratio) ** 0.5), round((area / ratio) ** 0.5)
+        if 0 < w <= width and 0 < h <= height:
+            top, left = int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1))
+            return v2.functional.resized_crop(pixels, top, left, h, w, [size, size],
+                                              interpolation=v2.InterpolationMode.BICUBIC, antialias=True)
+    resized = v2.functional.resize(pixels, size, interpolation=v2.InterpolationMode.BICUBIC, antialias=True)
+    return v2.functional.center_crop(resized, [size, size])
+
+
 def load_rgb(path: Path) -> tuple[Image.Image | None, str | None]:
     """(image, conversion kind) or (None, why it is unusable)."""
     if not path.is_file():
@@ -114,7 +132,6 @@ class CaptionedImages(Dataset):
         else:
             self.pairs, self.classes = read_class_folder(Path(root))
         self.size, self.seed, self.augment = size, seed, augment
-        self.resize = v2.Compose([v2.Resize(size, interpolation=v2.InterpolationMode.BICUBIC, antialias=True), v2.CenterCrop(size)])
         self._epoch_orders: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:
@@ -128,21 +145,6 @@ class CaptionedImages(Dataset):
     def _pair(self, index: int) -> tuple[Path, str]:
         epoch, position = divmod(index, len(self.pairs))
         return self.pairs[self._order(epoch)[position]]
-
-    def _crop(self, image: Image.Image, rng: np.random.Generator) -> torch.Tensor:
-        pixels = v2.functional.pil_to_tensor(image)
-        if not self.augment:
-            return self.resize(pixels)
-        height, width = pixels.shape[-2:]
-        for _ in range(10):  # RandomResizedCrop with the sample's own generator
-            area = height * width * rng.uniform(*CROP_SCALE)
-            ratio = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
-            w, h = round((area * ratio) ** 0.5), round((area / ratio) ** 0.5)
-            if 0 < w <= width and 0 < h <= height:
-                top, left = int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1))
-                return v2.functional.resized_crop(pixels, top, left, h, w, [self.size, self.size],
-                                                  interpolation=v2.InterpolationMode.BICUBIC, antialias=True)
-        return self.resize(pixels)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         """Sample ``index``; an unusable pair is replaced by a later one of the order. Only the
@@ -159,5 +161,5 @@ class CaptionedImages(Dataset):
                 continue
             caption = text.strip() if self.classes is None else fill_template(CLASS_TEMPLATES[int(rng.integers(len(CLASS_TEMPLATES)))], text)
             counts = torch.tensor([problems[k] for k in PROBLEM_KINDS], dtype=torch.long)
-            return {"image": self._crop(image, rng), "caption": caption, "index": index, "data_problems": counts}
+            return {"image": crop_uint8(image, self.size, rng, self.augment), "caption": caption, "index": index, "data_problems": counts}
         raise DataError(f"{MAX_REPLACEMENTS} pairs in a row were unusable around sample {index}; check data.root")

@@ -6,6 +6,7 @@ each taking a slice of every global batch, sees exactly what one uninterrupted p
 """
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
@@ -16,6 +17,7 @@ from ..config import Config
 from ..errors import ConfigError
 from .captioned import CaptionedImages
 from .scenes import FashionScenes
+from .shards import ShardStream
 
 NOISE_STREAM = 7919  # separates the masking-noise RNG stream from the scene stream
 
@@ -75,15 +77,29 @@ def build_pretrain_dataset(cfg: Config) -> Dataset:
     raise ConfigError(f"data.name must be fashion-scenes, csv or imagefolder, got {cfg.data.name!r}")
 
 
+class StepLimitedLoader:
+    """A streaming DataLoader cut to the steps left in the run."""
+
+    def __init__(self, loader: DataLoader, steps: int) -> None:
+        self.loader, self.steps = loader, steps
+
+    def __iter__(self) -> Iterator[dict]:
+        return itertools.islice(iter(self.loader), self.steps)
+
+    def __len__(self) -> int:
+        return self.steps
+
+
 def build_pretrain_loader(
     cfg: Config, tokenizer: Callable | None, num_patches: int, start_step: int, rank: int = 0, world_size: int = 1
-) -> DataLoader:
+) -> DataLoader | StepLimitedLoader:
+    collator = PretrainCollator(tokenizer, num_patches, cfg.train.seed)
+    workers = {"num_workers": cfg.data.num_workers, "prefetch_factor": 4 if cfg.data.num_workers > 0 else None}
+    if cfg.data.name == "webdataset":
+        if cfg.train.batch_size % world_size:
+            raise ConfigError(f"train.batch_size={cfg.train.batch_size} must be divisible by the number of ranks ({world_size})")
+        stream = ShardStream(cfg.data.root or "", cfg.model.img_size, cfg.train.seed, rank, world_size, cfg.data.resampled, start_step)
+        loader = DataLoader(stream, batch_size=cfg.train.batch_size // world_size, collate_fn=collator, **workers)
+        return StepLimitedLoader(loader, max(0, cfg.train.steps - start_step))
     sampler = StepSampler(start_step, cfg.train.steps, cfg.train.batch_size, rank, world_size)
-    return DataLoader(
-        build_pretrain_dataset(cfg),
-        batch_sampler=sampler,
-        collate_fn=PretrainCollator(tokenizer, num_patches, cfg.train.seed),
-        num_workers=cfg.data.num_workers,
-        persistent_workers=False,
-        prefetch_factor=4 if cfg.data.num_workers > 0 else None,
-    )
+    return DataLoader(build_pretrain_dataset(cfg), batch_sampler=sampler, collate_fn=collator, persistent_workers=False, **workers)
