@@ -56,3 +56,15 @@ def test_milan_trains_under_torchrun(tmp_path, teacher_run):
     overrides = tiny_overrides(tmp_path, "milan", steps=3, **{"teacher.source": f"langmim:{teacher_run}"})
     torchrun(["-m", "langmim.cli", "pretrain", "--no-tensorboard", *overrides])
     assert (tmp_path / "checkpoint-00000003.pt").is_file()
+
+
+def test_srun_tasks_map_to_torch_distributed_variables():
+    from langmim.engine.distributed import slurm_environment
+    from langmim.errors import LangmimError
+
+    env = {"SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1", "MASTER_ADDR": "node01", "MASTER_PORT": "29500"}
+    assert slurm_environment(env) == {"RANK": "5", "WORLD_SIZE": "8", "LOCAL_RANK": "1"}
+    assert slurm_environment({**env, "RANK": "5"}) == {}  # torchrun inside the allocation wins
+    assert slurm_environment({"SLURM_PROCID": "0", "SLURM_NTASKS": "1"}) == {}
+    with pytest.raises(LangmimError, match="MASTER_ADDR"):
+        slurm_environment({"SLURM_PROCID": "0", "SLURM_NTASKS": "4"})

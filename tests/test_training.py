@@ -97,3 +97,15 @@ def test_api_load_encodes_images_and_text(tmp_path):
 
     tensor = model.preprocess(Image.new("L", (28, 28), 128))
     assert tensor.shape == (3, 32, 32)
+
+
+@pytest.mark.parametrize("method", ["mae", "rils"])
+def test_gradient_checkpointing_gives_the_same_gradients(tmp_path, method):
+    from distributed_step import one_step
+
+    for flag in ("false", "true"):
+        one_step(str(tmp_path / f"{flag}.pt"), tiny_overrides(tmp_path / flag, method, **{"train.grad_checkpointing": flag}))
+    plain, recomputed = (torch.load(tmp_path / f"{f}.pt") for f in ("false", "true"))
+    assert recomputed["figures"]["loss"] == pytest.approx(plain["figures"]["loss"], rel=1e-6)
+    for name, grad in plain["grads"].items():
+        assert torch.allclose(recomputed["grads"][name], grad, rtol=1e-4, atol=1e-7), name

@@ -95,6 +95,7 @@ class TrainConfig:
     eps: float = 1e-8
     grad_clip: float = 1.0  # 0 disables clipping
     precision: str = "fp32"
+    grad_checkpointing: bool = False  # recompute block activations in the backward pass: less memory, more compute
     device: str = "auto"
     seed: int = 0
     log_every: int = 10

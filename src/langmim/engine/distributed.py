@@ -8,6 +8,8 @@ import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as dist_fn
 
+from ..errors import LangmimError
+
 
 def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
@@ -71,8 +73,22 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
     return torch.device(name)
 
 
+def slurm_environment(env: dict[str, str]) -> dict[str, str]:
+    """torch.distributed's variables for a job started by ``srun`` (one task per process)
+    rather than torchrun: RANK, WORLD_SIZE and LOCAL_RANK from SLURM's task ids. MASTER_ADDR
+    and MASTER_PORT must come from the job script (e.g. the first host of the allocation)."""
+    if "RANK" in env or "SLURM_PROCID" not in env or int(env.get("SLURM_NTASKS", 1)) < 2:
+        return {}
+    missing = [k for k in ("MASTER_ADDR", "MASTER_PORT") if k not in env]
+    if missing:
+        raise LangmimError(f"started by srun with {env['SLURM_NTASKS']} tasks but {' and '.join(missing)} is not set; "
+                           "export MASTER_ADDR=<first node> MASTER_PORT=<free port> in the job script, or launch with torchrun")
+    return {"RANK": env["SLURM_PROCID"], "WORLD_SIZE": env["SLURM_NTASKS"], "LOCAL_RANK": env.get("SLURM_LOCALID", "0")}
+
+
 def setup(device_name: str) -> DistInfo:
-    """Initialise the process group when launched by torchrun (NCCL on CUDA, Gloo otherwise)."""
+    """Initialise the process group when launched by torchrun or srun (NCCL on CUDA, Gloo otherwise)."""
+    os.environ.update(slurm_environment(dict(os.environ)))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     device = pick_device(device_name, local_rank)
     if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not is_distributed():

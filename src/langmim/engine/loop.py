@@ -181,6 +181,7 @@ def pretrain(cfg: Config, resume: str | None = None, log_tensorboard: bool = Tru
             print(f"removed {stale.name}, left by a run killed while writing a checkpoint")
     torch.manual_seed(cfg.train.seed)
     method = build_method(cfg, with_teacher=True).to(info.device)  # fills teacher.embed_dim
+    method.set_grad_checkpointing(cfg.train.grad_checkpointing)
     state = load_checkpoint(resume_path) if resume_path is not None else None
     if state is not None:
         check_resumable(state, cfg, resume_path)

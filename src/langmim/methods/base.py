@@ -36,6 +36,13 @@ class PretrainMethod(nn.Module, abc.ABC):
         self.visual = MaskedVisionTransformer(m.img_size, m.patch_size, m.width, m.depth, m.heads, m.mlp_ratio)
         self.num_keep = num_visible(self.visual.num_patches, cfg.loss.mask_ratio)
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Trade compute for memory in the trained towers (vision and, where there is one, text)."""
+        self.visual.set_grad_checkpointing(enable)
+        text = getattr(self, "text", None)
+        if text is not None:
+            text.set_grad_checkpointing(enable)
+
     def masking(self, batch: dict) -> Masking:
         return mask_from_noise(batch["noise"], self.num_keep)
 

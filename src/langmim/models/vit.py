@@ -11,6 +11,7 @@ import torch
 from timm.layers import PatchEmbed
 from timm.models.vision_transformer import Attention, Block
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .pos_embed import sincos_2d
 
@@ -68,6 +69,7 @@ class MaskedVisionTransformer(nn.Module):
         self.register_buffer("pos_embed", sincos_2d(width, self.grid_size, cls_token=True))
         self.blocks = vit_blocks(width, depth, heads, mlp_ratio)
         self.norm = nn.LayerNorm(width, eps=1e-6)
+        self.grad_checkpointing = False
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -85,9 +87,18 @@ class MaskedVisionTransformer(nn.Module):
         cls = (self.cls_token + self.pos_embed[:, :1]).expand(tokens.shape[0], -1, -1)
         return torch.cat([cls, tokens], dim=1)
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block's activations in the backward pass instead of storing them (timm's API)."""
+        self.grad_checkpointing = enable
+
     def forward_features(self, images: torch.Tensor, ids_keep: torch.Tensor | None = None) -> torch.Tensor:
         """Tokens after the final norm: (B, 1 + N, D), or (B, 1 + K, D) for K kept patches."""
-        return self.norm(self.blocks(self.embed(images, ids_keep)))
+        x = self.embed(images, ids_keep)
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            for block in self.blocks:
+                x = checkpoint(block, x, use_reentrant=False)
+            return self.norm(x)
+        return self.norm(self.blocks(x))
 
     def forward_with_cls_attention(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """All tokens after the final norm, and the last block's attention from the CLS query to
