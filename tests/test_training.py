@@ -109,3 +109,10 @@ def test_gradient_checkpointing_gives_the_same_gradients(tmp_path, method):
     assert recomputed["figures"]["loss"] == pytest.approx(plain["figures"]["loss"], rel=1e-6)
     for name, grad in plain["grads"].items():
         assert torch.allclose(recomputed["grads"][name], grad, rtol=1e-4, atol=1e-7), name
+
+
+@pytest.mark.slow
+def test_compiled_towers_train_and_keep_checkpoint_keys(tmp_path):
+    pretrain(load_config(None, tiny_overrides(tmp_path, "clip", steps=2, **{"train.compile": "true"})), log_tensorboard=False)
+    state = load_checkpoint(list_checkpoints(tmp_path)[-1])["model"]
+    assert "visual.blocks.0.attn.qkv.weight" in state and not any("_orig_mod" in k for k in state)

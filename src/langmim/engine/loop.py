@@ -182,6 +182,8 @@ def pretrain(cfg: Config, resume: str | None = None, log_tensorboard: bool = Tru
     torch.manual_seed(cfg.train.seed)
     method = build_method(cfg, with_teacher=True).to(info.device)  # fills teacher.embed_dim
     method.set_grad_checkpointing(cfg.train.grad_checkpointing)
+    if cfg.train.compile:
+        method.compile_towers()
     state = load_checkpoint(resume_path) if resume_path is not None else None
     if state is not None:
         check_resumable(state, cfg, resume_path)

@@ -43,6 +43,13 @@ class PretrainMethod(nn.Module, abc.ABC):
         if text is not None:
             text.set_grad_checkpointing(enable)
 
+    def compile_towers(self) -> None:
+        """torch.compile the trained towers in place, so parameter names (and checkpoints) stay."""
+        self.visual.compile()
+        text = getattr(self, "text", None)
+        if text is not None:
+            text.compile()
+
     def masking(self, batch: dict) -> Masking:
         return mask_from_noise(batch["noise"], self.num_keep)
 
