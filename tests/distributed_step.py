@@ -20,6 +20,11 @@ from langmim.methods import build_method
 from langmim.models.text import build_tokenizer
 
 
+def full(tensor: torch.Tensor) -> torch.Tensor:
+    """A plain tensor from a gradient, gathering FSDP's shards (DTensor) where there are any."""
+    return tensor.full_tensor().clone() if hasattr(tensor, "full_tensor") else tensor.clone()
+
+
 def one_step(out_path: str, overrides: list[str]) -> None:
     info = distributed.setup("cpu")
     cfg = load_config(None, overrides)
@@ -33,8 +38,8 @@ def one_step(out_path: str, overrides: list[str]) -> None:
     tokenizer = build_tokenizer(cfg.model.context_length) if method.has_text else None
     loader = build_pretrain_loader(cfg, tokenizer, method.visual.num_patches, start, info.rank, info.world_size)
     figures = trainer.step(move(next(iter(loader)), info.device))
+    grads = {k: full(p.grad) for k, p in method.named_parameters() if p.grad is not None}  # collective under FSDP
     if distributed.is_main():
-        grads = {k: p.grad.clone() for k, p in method.named_parameters() if p.grad is not None}
         torch.save({"grads": grads, "figures": figures, "start": start}, out_path)
 
 

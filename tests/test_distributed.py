@@ -28,17 +28,21 @@ def teacher_run(tmp_path_factory):
     return run
 
 
-@pytest.mark.parametrize("method", ["clip", "rils", "milan"])
-def test_two_ranks_equal_one_process(tmp_path, teacher_run, method):
+@pytest.mark.parametrize("method, sharding", [("clip", "ddp"), ("rils", "ddp"), ("milan", "ddp"), ("rils", "fsdp")])
+def test_two_ranks_equal_one_process(tmp_path, teacher_run, method, sharding):
     """Two ranks with B/2 images each give the loss and gradients of one process with B images,
-    at the first step and after resuming at step 2 (so data position and state carry over)."""
+    at the first step and after resuming at step 2 (so data position and state carry over);
+    with FSDP the checkpoint written at step 2 is the full state, which every rank re-shards."""
     from distributed_step import one_step
 
     extra = {"teacher.source": f"langmim:{teacher_run}"} if method == "milan" else {}
+    extra["train.fsdp"] = str(sharding == "fsdp").lower()
     for start in (0, 2):
         run = tmp_path / f"run{start}"
         overrides = tiny_overrides(run, method, steps=4, **extra)
-        if start:
+        if start and sharding == "fsdp":  # the checkpoint itself written by two sharded ranks
+            torchrun(["-m", "langmim.cli", "pretrain", "--no-tensorboard", "--stop-after", str(start), *overrides])
+        elif start:
             pretrain(load_config(None, overrides), log_tensorboard=False, stop_after=start)
         one_step(str(tmp_path / f"single{start}.pt"), overrides)
         torchrun(["distributed_step.py", str(tmp_path / f"ranks{start}.pt"), *overrides])

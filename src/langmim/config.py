@@ -96,6 +96,7 @@ class TrainConfig:
     grad_clip: float = 1.0  # 0 disables clipping
     precision: str = "fp32"
     grad_checkpointing: bool = False  # recompute block activations in the backward pass: less memory, more compute
+    fsdp: bool = False  # under torchrun: shard parameters, gradients and optimizer state (FSDP2) instead of DDP
     compile: bool = False  # torch.compile the vision and text towers (in place: checkpoints keep their keys)
     device: str = "auto"
     seed: int = 0

@@ -9,6 +9,14 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+from torch.distributed.fsdp import fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
 from ..config import Config, config_differences, config_from_dict, save_config, to_dict
@@ -83,6 +91,23 @@ def split_batch(batch: dict[str, torch.Tensor], parts: int) -> list[dict[str, to
     return [{k: chunks[k][i] for k in batch} for i in range(parts)]
 
 
+def shard_model(method: PretrainMethod) -> list[nn.Parameter]:
+    """FSDP2: shard each transformer block of the trained towers, then the rest, over all ranks.
+    Scalar parameters (the logit scale) cannot be sharded: they stay replicated and are returned,
+    for the trainer to average their gradients itself."""
+    if method.name == "milan":
+        raise LangmimError("train.fsdp is not supported for MILAN yet (its frozen teacher would be sharded too); use DDP")
+    blocks = list(method.visual.blocks)
+    text = getattr(method, "text", None)
+    if text is not None:
+        blocks += list(text.transformer.resblocks)
+    for block in blocks:
+        fully_shard(block)
+    scalars = [p for p in method.parameters() if p.ndim == 0 and p.requires_grad]
+    fully_shard(method, ignored_params=set(scalars))
+    return scalars
+
+
 class Trainer:
     """Runs one optimisation step per global batch, with gradient accumulation.
 
@@ -95,7 +120,11 @@ class Trainer:
     def __init__(self, cfg: Config, method: PretrainMethod, device: torch.device) -> None:
         self.cfg, self.method, self.device = cfg, method, device
         self.model: nn.Module = method
-        if distributed.world_size() > 1:
+        self.sharded = cfg.train.fsdp and distributed.world_size() > 1
+        self.replicated: list[nn.Parameter] = []
+        if self.sharded:
+            self.replicated = shard_model(method)
+        elif distributed.world_size() > 1:
             ids = [device.index] if device.type == "cuda" else None
             self.model = DistributedDataParallel(method, device_ids=ids)
         self.optimizer = build_optimizer(method, cfg.train)
@@ -122,6 +151,9 @@ class Trainer:
             for key, value in out.items():
                 figures[key] = figures.get(key, 0.0) + float(value.detach()) / parts
         figures = distributed.mean_over_ranks(figures)
+        for param in self.replicated:  # FSDP leaves these to us: average their gradients over ranks
+            if param.grad is not None:
+                param.grad = distributed.all_reduce_sum(param.grad) / distributed.world_size()
         if cfg.grad_clip > 0:
             figures["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.method.parameters(), cfg.grad_clip))
         self.optimizer.step()
@@ -130,14 +162,20 @@ class Trainer:
         return figures
 
     def state_dict(self, step: int) -> dict[str, Any]:
+        """The full state; with FSDP every rank must call it (it gathers the shards)."""
+        model, optimizer = self.method.state_dict(), self.optimizer.state_dict()
+        if self.sharded:
+            options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+            model = get_model_state_dict(self.method, options=options)
+            optimizer = get_optimizer_state_dict(self.method, self.optimizer, options=options)
         return {
             "format": "langmim",
             "schema_version": SCHEMA_VERSION,
             "method": self.cfg.method,
             "step": step,
             "data_position": {"next_sample": step * self.cfg.train.batch_size},
-            "model": self.method.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "model": model,
+            "optimizer": optimizer,
             "scheduler": self.scheduler.state_dict(),
             "rng": rng_state(),
             "config": to_dict(self.cfg),
@@ -145,8 +183,13 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> int:
-        self.method.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        if self.sharded:  # every rank reads the full state and keeps its shards
+            options = StateDictOptions(full_state_dict=True)
+            set_model_state_dict(self.method, state["model"], options=options)
+            set_optimizer_state_dict(self.method, self.optimizer, state["optimizer"], options=options)
+        else:
+            self.method.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
         return int(state["step"])
@@ -235,7 +278,8 @@ def problem_counts(local: torch.Tensor | None, device: torch.device) -> dict[str
 
 
 def save_checkpoint(trainer: Trainer, run_dir: Path, step: int, keep: int) -> None:
+    state = trainer.state_dict(step) if distributed.is_main() or trainer.sharded else None
     if distributed.is_main():
-        atomic_save(trainer.state_dict(step), checkpoint_path(run_dir, step))
+        atomic_save(state, checkpoint_path(run_dir, step))
         prune_checkpoints(run_dir, keep)
     distributed.barrier()
