@@ -116,3 +116,23 @@ def test_compiled_towers_train_and_keep_checkpoint_keys(tmp_path):
     pretrain(load_config(None, tiny_overrides(tmp_path, "clip", steps=2, **{"train.compile": "true"})), log_tensorboard=False)
     state = load_checkpoint(list_checkpoints(tmp_path)[-1])["model"]
     assert "visual.blocks.0.attn.qkv.weight" in state and not any("_orig_mod" in k for k in state)
+
+
+def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    from langmim.engine.loop import TrainingDiverged
+    from langmim.methods.mae import MAE
+
+    real_loss, calls = MAE.loss, []
+
+    def poisoned(self, feats):
+        calls.append(1)
+        out = real_loss(self, feats)
+        return {**out, "loss": out["loss"] * float("nan")} if len(calls) == 5 else out
+
+    monkeypatch.setattr(MAE, "loss", poisoned)
+    cfg = load_config(None, tiny_overrides(tmp_path, "mae", steps=8, **{"train.ckpt_every": 2, "train.keep_checkpoints": 5}))
+    with pytest.raises(TrainingDiverged, match="at step 5"):
+        pretrain(cfg, log_tensorboard=False)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-00000002.pt", "checkpoint-00000004.pt"]
+    state = load_checkpoint(list_checkpoints(tmp_path)[-1])
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
