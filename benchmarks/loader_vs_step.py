@@ -10,7 +10,6 @@ import argparse
 import json
 import platform
 import time
-from pathlib import Path
 
 import torch
 
@@ -19,6 +18,7 @@ from langmim.data.pretrain import build_pretrain_loader
 from langmim.engine.loop import Trainer, move
 from langmim.methods import build_method
 from langmim.models.text import build_tokenizer
+from results_log import append_result
 
 
 def images_per_second(batches, count: int, work=lambda batch: None) -> float:
@@ -58,10 +58,7 @@ def main() -> None:
         "config": to_dict(cfg)["model"],
     }
     print(json.dumps({k: v for k, v in record.items() if k != "config"}))
-    out = Path(__file__).parent / "results" / "loader_vs_step.jsonl"
-    out.parent.mkdir(exist_ok=True)
-    with open(out, "a") as fh:
-        fh.write(json.dumps(record) + "\n")
+    append_result("loader_vs_step", record)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ import shutil
 import sys
 import time
 from datetime import date
-from pathlib import Path
 
 import torch
 
@@ -27,6 +26,7 @@ from langmim.api import load
 from langmim.config import load_config
 from langmim.engine.loop import pretrain
 from langmim.eval.suite import evaluate
+from results_log import append_result
 
 VARIANTS = {
     "mae": ["method=mae"],
@@ -34,7 +34,6 @@ VARIANTS = {
     "milan-similarity": ["teacher.importance=similarity"],
     "milan-random": ["loss.masking=random"],
 }
-RESULTS = Path(__file__).parent / "results" / "milan_recipe.jsonl"
 
 
 def main() -> None:
@@ -56,9 +55,7 @@ def main() -> None:
         **{f"{task}_{k}": round(v, 2) for task, r in results.items() for k, v in r["metrics"].items()
            if k in ("mean_top1_k20", "cls_top1_k20", "mean_top1", "cls_top1")},
     }
-    RESULTS.parent.mkdir(exist_ok=True)
-    with RESULTS.open("a") as f:
-        f.write(json.dumps(record) + "\n")
+    append_result("milan_recipe", record)
     print(json.dumps(record), flush=True)
 
 

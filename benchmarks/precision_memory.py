@@ -14,9 +14,10 @@ import subprocess
 import sys
 import time
 from datetime import date
-from pathlib import Path
 
 import torch
+
+from results_log import append_result
 
 SETTINGS = {
     "fp32": [],
@@ -25,7 +26,6 @@ SETTINGS = {
     "bf16+grad_checkpointing": ["train.precision=bf16", "train.grad_checkpointing=true"],
     "fp32+compile": ["train.compile=true"],
 }
-RESULTS = Path(__file__).parent / "results" / "precision_memory.jsonl"
 
 
 def measure(overrides: list[str]) -> dict:
@@ -65,9 +65,7 @@ def main() -> None:
         out = subprocess.run([sys.executable, __file__, "--one", *overrides, *sys.argv[1:]], capture_output=True, text=True, check=True)
         record = {"date": date.today().isoformat(), "setting": name, "threads": torch.get_num_threads(),
                   "torch": torch.__version__, **json.loads(out.stdout.strip().splitlines()[-1])}
-        RESULTS.parent.mkdir(exist_ok=True)
-        with RESULTS.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_result("precision_memory", record)
         print(json.dumps(record), flush=True)
 
 

@@ -14,7 +14,6 @@ them, logs them with the metrics and prints them at the end of the run.
 """
 from __future__ import annotations
 
-import csv
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from ..errors import DataError
-from .folders import CAPTION_COLUMNS, IMAGE_COLUMNS, IMAGE_SUFFIXES
+from .folders import IMAGE_SUFFIXES, read_caption_table
 from .scenes import fill_template
 
 CLASS_TEMPLATES = ("a photo of a {}.", "a {}.", "an image of a {}.", "a picture of a {}.")
@@ -37,24 +36,6 @@ PROBLEM_KINDS = (
 )
 CROP_SCALE = (0.5, 1.0)  # SLIP's RandomResizedCrop scale, which RILS's code inherits
 MAX_REPLACEMENTS = 100
-
-
-def read_caption_table(path: Path) -> list[tuple[Path, str]]:
-    """(image path, caption) rows of a CSV/TSV with a header; relative paths from its folder."""
-    if not path.is_file():
-        raise DataError(f"data.root: caption table '{path}' not found")
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
-        header = reader.fieldnames or []
-        image_key = next((c for c in IMAGE_COLUMNS if c in header), None)
-        caption_key = next((c for c in CAPTION_COLUMNS if c in header), None)
-        if image_key is None or caption_key is None:
-            raise DataError(f"'{path}': header {header} needs an image column ({', '.join(IMAGE_COLUMNS)}) "
-                            f"and a caption column ({', '.join(CAPTION_COLUMNS)})")
-        rows = [(r.get(image_key) or "", r.get(caption_key) or "") for r in reader]
-    if not rows:
-        raise DataError(f"caption table '{path}' has no rows")
-    return [(Path(p) if Path(p).is_absolute() else path.parent / p, c) for p, c in rows]
 
 
 def read_class_folder(root: Path) -> tuple[list[tuple[Path, str]], list[str]]:

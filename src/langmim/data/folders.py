@@ -74,6 +74,25 @@ class ImageFolderSplit(Dataset):
             return self.transform(im.convert("RGB")), int(self.labels[i])
 
 
+def read_caption_table(path: Path) -> list[tuple[Path, str]]:
+    """(image path, caption) rows of a CSV/TSV (by suffix) with a header; relative paths are
+    taken from the table's folder."""
+    if not path.is_file():
+        raise DataError(f"caption table '{path}' not found")
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+        header = reader.fieldnames or []
+        image_key = next((c for c in IMAGE_COLUMNS if c in header), None)
+        caption_key = next((c for c in CAPTION_COLUMNS if c in header), None)
+        if image_key is None or caption_key is None:
+            raise DataError(f"'{path}': header {header} needs an image column ({', '.join(IMAGE_COLUMNS)}) "
+                            f"and a caption column ({', '.join(CAPTION_COLUMNS)})")
+        rows = [(r.get(image_key) or "", r.get(caption_key) or "") for r in reader]
+    if not rows:
+        raise DataError(f"caption table '{path}' has no rows")
+    return [(Path(p) if Path(p).is_absolute() else path.parent / p, c) for p, c in rows]
+
+
 class CaptionTable(Dataset):
     """A CSV (or TSV, by suffix) with a header naming an image column (filepath, image, path or
     file) and a caption column (caption, title or text); relative paths are taken from the
@@ -81,20 +100,10 @@ class CaptionTable(Dataset):
 
     def __init__(self, path: str | Path, size: int) -> None:
         path = Path(path)
-        if not path.is_file():
-            raise DataError(f"caption table '{path}' not found")
-        with path.open(newline="") as f:
-            reader = csv.DictReader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
-            header = reader.fieldnames or []
-            image_key = next((c for c in IMAGE_COLUMNS if c in header), None)
-            caption_key = next((c for c in CAPTION_COLUMNS if c in header), None)
-            if image_key is None or caption_key is None:
-                raise DataError(f"'{path}': header {header} needs an image column ({', '.join(IMAGE_COLUMNS)}) "
-                                f"and a caption column ({', '.join(CAPTION_COLUMNS)})")
-            rows = [(r[image_key], r[caption_key]) for r in reader]
-        empty = [i for i, (_, caption) in enumerate(rows) if not (caption or "").strip()]
+        rows = read_caption_table(path)
+        empty = [i for i, (_, caption) in enumerate(rows) if not caption.strip()]
         rows = [r for i, r in enumerate(rows) if i not in set(empty)]
-        paths = [Path(p) if Path(p).is_absolute() else path.parent / p for p, _ in rows]
+        paths = [p for p, _ in rows]
         keep, skipped = readable_images(paths, str(path))
         self.skipped = skipped + [f"row {i + 2}: empty caption" for i in empty]
         self.paths = [paths[i] for i in keep]
