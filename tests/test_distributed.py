@@ -72,3 +72,15 @@ def test_srun_tasks_map_to_torch_distributed_variables():
     assert slurm_environment({"SLURM_PROCID": "0", "SLURM_NTASKS": "1"}) == {}
     with pytest.raises(LangmimError, match="MASTER_ADDR"):
         slurm_environment({"SLURM_PROCID": "0", "SLURM_NTASKS": "4"})
+
+
+def test_ranks_read_disjoint_shards_under_torchrun(tmp_path):
+    import json
+
+    from langmim.data.shards import write_scene_shards
+
+    write_scene_shards(tmp_path / "shards", num_samples=40, shard_size=10)
+    torchrun(["shard_keys.py", str(tmp_path / "keys"), str(tmp_path / "shards" / "{00000..00003}.tar")])
+    keys = [set(json.loads((tmp_path / f"keys_{rank}.json").read_text())) for rank in (0, 1)]
+    assert len(keys[0]) == len(keys[1]) == 20 and not keys[0] & keys[1]
+    assert keys[0] | keys[1] == {f"{i:09d}" for i in range(40)}
