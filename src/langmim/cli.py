@@ -36,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stop-after", type=int, default=None, metavar="STEP",
                    help="stop after this global step with a checkpoint (for time-boxed jobs); resume later")
     p.add_argument("--no-tensorboard", action="store_true", help="write metrics.jsonl only, no TensorBoard events")
+    p.add_argument("--dry-run", action="store_true",
+                   help="build the model, print parameter counts and training FLOPs per image, take one step on a "
+                   "synthetic batch of 2, and exit (no data read, nothing written)")
     p.add_argument("overrides", nargs="*", help=OVERRIDE_HELP)
 
     e = sub.add_parser("eval", help="evaluate a checkpoint: zero-shot, k-NN, linear, few-shot, fine-tuning, retrieval, segmentation",
@@ -129,6 +132,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .engine import distributed
             from .engine.loop import pretrain
 
+            if args.dry_run:
+                from .engine.dryrun import dry_run
+
+                dry_run(load_config(args.config, args.overrides))
+                return 0
             run_dir = pretrain(load_config(args.config, args.overrides), resume=args.resume,
                                log_tensorboard=not args.no_tensorboard, stop_after=args.stop_after)
             if distributed.is_main():

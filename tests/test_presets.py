@@ -1,0 +1,23 @@
+"""Every paper-scale preset builds, counts the published architecture, and takes a step (--dry-run)."""
+import re
+
+import pytest
+
+from langmim.cli import main
+from langmim.config import preset_names
+
+
+@pytest.mark.parametrize("preset", [p for p in preset_names() if p.endswith("_vit_b16")])
+def test_paper_scale_preset_dry_run(preset, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["pretrain", "--config", preset, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    vision = float(re.search(r"vision_encoder_params: ([\d.]+)M", out).group(1))
+    assert 85.0 < vision < 86.5  # ViT-B/16 without a head: about 86M (timm: 85.8M with its learnable pos_embed)
+    assert float(re.search(r"train_gflops_per_image: ([\d.]+)", out).group(1)) > 10
+    assert "dry run ok" in out
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_four_paper_scale_presets_ship():
+    assert {p for p in preset_names() if p.endswith("_vit_b16")} == {"rils_vit_b16", "clip_vit_b16", "mae_vit_b16", "milan_vit_b16"}
