@@ -16,21 +16,8 @@ from torch import nn
 
 from ..config import Config
 from ..errors import CheckpointError, ConfigError
-from ..models.teacher import LANGMIM_NORMALISATION
+from ..models.teacher import Renormalise
 from ..models.vit import MaskedVisionTransformer
-
-
-class Renormalise(nn.Module):
-    """langmim-normalised images -> another model's normalisation."""
-
-    def __init__(self, mean: tuple, std: tuple) -> None:
-        super().__init__()
-        in_mean, in_std = LANGMIM_NORMALISATION
-        self.register_buffer("scale", (torch.tensor(in_std) / torch.tensor(std)).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("shift", ((torch.tensor(in_mean) - torch.tensor(mean)) / torch.tensor(std)).view(1, 3, 1, 1), persistent=False)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return images * self.scale + self.shift
 
 
 class TimmTower(nn.Module):

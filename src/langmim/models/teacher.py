@@ -31,17 +31,26 @@ class TeacherOutput:
     embedding: torch.Tensor  # (B, E_t): the tower's pooled image embedding (un-normalised)
 
 
+class Renormalise(nn.Module):
+    """langmim-normalised images -> another model's normalisation (one affine map per channel)."""
+
+    def __init__(self, mean: tuple, std: tuple) -> None:
+        super().__init__()
+        in_mean, in_std = LANGMIM_NORMALISATION
+        self.register_buffer("scale", (torch.tensor(in_std) / torch.tensor(std)).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("shift", ((torch.tensor(in_mean) - torch.tensor(mean)) / torch.tensor(std)).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return images * self.scale + self.shift
+
+
 class Teacher(nn.Module, abc.ABC):
     """A frozen tower: eval mode for good, no gradients, its own input normalisation."""
 
     def __init__(self, grid_size: int, patch_size: int, embed_dim: int, mean: tuple, std: tuple) -> None:
         super().__init__()
         self.grid_size, self.patch_size, self.embed_dim = grid_size, patch_size, embed_dim
-        self.register_buffer("pixel_mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
-        in_mean, in_std = LANGMIM_NORMALISATION
-        self.register_buffer("input_mean", torch.tensor(in_mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("input_std", torch.tensor(in_std).view(1, 3, 1, 1), persistent=False)
+        self.renormalise = Renormalise(mean, std)
 
     def freeze(self) -> None:
         for param in self.parameters():
@@ -60,11 +69,11 @@ class Teacher(nn.Module, abc.ABC):
 
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
         """langmim-normalised images -> the teacher's normalisation at its own resolution."""
-        pixels = images * self.input_std + self.input_mean
+        pixels = self.renormalise(images)
         side = self.grid_size * self.patch_size
-        if pixels.shape[-1] != side:
+        if pixels.shape[-1] != side:  # resizing is linear, so it commutes with the renormalisation
             pixels = F.interpolate(pixels, size=(side, side), mode="bicubic", align_corners=False, antialias=True)
-        return (pixels - self.pixel_mean) / self.pixel_std
+        return pixels
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> TeacherOutput:
