@@ -29,7 +29,7 @@ def build_preprocess(img_size: int) -> transforms.Compose:
 
 def attach_inference_api(model: PretrainMethod, cfg: Config) -> PretrainMethod:
     model.config = cfg
-    model.tokenizer = build_tokenizer(cfg.model.context_length)
+    model.tokenizer = build_tokenizer(cfg.model.context_length, cfg.init.text)
     model.preprocess = build_preprocess(cfg.model.img_size)
     return model
 

@@ -72,6 +72,16 @@ class TeacherConfig:
 
 
 @dataclass
+class InitConfig:
+    """Pre-trained weights a fresh run starts from, and which towers stay frozen."""
+
+    vision: Optional[str] = None  # a timm ViT weights file or folder (.safetensors, .pth, .bin; local-dir)
+    text: Optional[str] = None  # openclip:WEIGHTS (same text tower shape) or sentence-transformers:FOLDER (replaces it)
+    lock_vision: bool = False  # clip: keep the vision tower frozen (LiT); its projection still trains
+    lock_text: bool = False  # keep the text tower frozen; its projection still trains
+
+
+@dataclass
 class DataConfig:
     name: str = "fashion-scenes"
     root: Optional[str] = None  # fashion-scenes: the Fashion-MNIST idx files; csv: the table; imagefolder: the folder;
@@ -132,6 +142,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    init: InitConfig = field(default_factory=InitConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -287,6 +298,10 @@ def resolve(cfg: Config) -> Config:
         raise ConfigError(f"data.plain_share must be in [0, 1], got {cfg.data.plain_share}")
     if not 0.0 <= cfg.loss.mask_ratio < 1.0:
         raise ConfigError(f"loss.mask_ratio must be in [0, 1), got {cfg.loss.mask_ratio}")
+    if (cfg.init.text or cfg.init.lock_text) and cfg.method not in ("clip", "rils"):
+        raise ConfigError(f"init.text and init.lock_text need a text tower (method clip or rils); method is {cfg.method}")
+    if cfg.init.lock_vision and cfg.method != "clip":
+        raise ConfigError(f"init.lock_vision freezes the encoder that method {cfg.method} trains; it is for clip (LiT)")
     t = cfg.train
     for key in ("steps", "batch_size", "accum_freq", "log_every", "ckpt_every", "keep_checkpoints"):
         if getattr(t, key) < 1:

@@ -24,6 +24,8 @@ from .config import to_dict
 from .data.scenes import IMAGE_MEAN, IMAGE_STD
 from .errors import LangmimError
 from .methods.base import PretrainMethod
+from .models.pretrained import sentence_transformer_parts
+from .models.text import sentence_transformer_folder
 
 FORMATS = ("timm", "open_clip", "safetensors")
 TIMM_ARCHITECTURE = "vit_base_patch16_224"  # its constructor, sized by model_args
@@ -67,10 +69,22 @@ def open_clip_model_cfg(model: PretrainMethod) -> dict:
             "head_width": m.width // m.heads, "mlp_ratio": m.mlp_ratio, "no_ln_pre": True, "pool_type": "avg",
             "norm_kwargs": {"eps": 1e-6},
         },
-        "text_cfg": {
-            "context_length": m.context_length, "vocab_size": model.text.vocab_size, "width": m.text_width,
-            "heads": m.text_heads, "layers": m.text_depth,
-        },
+        "text_cfg": text_cfg(model),
+    }
+
+
+def text_cfg(model: PretrainMethod) -> dict:
+    """open_clip's ``text_cfg``: its causal transformer's sizes, or the Hugging Face model a
+    sentence-transformers text tower wraps (the folder must stay on disk)."""
+    m = model.config.model
+    folder = sentence_transformer_folder(model.config.init.text)
+    if folder is not None:
+        transformer, pooler = sentence_transformer_parts(folder)
+        return {"context_length": m.context_length, "hf_model_name": str(transformer), "hf_tokenizer_name": str(transformer),
+                "hf_pooler_type": pooler, "hf_proj_type": "linear"}
+    return {
+        "context_length": m.context_length, "vocab_size": model.text.vocab_size, "width": m.text_width,
+        "heads": m.text_heads, "layers": m.text_depth,
     }
 
 
@@ -125,4 +139,6 @@ def export(model: PretrainMethod, fmt: str, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     (out / names[0]).write_text(json.dumps(config, indent=1))
     save_file(state, str(out / names[1]), metadata=metadata)
+    if fmt == "open_clip" and hasattr(model.tokenizer, "save_pretrained"):
+        model.tokenizer.save_pretrained(out)  # open_clip's local-dir reads a Hugging Face tokenizer from the folder
     return out

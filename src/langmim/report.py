@@ -224,7 +224,7 @@ def write_report(run_dirs: list[Path], out_dir: Path) -> Path:
         if not found:
             raise LangmimError(f"no result JSONs in '{results_dir}'; run langmim eval --checkpoint {run_dir} first")
         for model, results in found.items():
-            label = model if len(run_dirs) == 1 else f"{model} ({run_dir.name})"
+            label = model if model not in columns else f"{model} ({run_dir.name})"
             columns[label] = results
             method = next(iter(results.values()))["config"]["method"] if model != "random-init" else None
             text_method = method in ("clip", "rils") or str(method).startswith("openclip:")

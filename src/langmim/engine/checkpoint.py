@@ -114,18 +114,24 @@ def remove_stale_temporaries(run_dir: Path) -> list[Path]:
     return stale
 
 
+def safe_torch_load(path: Path, map_location: str | torch.device = "cpu", what: str = "checkpoint") -> Any:
+    """``torch.load(weights_only=True)`` that refuses pickled code, and truncated or foreign
+    files, with one clear error naming the file."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else "disallowed content"
+        raise CheckpointError(f"{what} '{path}' holds objects that loading would have to run as code; refused ({first[:160]})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
+        raise CheckpointError(f"{what} '{path}' is truncated or not a torch file ({type(err).__name__})") from None
+
+
 def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a langmim checkpoint, refusing truncated, foreign or code-carrying files clearly."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint '{path}' does not exist")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else "disallowed content"
-        raise CheckpointError(f"checkpoint '{path}' holds objects that loading would have to run as code; refused ({first[:160]})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
-        raise CheckpointError(f"checkpoint '{path}' is truncated or not a torch checkpoint ({type(err).__name__})") from None
+    state = safe_torch_load(path, map_location)
     if not isinstance(state, dict) or state.get("format") != "langmim" or "model" not in state:
         raise CheckpointError(f"checkpoint '{path}' is not a langmim checkpoint (no 'format: langmim' entry)")
     if state.get("schema_version", 0) > SCHEMA_VERSION:

@@ -33,15 +33,17 @@ def build_for_dry_run(cfg: Config) -> torch.nn.Module:
     return build_method(cfg, with_teacher=True)
 
 
-def synthetic_batch(cfg: Config, method: torch.nn.Module) -> dict[str, torch.Tensor]:
+def synthetic_batch(cfg: Config, method: torch.nn.Module, batch_size: int = DRY_BATCH) -> dict[str, torch.Tensor]:
+    """Random images, masking noise and (for image-text methods) captions of ``batch_size`` samples."""
     size, generator = cfg.model.img_size, torch.Generator().manual_seed(0)
     batch = {
-        "image": torch.rand(DRY_BATCH, 3, size, size, generator=generator) * 2 - 1,
-        "index": torch.arange(DRY_BATCH),
-        "noise": torch.stack([masking_noise(cfg.train.seed, i, method.visual.num_patches) for i in range(DRY_BATCH)]),
+        "image": torch.rand(batch_size, 3, size, size, generator=generator) * 2 - 1,
+        "index": torch.arange(batch_size),
+        "noise": torch.stack([masking_noise(cfg.train.seed, i, method.visual.num_patches) for i in range(batch_size)]),
     }
     if method.has_text:
-        batch["text"] = build_tokenizer(cfg.model.context_length)(["a photo of a dog.", "a red car on the left."])
+        captions = [f"a photo of a dog number {i}, on the left." for i in range(batch_size)]
+        batch["text"] = build_tokenizer(cfg.model.context_length, cfg.init.text)(captions)
     return batch
 
 

@@ -108,6 +108,22 @@ def shard_model(method: PretrainMethod) -> list[nn.Parameter]:
     return scalars
 
 
+class PhaseClock:
+    """Seconds spent in each named phase of a step. An accelerator runs asynchronously, so its
+    phases are exact only with ``synchronize`` (which costs throughput: benchmarks only)."""
+
+    def __init__(self, device: torch.device, synchronize: bool) -> None:
+        self.device, self.synchronize, self.seconds = device, synchronize, {}
+        self.last = time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        if self.synchronize and self.device.type in ("cuda", "mps"):
+            getattr(torch, self.device.type).synchronize()
+        now = time.perf_counter()
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + now - self.last
+        self.last = now
+
+
 class Trainer:
     """Runs one optimisation step per global batch, with gradient accumulation.
 
@@ -129,6 +145,8 @@ class Trainer:
             self.model = DistributedDataParallel(method, device_ids=ids)
         self.optimizer = build_optimizer(method, cfg.train)
         self.scheduler = build_scheduler(self.optimizer, cfg.train)
+        self.phase_seconds: dict[str, float] = {}  # forward / backward / optimizer of the last step
+        self.synchronize_phases = False
 
     def _sync_context(self, last: bool) -> contextlib.AbstractContextManager:
         if isinstance(self.model, DistributedDataParallel) and not last:
@@ -138,6 +156,7 @@ class Trainer:
     def step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         cfg, parts = self.cfg.train, self.cfg.train.accum_freq
         micro = split_batch(batch, parts)
+        clock = PhaseClock(self.device, self.synchronize_phases)
         cached = None
         if parts > 1 and self.method.batch_coupled:
             with torch.no_grad(), autocast(self.device, cfg.precision):
@@ -147,7 +166,9 @@ class Trainer:
             with self._sync_context(i == parts - 1), autocast(self.device, cfg.precision):
                 out = self.model(mb, cached, i) if cached is not None else self.model(mb)
                 loss = out["loss"] if cached is not None else out["loss"] / parts
+            clock.lap("forward")
             loss.backward()
+            clock.lap("backward")
             for key, value in out.items():
                 figures[key] = figures.get(key, 0.0) + float(value.detach()) / parts
         figures = distributed.mean_over_ranks(figures)
@@ -159,6 +180,8 @@ class Trainer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
+        clock.lap("optimizer")
+        self.phase_seconds = clock.seconds
         return figures
 
     def state_dict(self, step: int) -> dict[str, Any]:
@@ -230,13 +253,17 @@ def pretrain(cfg: Config, resume: str | None = None, log_tensorboard: bool = Tru
     state = load_checkpoint(resume_path) if resume_path is not None else None
     if state is not None:
         check_resumable(state, cfg, resume_path)
+    else:
+        for loaded in method.load_pretrained(cfg):
+            if distributed.is_main():
+                print(f"initialised {loaded}")
 
     trainer = Trainer(cfg, method, info.device)
     start_step = trainer.load_state_dict(state) if state is not None else 0
     if distributed.is_main():
         save_config(cfg, run_dir / "config.yaml")
 
-    tokenizer = build_tokenizer(cfg.model.context_length) if method.has_text else None
+    tokenizer = build_tokenizer(cfg.model.context_length, cfg.init.text) if method.has_text else None
     loader = build_pretrain_loader(cfg, tokenizer, method.visual.num_patches, start_step, info.rank, info.world_size)
     logger = MetricLogger(run_dir, cfg.train.steps, start_step, distributed.is_main(), log_tensorboard)
     method.train()

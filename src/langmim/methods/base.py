@@ -14,7 +14,8 @@ from ..config import Config
 from ..engine import distributed
 from ..errors import LangmimError
 from ..models.masking import Masking, mask_from_noise, num_visible
-from ..models.text import build_text_tower
+from ..models.pretrained import load_open_clip_text, load_timm_vision, split_text_source
+from ..models.text import build_text_tower, lock_text_tower
 from ..models.vit import MaskedVisionTransformer
 
 LOGIT_SCALE_INIT = math.log(1 / 0.07)
@@ -35,13 +36,22 @@ class PretrainMethod(nn.Module, abc.ABC):
         m = cfg.model
         self.visual = MaskedVisionTransformer(m.img_size, m.patch_size, m.width, m.depth, m.heads, m.mlp_ratio)
         self.num_keep = num_visible(self.visual.num_patches, cfg.loss.mask_ratio)
+        if cfg.init.lock_vision:
+            self.visual.requires_grad_(False)
+
+    def load_pretrained(self, cfg: Config) -> list[str]:
+        """Load the ``init.*`` weights of a fresh run; returns what was loaded, for the log."""
+        if cfg.init.vision is None:
+            return []
+        load_timm_vision(self.visual, cfg.init.vision)
+        return [f"vision tower <- {cfg.init.vision}"]
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Trade compute for memory in the trained towers (vision and, where there is one, text)."""
         self.visual.set_grad_checkpointing(enable)
         text = getattr(self, "text", None)
-        if text is not None:
-            text.set_grad_checkpointing(enable)
+        if text is not None and enable:  # open_clip's HFTextEncoder enables it whatever the argument
+            text.set_grad_checkpointing(True)
 
     def compile_towers(self) -> None:
         """torch.compile the trained towers in place, so parameter names (and checkpoints) stay."""
@@ -91,9 +101,20 @@ class ImageTextMethod(PretrainMethod):
     def __init__(self, cfg: Config) -> None:
         super().__init__(cfg)
         m = cfg.model
-        self.text = build_text_tower(m.text_width, m.text_depth, m.text_heads, m.context_length, m.embed_dim)
+        self.text = build_text_tower(m.text_width, m.text_depth, m.text_heads, m.context_length, m.embed_dim, cfg.init.text)
+        if cfg.init.lock_text:
+            lock_text_tower(self.text)
         self.image_projection = nn.Parameter(torch.randn(m.width, m.embed_dim) * m.width**-0.5)
         self.logit_scale = nn.Parameter(torch.tensor(LOGIT_SCALE_INIT))
+
+    def load_pretrained(self, cfg: Config) -> list[str]:
+        loaded = super().load_pretrained(cfg)
+        if cfg.init.text is not None:
+            kind, path = split_text_source(cfg.init.text)
+            if kind == "openclip":
+                load_open_clip_text(self.text, path)
+            loaded.append(f"text tower <- {cfg.init.text}")  # a sentence-transformers tower is built from its weights
+        return loaded
 
     def image_embedding(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.visual.pool(tokens, "mean") @ self.image_projection

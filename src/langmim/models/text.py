@@ -1,4 +1,5 @@
-"""CLIP text tower (open_clip's causal transformer) and its BPE tokenizer."""
+"""Text towers: CLIP's causal transformer (open_clip) with its BPE tokenizer, or a
+sentence-transformers model on disk (``init.text=sentence-transformers:FOLDER``) with its own."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -6,12 +7,28 @@ from collections.abc import Callable, Sequence
 import torch
 from open_clip.tokenizer import SimpleTokenizer
 from open_clip.transformer import TextTransformer
+from torch import nn
+
+from .pretrained import build_sentence_transformer, sentence_transformer_tokenizer, split_text_source
 
 VOCAB_SIZE = 49408  # OpenAI CLIP's BPE vocabulary, shipped inside open_clip_torch
 
 
-def build_text_tower(width: int, depth: int, heads: int, context_length: int, embed_dim: int) -> TextTransformer:
-    """Causal transformer pooled at the end-of-text token, then ``text_projection`` to E."""
+def sentence_transformer_folder(source: str | None):
+    """The folder of ``sentence-transformers:FOLDER``, or None for the CLIP text tower."""
+    if source is None:
+        return None
+    kind, path = split_text_source(source)
+    return path if kind == "sentence-transformers" else None
+
+
+def build_text_tower(width: int, depth: int, heads: int, context_length: int, embed_dim: int, source: str | None = None) -> nn.Module:
+    """Maps token ids (B, L) to text embeddings (B, E): the CLIP causal transformer pooled at the
+    end-of-text token, then ``text_projection``; or the sentence-transformers model's pooled
+    output, then ``proj``."""
+    folder = sentence_transformer_folder(source)
+    if folder is not None:
+        return build_sentence_transformer(folder, embed_dim)
     return TextTransformer(
         context_length=context_length,
         vocab_size=VOCAB_SIZE,
@@ -22,6 +39,16 @@ def build_text_tower(width: int, depth: int, heads: int, context_length: int, em
     )
 
 
-def build_tokenizer(context_length: int) -> Callable[[Sequence[str] | str], torch.Tensor]:
-    """open_clip's tokenizer; texts longer than the context are truncated (EOT kept)."""
+def build_tokenizer(context_length: int, source: str | None = None) -> Callable[[Sequence[str] | str], torch.Tensor]:
+    """The text tower's tokenizer; texts longer than the context are truncated."""
+    folder = sentence_transformer_folder(source)
+    if folder is not None:
+        return sentence_transformer_tokenizer(folder, context_length)
     return SimpleTokenizer(context_length=context_length)
+
+
+def lock_text_tower(text: nn.Module) -> None:
+    """Freeze a text tower except its projection into the joint space (``text_projection`` of
+    the CLIP tower, ``proj`` of a sentence-transformers one)."""
+    for name, param in text.named_parameters():
+        param.requires_grad = name == "text_projection" or name.startswith("proj.")

@@ -1,0 +1,152 @@
+"""Start from other libraries' weights: a timm ViT for the vision tower, an open_clip text
+tower, or a sentence-transformers model (e.g. all-MiniLM-L6-v2) on disk as the text tower.
+
+Weight files are read without unpickling code: safetensors, or ``torch.load(weights_only=True)``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..engine.checkpoint import safe_torch_load
+from ..errors import CheckpointError, ConfigError
+
+# Files a weights folder may hold, in the order they are looked for (timm and open_clip local-dir,
+# Hugging Face).
+FOLDER_WEIGHTS = ("model.safetensors", "open_clip_model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
+WRAPPER_KEYS = ("state_dict", "model", "module")  # MAE's and many trainers' checkpoints nest the weights
+TEXT_SOURCES = ("openclip", "sentence-transformers")
+
+
+def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """A flat state dict from a weights file or a folder holding one (``module.`` prefixes and
+    ``model`` / ``state_dict`` wrappers removed)."""
+    path = Path(path)
+    if path.is_dir():
+        found = [path / name for name in FOLDER_WEIGHTS if (path / name).is_file()]
+        if not found:
+            raise CheckpointError(f"folder '{path}' holds none of the weight files {', '.join(FOLDER_WEIGHTS)}")
+        path = found[0]
+    if not path.is_file():
+        raise CheckpointError(f"weights '{path}' do not exist")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            state: object = load_file(str(path))
+        except (SafetensorError, OSError) as err:
+            raise CheckpointError(f"'{path}' is not a readable safetensors file ({err})") from None
+    else:
+        state = safe_torch_load(path, what="weights")
+    while isinstance(state, dict) and len(state) >= 1 and any(isinstance(state.get(k), dict) for k in WRAPPER_KEYS):
+        state = next(state[k] for k in WRAPPER_KEYS if isinstance(state.get(k), dict))
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"'{path}' is not a state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def load_strictly(module: nn.Module, state: dict[str, torch.Tensor], source: str, what: str) -> None:
+    """``load_state_dict(strict=True)`` whose error names the missing, unexpected and mis-shaped keys."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [f"{k} {tuple(state[k].shape)} (here {tuple(own[k].shape)})" for k in sorted(set(own) & set(state))
+              if state[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        problems = [f"{label}: {', '.join(keys[:6])}{' ...' if len(keys) > 6 else ''}"
+                    for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes)) if keys]
+        raise CheckpointError(f"'{source}' does not fit the {what} of this config; " + "; ".join(problems))
+    module.load_state_dict(state, strict=True)
+
+
+def load_timm_vision(visual: nn.Module, path: str | Path) -> None:
+    """Initialise langmim's vision tower from a timm ``VisionTransformer`` state dict.
+
+    The classifier (``head``) is dropped; the position embedding and patch kernel are resampled
+    where the checkpoint's grid or patch size differs from the config's. A model whose final norm
+    is ``fc_norm`` (applied after pooling: timm's avg-pool and MAE's fine-tuned ViTs) is refused
+    by the strict load, since langmim normalises the tokens before pooling. The position
+    embedding is loaded into langmim's fixed one and stays as loaded.
+    """
+    from timm.layers import resample_abs_pos_embed, resample_patch_embed
+
+    state = {k: v for k, v in read_weights(path).items() if not k.startswith("head.")}
+    own = visual.state_dict()
+    kernel = state.get("patch_embed.proj.weight")
+    if kernel is not None and kernel.shape[-2:] != own["patch_embed.proj.weight"].shape[-2:]:
+        state["patch_embed.proj.weight"] = resample_patch_embed(kernel, list(own["patch_embed.proj.weight"].shape[-2:]))
+    pos = state.get("pos_embed")
+    if pos is not None and pos.shape[1] != own["pos_embed"].shape[1] and pos.shape[-1] == own["pos_embed"].shape[-1]:
+        state["pos_embed"] = resample_abs_pos_embed(pos, [visual.grid_size, visual.grid_size], num_prefix_tokens=1)
+    load_strictly(visual, state, str(path), "vision tower")
+
+
+def load_open_clip_text(text: nn.Module, path: str | Path) -> None:
+    """Initialise the CLIP text tower from open_clip weights: a ``CLIP`` (text keys at the top
+    level) or a ``CustomTextCLIP`` / langmim export (keys under ``text.``)."""
+    state = read_weights(path)
+    own = text.state_dict()
+    if any(k.startswith("text.") for k in state):
+        picked = {k[len("text."):]: v for k, v in state.items() if k.startswith("text.")}
+    else:
+        picked = {k: v for k, v in state.items() if k.split(".")[0] in {n.split(".")[0] for n in own}}
+    load_strictly(text, {k: v for k, v in picked.items() if k in own or not k.endswith("attn_mask")}, str(path), "text tower")
+
+
+def split_text_source(source: str) -> tuple[str, Path]:
+    """``KIND:PATH`` of ``init.text`` -> (kind, path), with clear errors."""
+    kind, _, path = source.partition(":")
+    if kind not in TEXT_SOURCES or not path:
+        raise ConfigError(f"init.text must be openclip:PATH or sentence-transformers:PATH; got {source!r}")
+    return kind, Path(path)
+
+
+def sentence_transformer_parts(folder: Path) -> tuple[Path, str]:
+    """(transformer folder, open_clip pooler name) of a sentence-transformers model folder."""
+    import json
+
+    modules_file = folder / "modules.json"
+    if not modules_file.is_file():
+        raise ConfigError(f"'{folder}' is not a sentence-transformers model folder (no modules.json)")
+    modules = json.loads(modules_file.read_text())
+    transformer = next((m for m in modules if m["type"].endswith("models.Transformer")), None)
+    pooling = next((m for m in modules if m["type"].endswith("models.Pooling")), None)
+    if transformer is None:
+        raise ConfigError(f"'{modules_file}' lists no sentence_transformers.models.Transformer module")
+    pooler = "mean_pooler"
+    if pooling is not None:
+        settings = json.loads((folder / pooling["path"] / "config.json").read_text())
+        if settings.get("pooling_mode_cls_token"):
+            pooler = "cls_last_hidden_state_pooler"
+        elif settings.get("pooling_mode_max_tokens"):
+            pooler = "max_pooler"
+    return folder / transformer["path"], pooler
+
+
+def import_transformers() -> None:
+    try:
+        import transformers
+    except ImportError:
+        raise ConfigError("init.text=sentence-transformers:... needs the transformers package: pip install 'langmim[text]'") from None
+    transformers.logging.set_verbosity_error()  # its load report lists the unused BERT pooler
+    transformers.logging.disable_progress_bar()
+
+
+def build_sentence_transformer(folder: Path, embed_dim: int) -> nn.Module:
+    """open_clip's ``HFTextEncoder`` over the model's transformer, pooled as the model pools,
+    plus a linear projection to the joint space (``proj``, newly initialised)."""
+    from open_clip.hf_model import HFTextEncoder
+
+    import_transformers()
+    transformer, pooler = sentence_transformer_parts(folder)
+    return HFTextEncoder(str(transformer), output_dim=embed_dim, pooler_type=pooler, proj_type="linear", pretrained=True)
+
+
+def sentence_transformer_tokenizer(folder: Path, context_length: int):
+    from open_clip.tokenizer import HFTokenizer
+
+    import_transformers()
+    return HFTokenizer(str(sentence_transformer_parts(folder)[0]), context_length=context_length)
