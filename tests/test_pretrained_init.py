@@ -184,3 +184,80 @@ def test_open_clip_export_of_a_minilm_run_gives_the_same_text_embeddings(tmp_pat
     assert torch.equal(tokenizer(captions), ours.tokenizer(captions))
     with torch.no_grad():
         assert torch.allclose(theirs.encode_text(tokenizer(captions)), ours.encode_text(ours.tokenizer(captions), normalize=False), atol=1e-5)
+
+
+def test_mae_pretraining_checkpoint_loads(timm_vit_tiny, tmp_path):
+    """MAE's main_pretrain.py saves {'model', 'optimizer', 'epoch', 'args': Namespace} with its decoder."""
+    import argparse
+
+    theirs, _ = timm_vit_tiny
+    state = {k: v for k, v in theirs.state_dict().items() if not k.startswith("head.")}
+    state.update({"mask_token": torch.zeros(1, 1, 128), "decoder_embed.weight": torch.zeros(128, 192), "decoder_pred.bias": torch.zeros(768)})
+    path = tmp_path / "mae_pretrain.pth"
+    torch.save({"model": state, "optimizer": {"state": {}}, "epoch": 799, "args": argparse.Namespace(model="mae_vit_tiny")}, path)
+    cfg, method = build([*VIT_TINY, "model.img_size=224", f"init.vision={path}"], "mae")
+    method.load_pretrained(cfg)
+    assert torch.equal(method.visual.blocks[3].mlp.fc1.weight, theirs.blocks[3].mlp.fc1.weight)
+
+
+@pytest.mark.parametrize("quick_gelu", [True, False])
+def test_open_clip_clip_text_weights_give_open_clip_text_embeddings(tmp_path, quick_gelu):
+    """An open_clip CLIP (text keys at the top level, QuickGELU as OpenAI's) saved as a .bin file."""
+    import open_clip
+
+    torch.manual_seed(0)
+    text_cfg = {"context_length": 24, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}
+    theirs = open_clip.CLIP(32, {"image_size": 32, "patch_size": 8, "width": 64, "layers": 1}, text_cfg, quick_gelu=True).eval()
+    path = tmp_path / "open_clip_pytorch_model.bin"
+    torch.save(theirs.state_dict(), path)
+    cfg, ours = build([*TINY_MODEL, f"init.text=openclip:{tmp_path}", f"model.text_quick_gelu={quick_gelu}"])
+    ours.load_pretrained(cfg)
+    tokens = open_clip.get_tokenizer("ViT-B-32", context_length=24)(["a small red bag on the left.", "two white shirts."])
+    with torch.no_grad():
+        same = torch.allclose(ours.eval().encode_text(tokens, normalize=False), theirs.encode_text(tokens), atol=1e-5)
+    assert same == quick_gelu  # the weights alone load either way; the activation decides the features
+
+
+def minilm_variant(tmp_path, change):
+    """A copy of the MiniLM folder (weights linked) with ``change(folder)`` applied."""
+    import shutil
+
+    folder = tmp_path / "variant"
+    shutil.copytree(MINILM, folder, ignore=shutil.ignore_patterns("*.safetensors"))
+    (folder / "model.safetensors").symlink_to(MINILM / "model.safetensors")
+    change(folder)
+    return folder
+
+
+def max_pooling(folder):
+    (folder / "1_Pooling" / "config.json").write_text('{"word_embedding_dimension": 384, "pooling_mode_max_tokens": true}')
+
+
+def dense_module(folder):
+    import json
+
+    modules = json.loads((folder / "modules.json").read_text())
+    modules.insert(2, {"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"})
+    (folder / "modules.json").write_text(json.dumps(modules))
+
+
+@pytest.mark.parametrize("change, match", [(max_pooling, "pools by .*pooling_mode_max_tokens"), (dense_module, "Dense")])
+def test_sentence_transformers_parts_langmim_cannot_reproduce_are_refused(tmp_path, change, match):
+    folder = minilm_variant(tmp_path, change)
+    with pytest.raises(ConfigError, match=match):
+        build([*TINY_MODEL, f"init.text=sentence-transformers:{folder}"])
+
+
+def test_a_loaded_locked_run_is_trainable_again(tmp_path):
+    """Locks apply to pre-training only: fine-tuning a loaded LiT run trains its encoder."""
+    run = tmp_path / "lit"
+    pretrain(load_config(None, tiny_overrides(run, "clip", steps=1) + ["init.lock_vision=true"]), log_tensorboard=False)
+    assert all(p.requires_grad for p in load(run).visual.parameters())
+
+
+def test_torchscript_archives_get_their_own_message(tmp_path):
+    path = tmp_path / "ViT-B-32.pt"
+    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), path)
+    cfg, method = build([*TINY_MODEL, f"init.vision={path}"], "mae")
+    with pytest.raises(CheckpointError, match="TorchScript archive"):
+        method.load_pretrained(cfg)

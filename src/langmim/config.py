@@ -47,6 +47,7 @@ class ModelConfig:
     decoder_width: Optional[int] = None
     decoder_depth: Optional[int] = None
     decoder_heads: Optional[int] = None
+    text_quick_gelu: bool = False  # CLIP text tower with QuickGELU: OpenAI's weights and open_clip's -quickgelu ones need it
     decoder_type: str = "prompting"  # milan: its prompting decoder, or MAE's (the paper's ablation)
 
 
@@ -300,6 +301,11 @@ def resolve(cfg: Config) -> Config:
         raise ConfigError(f"loss.mask_ratio must be in [0, 1), got {cfg.loss.mask_ratio}")
     if (cfg.init.text or cfg.init.lock_text) and cfg.method not in ("clip", "rils"):
         raise ConfigError(f"init.text and init.lock_text need a text tower (method clip or rils); method is {cfg.method}")
+    if cfg.train.fsdp and (cfg.init.lock_vision or cfg.init.lock_text or str(cfg.init.text).startswith("sentence-transformers:")):
+        raise ConfigError("train.fsdp is not supported with locked towers or a sentence-transformers text tower yet; use DDP")
+    if str(cfg.init.text).startswith("sentence-transformers:"):
+        kind, _, folder = cfg.init.text.partition(":")
+        cfg.init.text = f"{kind}:{Path(folder).resolve()}"  # runs and exports refer to it from anywhere
     if cfg.init.lock_vision and cfg.method != "clip":
         raise ConfigError(f"init.lock_vision freezes the encoder that method {cfg.method} trains; it is for clip (LiT)")
     t = cfg.train

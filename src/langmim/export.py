@@ -92,6 +92,9 @@ def open_clip_export(model: PretrainMethod) -> tuple[dict[str, torch.Tensor], di
     """(state dict, open_clip_config.json) of a CLIP or RILS model."""
     if not model.has_text:
         raise LangmimError(f"--format open_clip needs a CLIP or RILS checkpoint; this one is {model.config.method} (use --format timm)")
+    if model.config.model.text_quick_gelu:
+        raise LangmimError("--format open_clip: open_clip's quick_gelu switches both towers and langmim's vision tower uses GELU; "
+                           "export with --format safetensors or timm")
     v = model.visual
     pos = v.pos_embed[0].detach().clone()
     pos[1:] += v.patch_embed.proj.bias.detach()  # open_clip's conv1 has no bias

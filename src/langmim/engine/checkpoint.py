@@ -123,6 +123,9 @@ def safe_torch_load(path: Path, map_location: str | torch.device = "cpu", what: 
         first = str(err).strip().splitlines()[0] if str(err).strip() else "disallowed content"
         raise CheckpointError(f"{what} '{path}' holds objects that loading would have to run as code; refused ({first[:160]})") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
+        if zipfile.is_zipfile(path) and any(n.endswith("/constants.pkl") for n in zipfile.ZipFile(path).namelist()):
+            raise CheckpointError(f"{what} '{path}' is a TorchScript archive (like OpenAI's CLIP .pt files); load it with "
+                                  "open_clip and torch.save its state_dict() first") from None
         raise CheckpointError(f"{what} '{path}' is truncated or not a torch file ({type(err).__name__})") from None
 
 

@@ -135,6 +135,7 @@ class Trainer:
 
     def __init__(self, cfg: Config, method: PretrainMethod, device: torch.device) -> None:
         self.cfg, self.method, self.device = cfg, method, device
+        method.lock_towers(cfg)
         self.model: nn.Module = method
         self.sharded = cfg.train.fsdp and distributed.world_size() > 1
         self.replicated: list[nn.Parameter] = []

@@ -29,6 +29,7 @@ class PretrainMethod(nn.Module, abc.ABC):
 
     name = ""
     has_text = False
+    text_locked = False
     batch_coupled = False  # True where one sample's loss depends on the others (contrastive)
 
     def __init__(self, cfg: Config) -> None:
@@ -36,6 +37,9 @@ class PretrainMethod(nn.Module, abc.ABC):
         m = cfg.model
         self.visual = MaskedVisionTransformer(m.img_size, m.patch_size, m.width, m.depth, m.heads, m.mlp_ratio)
         self.num_keep = num_visible(self.visual.num_patches, cfg.loss.mask_ratio)
+
+    def lock_towers(self, cfg: Config) -> None:
+        """Freeze the towers ``init.lock_*`` names for training (a loaded model is not locked)."""
         if cfg.init.lock_vision:
             self.visual.requires_grad_(False)
 
@@ -50,7 +54,7 @@ class PretrainMethod(nn.Module, abc.ABC):
         """Trade compute for memory in the trained towers (vision and, where there is one, text)."""
         self.visual.set_grad_checkpointing(enable)
         text = getattr(self, "text", None)
-        if text is not None and enable:  # open_clip's HFTextEncoder enables it whatever the argument
+        if text is not None and enable and not self.text_locked:  # HFTextEncoder enables it whatever the argument
             text.set_grad_checkpointing(True)
 
     def compile_towers(self) -> None:
@@ -101,11 +105,16 @@ class ImageTextMethod(PretrainMethod):
     def __init__(self, cfg: Config) -> None:
         super().__init__(cfg)
         m = cfg.model
-        self.text = build_text_tower(m.text_width, m.text_depth, m.text_heads, m.context_length, m.embed_dim, cfg.init.text)
-        if cfg.init.lock_text:
-            lock_text_tower(self.text)
+        self.text = build_text_tower(
+            m.text_width, m.text_depth, m.text_heads, m.context_length, m.embed_dim, cfg.init.text, m.text_quick_gelu)
+        self.text_locked = cfg.init.lock_text  # frozen in training: no activations to recompute
         self.image_projection = nn.Parameter(torch.randn(m.width, m.embed_dim) * m.width**-0.5)
         self.logit_scale = nn.Parameter(torch.tensor(LOGIT_SCALE_INIT))
+
+    def lock_towers(self, cfg: Config) -> None:
+        super().lock_towers(cfg)
+        if cfg.init.lock_text:
+            lock_text_tower(self.text)
 
     def load_pretrained(self, cfg: Config) -> list[str]:
         loaded = super().load_pretrained(cfg)

@@ -5,6 +5,7 @@ Weight files are read without unpickling code: safetensors, or ``torch.load(weig
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -13,21 +14,22 @@ from torch import nn
 from ..engine.checkpoint import safe_torch_load
 from ..errors import CheckpointError, ConfigError
 
-# Files a weights folder may hold, in the order they are looked for (timm and open_clip local-dir,
-# Hugging Face).
-FOLDER_WEIGHTS = ("model.safetensors", "open_clip_model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
+# Files a weights folder may hold, in the order each kind of source looks for them.
+TIMM_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+OPEN_CLIP_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 WRAPPER_KEYS = ("state_dict", "model", "module")  # MAE's and many trainers' checkpoints nest the weights
+MAE_PRETRAINING_KEYS = ("mask_token", "decoder_")  # MAE's pixel decoder, left in its pre-training checkpoints
 TEXT_SOURCES = ("openclip", "sentence-transformers")
 
 
-def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    """A flat state dict from a weights file or a folder holding one (``module.`` prefixes and
-    ``model`` / ``state_dict`` wrappers removed)."""
+def read_weights(path: str | Path, folder_files: tuple[str, ...] = TIMM_FILES) -> dict[str, torch.Tensor]:
+    """A flat state dict from a weights file, or a folder holding one of ``folder_files``
+    (``module.`` prefixes and ``model`` / ``state_dict`` wrappers removed)."""
     path = Path(path)
     if path.is_dir():
-        found = [path / name for name in FOLDER_WEIGHTS if (path / name).is_file()]
+        found = [path / name for name in folder_files if (path / name).is_file()]
         if not found:
-            raise CheckpointError(f"folder '{path}' holds none of the weight files {', '.join(FOLDER_WEIGHTS)}")
+            raise CheckpointError(f"folder '{path}' holds none of the weight files {', '.join(folder_files)}")
         path = found[0]
     if not path.is_file():
         raise CheckpointError(f"weights '{path}' do not exist")
@@ -40,8 +42,12 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
         except (SafetensorError, OSError) as err:
             raise CheckpointError(f"'{path}' is not a readable safetensors file ({err})") from None
     else:
-        state = safe_torch_load(path, what="weights")
-    while isinstance(state, dict) and len(state) >= 1 and any(isinstance(state.get(k), dict) for k in WRAPPER_KEYS):
+        import argparse
+
+        # MAE's and timm's training scripts store their argparse.Namespace beside the weights: data, not code
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            state = safe_torch_load(path, what="weights")
+    while isinstance(state, dict) and any(isinstance(state.get(k), dict) for k in WRAPPER_KEYS):
         state = next(state[k] for k in WRAPPER_KEYS if isinstance(state.get(k), dict))
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"'{path}' is not a state dict of tensors")
@@ -73,13 +79,14 @@ def load_timm_vision(visual: nn.Module, path: str | Path) -> None:
     """
     from timm.layers import resample_abs_pos_embed, resample_patch_embed
 
-    state = {k: v for k, v in read_weights(path).items() if not k.startswith("head.")}
+    state = {k: v for k, v in read_weights(path).items() if not k.startswith(("head.", *MAE_PRETRAINING_KEYS))}
     own = visual.state_dict()
     kernel = state.get("patch_embed.proj.weight")
     if kernel is not None and kernel.shape[-2:] != own["patch_embed.proj.weight"].shape[-2:]:
         state["patch_embed.proj.weight"] = resample_patch_embed(kernel, list(own["patch_embed.proj.weight"].shape[-2:]))
     pos = state.get("pos_embed")
-    if pos is not None and pos.shape[1] != own["pos_embed"].shape[1] and pos.shape[-1] == own["pos_embed"].shape[-1]:
+    square_grid = pos is not None and math.isqrt(pos.shape[1] - 1) ** 2 == pos.shape[1] - 1  # one class-token slot
+    if square_grid and pos.shape[1] != own["pos_embed"].shape[1] and pos.shape[-1] == own["pos_embed"].shape[-1]:
         state["pos_embed"] = resample_abs_pos_embed(pos, [visual.grid_size, visual.grid_size], num_prefix_tokens=1)
     load_strictly(visual, state, str(path), "vision tower")
 
@@ -87,7 +94,7 @@ def load_timm_vision(visual: nn.Module, path: str | Path) -> None:
 def load_open_clip_text(text: nn.Module, path: str | Path) -> None:
     """Initialise the CLIP text tower from open_clip weights: a ``CLIP`` (text keys at the top
     level) or a ``CustomTextCLIP`` / langmim export (keys under ``text.``)."""
-    state = read_weights(path)
+    state = read_weights(path, OPEN_CLIP_FILES)
     own = text.state_dict()
     if any(k.startswith("text.") for k in state):
         picked = {k[len("text."):]: v for k, v in state.items() if k.startswith("text.")}
@@ -104,26 +111,29 @@ def split_text_source(source: str) -> tuple[str, Path]:
     return kind, Path(path)
 
 
+SUPPORTED_POOLING = {"pooling_mode_mean_tokens": "mean_pooler", "pooling_mode_cls_token": "cls_last_hidden_state_pooler"}
+
+
 def sentence_transformer_parts(folder: Path) -> tuple[Path, str]:
-    """(transformer folder, open_clip pooler name) of a sentence-transformers model folder."""
+    """(transformer folder, open_clip pooler name) of a sentence-transformers model folder,
+    refusing what open_clip's ``HFTextEncoder`` cannot reproduce."""
     import json
 
     modules_file = folder / "modules.json"
     if not modules_file.is_file():
         raise ConfigError(f"'{folder}' is not a sentence-transformers model folder (no modules.json)")
     modules = json.loads(modules_file.read_text())
-    transformer = next((m for m in modules if m["type"].endswith("models.Transformer")), None)
-    pooling = next((m for m in modules if m["type"].endswith("models.Pooling")), None)
-    if transformer is None:
-        raise ConfigError(f"'{modules_file}' lists no sentence_transformers.models.Transformer module")
-    pooler = "mean_pooler"
-    if pooling is not None:
-        settings = json.loads((folder / pooling["path"] / "config.json").read_text())
-        if settings.get("pooling_mode_cls_token"):
-            pooler = "cls_last_hidden_state_pooler"
-        elif settings.get("pooling_mode_max_tokens"):
-            pooler = "max_pooler"
-    return folder / transformer["path"], pooler
+    kinds = [m["type"].rsplit(".", 1)[-1] for m in modules]
+    if kinds[:2] != ["Transformer", "Pooling"] or set(kinds[2:]) - {"Normalize"}:
+        raise ConfigError(f"'{modules_file}' lists {kinds}; langmim reproduces Transformer, Pooling and Normalize only")
+    pooling_file = folder / modules[1]["path"] / "config.json"
+    if not pooling_file.is_file():
+        raise ConfigError(f"sentence-transformers pooling config '{pooling_file}' is missing")
+    modes = sorted(k for k, v in json.loads(pooling_file.read_text()).items() if k.startswith("pooling_mode") and v)
+    if len(modes) != 1 or modes[0] not in SUPPORTED_POOLING:
+        raise ConfigError(f"'{pooling_file}' pools by {modes}; langmim supports one of {', '.join(SUPPORTED_POOLING)}")
+    transformer = folder / modules[0]["path"]
+    return transformer, SUPPORTED_POOLING[modes[0]]
 
 
 def import_transformers() -> None:
@@ -138,10 +148,16 @@ def import_transformers() -> None:
 def build_sentence_transformer(folder: Path, embed_dim: int) -> nn.Module:
     """open_clip's ``HFTextEncoder`` over the model's transformer, pooled as the model pools,
     plus a linear projection to the joint space (``proj``, newly initialised)."""
+    from open_clip.hf_configs import arch_dict
     from open_clip.hf_model import HFTextEncoder
 
     import_transformers()
+    from transformers import AutoConfig
+
     transformer, pooler = sentence_transformer_parts(folder)
+    model_type = AutoConfig.from_pretrained(str(transformer)).model_type
+    if model_type not in arch_dict:
+        raise ConfigError(f"'{folder}' is a {model_type} model; open_clip's HFTextEncoder takes {', '.join(arch_dict)}")
     return HFTextEncoder(str(transformer), output_dim=embed_dim, pooler_type=pooler, proj_type="linear", pretrained=True)
 
 

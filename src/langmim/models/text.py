@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 from open_clip.tokenizer import SimpleTokenizer
-from open_clip.transformer import TextTransformer
+from open_clip.transformer import QuickGELU, TextTransformer
 from torch import nn
 
 from .pretrained import build_sentence_transformer, sentence_transformer_tokenizer, split_text_source
@@ -22,7 +22,9 @@ def sentence_transformer_folder(source: str | None):
     return path if kind == "sentence-transformers" else None
 
 
-def build_text_tower(width: int, depth: int, heads: int, context_length: int, embed_dim: int, source: str | None = None) -> nn.Module:
+def build_text_tower(
+    width: int, depth: int, heads: int, context_length: int, embed_dim: int, source: str | None = None, quick_gelu: bool = False,
+) -> nn.Module:
     """Maps token ids (B, L) to text embeddings (B, E): the CLIP causal transformer pooled at the
     end-of-text token, then ``text_projection``; or the sentence-transformers model's pooled
     output, then ``proj``."""
@@ -36,6 +38,7 @@ def build_text_tower(width: int, depth: int, heads: int, context_length: int, em
         heads=heads,
         layers=depth,
         output_dim=embed_dim,
+        act_layer=QuickGELU if quick_gelu else nn.GELU,
     )
 
 
