@@ -20,11 +20,11 @@ import torch
 from results_log import append_result
 
 SETTINGS = {
-    "fp32": [],
+    "fp32": ["train.precision=fp32"],
     "bf16": ["train.precision=bf16"],
-    "fp32+grad_checkpointing": ["train.grad_checkpointing=true"],
+    "fp32+grad_checkpointing": ["train.precision=fp32", "train.grad_checkpointing=true"],
     "bf16+grad_checkpointing": ["train.precision=bf16", "train.grad_checkpointing=true"],
-    "fp32+compile": ["train.compile=true"],
+    "fp32+compile": ["train.precision=fp32", "train.compile=true"],
 }
 
 
@@ -62,7 +62,7 @@ def main() -> None:
         print(json.dumps(measure(sys.argv[2:])))
         return
     for name, overrides in SETTINGS.items():
-        out = subprocess.run([sys.executable, __file__, "--one", *overrides, *sys.argv[1:]], capture_output=True, text=True, check=True)
+        out = subprocess.run([sys.executable, __file__, "--one", *sys.argv[1:], *overrides], capture_output=True, text=True, check=True)
         record = {"date": date.today().isoformat(), "setting": name, "threads": torch.get_num_threads(),
                   "torch": torch.__version__, **json.loads(out.stdout.strip().splitlines()[-1])}
         append_result("precision_memory", record)

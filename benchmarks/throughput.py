@@ -100,7 +100,7 @@ def measure(setting: dict) -> dict:
 
     from langmim.config import load_config
     from langmim.engine.dryrun import synthetic_batch
-    from langmim.engine.loop import Trainer, autocast
+    from langmim.engine.loop import Trainer, autocast, cpu_attention_in_fp32
     from langmim.methods import build_method
 
     baseline_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -132,7 +132,8 @@ def measure(setting: dict) -> dict:
     flops = counter.get_total_flops()
     teacher_s = None
     if setting["method"] == "milan":
-        with torch.no_grad(), autocast(torch.device("cpu"), cfg.train.precision):
+        cpu = torch.device("cpu")
+        with torch.no_grad(), cpu_attention_in_fp32(cpu, cfg.train.precision), autocast(cpu, cfg.train.precision):
             method.teacher(batch["image"])
             start = time.perf_counter()
             for _ in range(timed):

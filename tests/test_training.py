@@ -136,3 +136,45 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, m
     assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-00000002.pt", "checkpoint-00000004.pt"]
     state = load_checkpoint(list_checkpoints(tmp_path)[-1])
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_bf16_on_cpu_runs_attention_in_fp32_and_restores_sdpa():
+    from langmim.engine.loop import autocast, cpu_attention_in_fp32
+
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    q, k, v = (torch.randn(2, 3, 17, 8) for _ in range(3))
+    mask = torch.full((17, 17), float("-inf")).triu(1)
+    with cpu_attention_in_fp32(torch.device("cpu"), "bf16"), autocast(torch.device("cpu"), "bf16"):
+        out = torch.nn.functional.scaled_dot_product_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), attn_mask=mask)
+    assert torch.nn.functional.scaled_dot_product_attention is sdpa
+    assert out.dtype == torch.bfloat16
+    reference = sdpa(q.bfloat16().float(), k.bfloat16().float(), v.bfloat16().float(), attn_mask=mask)
+    assert torch.allclose(out.float(), reference, atol=1e-2)
+    with pytest.raises(RuntimeError, match="inside"), cpu_attention_in_fp32(torch.device("cpu"), "bf16"):
+        raise RuntimeError("inside")
+    assert torch.nn.functional.scaled_dot_product_attention is sdpa
+
+
+def test_auto_precision_is_bf16_only_with_native_bf16():
+    from langmim.engine.loop import effective_precision
+
+    cpu = torch.device("cpu")
+    native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    assert effective_precision("auto", cpu) == ("bf16" if native else "fp32")
+    assert effective_precision("auto", torch.device("meta")) == "fp32"
+    assert [effective_precision(p, cpu) for p in ("fp32", "bf16")] == ["fp32", "bf16"]
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_bf16_training_step_matches_fp32_closely(tmp_path, checkpointing):
+    from langmim.engine.dryrun import synthetic_batch
+
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        cfg = load_config(None, tiny_overrides(tmp_path, "rils", steps=2) + [f"train.precision={precision}"])
+        cfg.train.grad_checkpointing = checkpointing
+        torch.manual_seed(0)
+        method = build_method(cfg)
+        method.set_grad_checkpointing(checkpointing)
+        losses[precision] = Trainer(cfg, method, torch.device("cpu")).step(synthetic_batch(cfg, method, 8))["loss"]
+    assert losses["bf16"] == pytest.approx(losses["fp32"], rel=0.05)

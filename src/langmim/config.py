@@ -24,7 +24,7 @@ DECODER_TYPES = ("prompting", "mae")
 MASKINGS = ("semantic", "random")
 IMPORTANCES = ("attention", "similarity")
 DATASETS = ("fashion-scenes", "csv", "imagefolder", "webdataset")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "auto")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
@@ -105,7 +105,7 @@ class TrainConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     eps: float = 1e-8
     grad_clip: float = 1.0  # 0 disables clipping
-    precision: str = "fp32"
+    precision: str = "fp32"  # auto: bf16 autocast where the device has native bf16 (CUDA, AVX512-BF16/AMX CPUs)
     grad_checkpointing: bool = False  # recompute block activations in the backward pass: less memory, more compute
     fsdp: bool = False  # under torchrun: shard parameters, gradients and optimizer state (FSDP2) instead of DDP
     compile: bool = False  # torch.compile the vision and text towers (in place: checkpoints keep their keys)

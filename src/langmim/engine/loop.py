@@ -4,10 +4,12 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
@@ -74,10 +76,57 @@ def find_resume_checkpoint(resume: str | None, run_dir: Path) -> Path | None:
     return Path(resume)
 
 
+def fp32_attention(sdpa: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """``sdpa`` run in fp32 outside autocast, its output cast back to the query's dtype."""
+
+    def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_mask: torch.Tensor | None = None,
+                  *args: Any, **kwargs: Any) -> torch.Tensor:
+        if attn_mask is not None and attn_mask.is_floating_point():
+            attn_mask = attn_mask.float()
+        with torch.autocast(device_type="cpu", enabled=False):
+            out = sdpa(query.float(), key.float(), value.float(), attn_mask, *args, **kwargs)
+        return out.to(query.dtype)
+
+    return attention
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether the device computes bf16 matmuls natively (and so faster than fp32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())  # AVX512-BF16 or AMX
+    return False
+
+
+def effective_precision(precision: str, device: torch.device) -> str:
+    """``auto`` is bf16 where the device has native bf16, fp32 elsewhere."""
+    if precision == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    return precision
+
+
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
     if precision == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def cpu_attention_in_fp32(device: torch.device, precision: str) -> Iterator[None]:
+    """With bf16 on a CPU, run attention in fp32: the fused CPU attention kernel's bf16 backward
+    is 1.3x to 6.6x slower than its fp32 one at our shapes (README, "Throughput"). timm's and
+    open_clip's blocks call ``F.scaled_dot_product_attention``, swapped here for a whole step
+    (forward and backward, so gradient checkpointing recomputes the same way)."""
+    if precision != "bf16" or device.type != "cpu":
+        yield
+        return
+    sdpa = F.scaled_dot_product_attention
+    F.scaled_dot_product_attention = fp32_attention(sdpa)
+    try:
+        yield
+    finally:
+        F.scaled_dot_product_attention = sdpa
 
 
 def move(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
@@ -135,6 +184,7 @@ class Trainer:
 
     def __init__(self, cfg: Config, method: PretrainMethod, device: torch.device) -> None:
         self.cfg, self.method, self.device = cfg, method, device
+        self.precision = effective_precision(cfg.train.precision, device)
         method.lock_towers(cfg)
         self.model: nn.Module = method
         self.sharded = cfg.train.fsdp and distributed.world_size() > 1
@@ -155,16 +205,20 @@ class Trainer:
         return contextlib.nullcontext()
 
     def step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        with cpu_attention_in_fp32(self.device, self.precision):
+            return self._step(batch)
+
+    def _step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         cfg, parts = self.cfg.train, self.cfg.train.accum_freq
         micro = split_batch(batch, parts)
         clock = PhaseClock(self.device, self.synchronize_phases)
         cached = None
         if parts > 1 and self.method.batch_coupled:
-            with torch.no_grad(), autocast(self.device, cfg.precision):
+            with torch.no_grad(), autocast(self.device, self.precision):
                 cached = [self.method.features(mb) for mb in micro]
         figures: dict[str, float] = {}
         for i, mb in enumerate(micro):
-            with self._sync_context(i == parts - 1), autocast(self.device, cfg.precision):
+            with self._sync_context(i == parts - 1), autocast(self.device, self.precision):
                 out = self.model(mb, cached, i) if cached is not None else self.model(mb)
                 loss = out["loss"] if cached is not None else out["loss"] / parts
             clock.lap("forward")
@@ -260,6 +314,8 @@ def pretrain(cfg: Config, resume: str | None = None, log_tensorboard: bool = Tru
                 print(f"initialised {loaded}")
 
     trainer = Trainer(cfg, method, info.device)
+    if distributed.is_main() and cfg.train.precision == "auto":
+        print(f"train.precision=auto: {trainer.precision} on {info.device.type}")
     start_step = trainer.load_state_dict(state) if state is not None else 0
     if distributed.is_main():
         save_config(cfg, run_dir / "config.yaml")
