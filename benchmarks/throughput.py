@@ -115,6 +115,7 @@ def measure(setting: dict) -> dict:
     torch.manual_seed(0)
     method = build_method(cfg, with_teacher=True)
     trainer = Trainer(cfg, method, torch.device("cpu"))
+    trainer.synchronize_phases = True  # a no-op on the CPU; exact phases should this run on a GPU
     batch = synthetic_batch(cfg, method, cfg.train.batch_size)
     for _ in range(2):
         trainer.step(batch)
