@@ -42,7 +42,7 @@ TEACHER_DIR = Path("/tmp/langmim_throughput_teachers")
 
 def settings(quick: bool) -> list[dict]:
     """Every setting to measure: the batch sweep in fp32, each method in bf16 at the default batch,
-    and RILS at smaller images (the token-count sweep)."""
+    RILS at smaller images (the token-count sweep), and CLIP compiled in bf16."""
     out = []
     for shape in SHAPES:
         batches = [DEFAULT_BATCH[shape]] if quick else BATCHES[shape]
@@ -53,6 +53,7 @@ def settings(quick: bool) -> list[dict]:
     if not quick:
         for size in (112, 160):
             out.append({"shape": "vit_s16", "method": "rils", "batch": DEFAULT_BATCH["vit_s16"], "precision": "fp32", "img_size": size})
+        out.append({"shape": "vit_s16", "method": "clip", "batch": DEFAULT_BATCH["vit_s16"], "precision": "bf16", "img_size": None, "compile": True})
     return out
 
 
@@ -114,6 +115,8 @@ def measure(setting: dict) -> dict:
     cfg = load_config(None, overrides)
     torch.manual_seed(0)
     method = build_method(cfg, with_teacher=True)
+    if setting.get("compile"):
+        method.compile_towers()
     trainer = Trainer(cfg, method, torch.device("cpu"))
     trainer.synchronize_phases = True  # a no-op on the CPU; exact phases should this run on a GPU
     batch = synthetic_batch(cfg, method, cfg.train.batch_size)
@@ -165,7 +168,7 @@ def latest_records() -> dict[tuple, dict]:
     records: dict[tuple, dict] = {}
     for line in (RESULTS_DIR / "throughput.jsonl").read_text().splitlines():
         r = json.loads(line)
-        records[(r["shape"], r["method"], r["batch"], r["precision"], r["img_size"])] = r
+        records[(r["shape"], r["method"], r["batch"], r["precision"] + ("+compile" if r.get("compile") else ""), r["img_size"])] = r
     return records
 
 
@@ -231,7 +234,7 @@ def main() -> None:
         print(json.dumps(measure(json.loads(args.one))))
         return
     for setting in settings(args.quick):
-        if args.only not in f"{setting['shape']}/{setting['method']}/{setting['precision']}":
+        if args.only not in f"{setting['shape']}/{setting['method']}/{setting['precision']}{'+compile' if setting.get('compile') else ''}":
             continue
         out = subprocess.run([sys.executable, __file__, "--one", json.dumps(setting)], capture_output=True, text=True)
         if out.returncode != 0:
