@@ -114,6 +114,11 @@ def remove_stale_temporaries(run_dir: Path) -> list[Path]:
     return stale
 
 
+def is_torchscript(path: Path) -> bool:
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith("/constants.pkl") for name in archive.namelist())
+
+
 def safe_torch_load(path: Path, map_location: str | torch.device = "cpu", what: str = "checkpoint") -> Any:
     """``torch.load(weights_only=True)`` that refuses pickled code, and truncated or foreign
     files, with one clear error naming the file."""
@@ -123,7 +128,7 @@ def safe_torch_load(path: Path, map_location: str | torch.device = "cpu", what: 
         first = str(err).strip().splitlines()[0] if str(err).strip() else "disallowed content"
         raise CheckpointError(f"{what} '{path}' holds objects that loading would have to run as code; refused ({first[:160]})") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
-        if zipfile.is_zipfile(path) and any(n.endswith("/constants.pkl") for n in zipfile.ZipFile(path).namelist()):
+        if zipfile.is_zipfile(path) and is_torchscript(path):
             raise CheckpointError(f"{what} '{path}' is a TorchScript archive (like OpenAI's CLIP .pt files); load it with "
                                   "open_clip and torch.save its state_dict() first") from None
         raise CheckpointError(f"{what} '{path}' is truncated or not a torch file ({type(err).__name__})") from None

@@ -115,7 +115,7 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 @contextlib.contextmanager
 def cpu_attention_in_fp32(device: torch.device, precision: str) -> Iterator[None]:
     """With bf16 on a CPU, run attention in fp32: the fused CPU attention kernel's bf16 backward
-    is 1.3x to 6.6x slower than its fp32 one at our shapes (README, "Throughput"). timm's and
+    is 1.4x to 11x slower than its fp32 one at our shapes (benchmarks/attention_precision.py). timm's and
     open_clip's blocks call ``F.scaled_dot_product_attention``, swapped here for a whole step
     (forward and backward, so gradient checkpointing recomputes the same way)."""
     if precision != "bf16" or device.type != "cpu":
