@@ -10,6 +10,7 @@ export HF_HUB_OFFLINE := 1
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
+	@test -x $(PY) || bash scripts/check_disk.sh $(dir $(abspath $(VENV)))
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'

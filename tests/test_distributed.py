@@ -2,6 +2,7 @@
 import os
 import subprocess
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -16,14 +17,16 @@ HERE = Path(__file__).parent
 
 
 def torchrun(args: list[str], nproc: int = 2) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=HERE)
-    if "exitcode: -6" in result.stderr:
-        # A Gloo rank aborted (SIGABRT) once in ~20 fresh-clone runs on a loaded 2-core machine;
-        # a crash of the transport, not a wrong result, so one retry. Wrong results still fail.
-        warnings.warn(f"torchrun rank aborted, retrying once: {result.stderr[-500:]}", stacklevel=2)
+    # torchrun leaves a torchelastic_* folder per launch in TMPDIR; keep them out of /tmp.
+    with tempfile.TemporaryDirectory() as scratch:
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TMPDIR": scratch}
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
         result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=HERE)
+        if "exitcode: -6" in result.stderr:
+            # A Gloo rank aborted (SIGABRT) once in ~20 fresh-clone runs on a loaded 2-core machine;
+            # a crash of the transport, not a wrong result, so one retry. Wrong results still fail.
+            warnings.warn(f"torchrun rank aborted, retrying once: {result.stderr[-500:]}", stacklevel=2)
+            result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=HERE)
     assert result.returncode == 0, result.stderr[-3000:]
 
 
