@@ -21,6 +21,7 @@ from langmim.data.scenes import (
     PlacedItem,
     _render_scene,
     _resize,
+    _resize_items,
     collate_scenes,
     fill_template,
     render_centred,
@@ -149,6 +150,16 @@ def test_mask_labels_and_image_agree_in_multi_item_scenes():
         assert (s["image"].amax(0)[s["mask"] > 0] > 0).all()
 
 
+@pytest.mark.parametrize("side", [11, 16, 22, 32, 76, 112])  # both item sizes at 32, 64 and 224 px
+def test_block_resize_equals_pil_bilinear_to_the_bit(train_items, test_items, side):
+    """Scenes resize items in blocks with Pillow's fixed-point arithmetic redone in numpy; the
+    data stream stays what per-item PIL resizing gave only if every pixel matches."""
+    items = np.concatenate([train_items[0][:1500], test_items[0][:500]])
+    expected = np.stack([np.asarray(Image.fromarray(item).resize((side, side), Image.BILINEAR))
+                         for item in items])
+    assert np.array_equal(_resize_items(items, side), expected)
+
+
 def test_later_items_occlude_earlier_ones(train_items):
     images, labels = train_items
     a, b = int(np.flatnonzero(labels == 2)[0]), int(np.flatnonzero(labels == 8)[0])
@@ -160,6 +171,16 @@ def test_later_items_occlude_earlier_ones(train_items):
     top[16:48, 32:64] = patches[1] > ITEM_THRESHOLD * 255  # the right cell's large item
     assert (mask[top] == 1 + 8).all()
     assert (mask[~top] != 1 + 8).all() and (mask == 1 + 2).any()
+
+
+def test_unannotated_scenes_are_the_annotated_ones_without_their_annotations():
+    """Pre-training reads scenes with annotate=False; it must see the very same images and captions."""
+    full = FashionScenes("train", augment=True, plain_prob=0.3)
+    lean = FashionScenes("train", augment=True, plain_prob=0.3, annotate=False)
+    for i in range(200):
+        a, b = full[i], lean[i]
+        assert set(b) == {"image", "caption", "index"}
+        assert torch.equal(a["image"], b["image"]) and a["caption"] == b["caption"] and b["index"] == i
 
 
 # ------------------------------------------------------------------ captions

@@ -70,7 +70,7 @@ def build_pretrain_dataset(cfg: Config) -> Dataset:
     if cfg.data.name == "fashion-scenes":
         return FashionScenes(
             split="train", canvas=cfg.model.img_size, seed=cfg.train.seed, augment=cfg.data.augment,
-            root=cfg.data.root, plain_prob=cfg.data.plain_share,
+            root=cfg.data.root, plain_prob=cfg.data.plain_share, annotate=False,
         )
     if cfg.data.name in ("csv", "imagefolder"):
         return CaptionedImages(cfg.data.name, cfg.data.root, cfg.model.img_size, cfg.train.seed, cfg.data.augment)
