@@ -1,6 +1,8 @@
 """Measure the pre-training input pipeline's images/s beside the training step's images/s.
 
-The loader must never starve training. Usage:
+The loader must never starve training. The loader is timed as `throughput.py` times it (median
+batch, so the first batches' one-off resizing of every Fashion-MNIST item does not count), but
+on any config and data source, with `data.num_workers` as given. Usage:
     python benchmarks/loader_vs_step.py [--config demo] [key=value ...]
 Prints one JSON line and appends it to benchmarks/results/loader_vs_step.jsonl.
 """
@@ -12,6 +14,7 @@ import platform
 import time
 
 import torch
+from throughput import loader_images_per_s
 
 from langmim.config import load_config, to_dict
 from langmim.data.pretrain import build_pretrain_loader
@@ -21,7 +24,7 @@ from langmim.models.text import build_tokenizer
 from results_log import append_result
 
 
-def images_per_second(batches, count: int, work=lambda batch: None) -> float:
+def images_per_second(batches, count: int, work) -> float:
     iterator = iter(batches)
     work(next(iterator))  # warm-up: caches, allocator, first-call overheads
     start = time.perf_counter()
@@ -36,17 +39,16 @@ def images_per_second(batches, count: int, work=lambda batch: None) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="demo")
-    parser.add_argument("--batches", type=int, default=10)
+    parser.add_argument("--batches", type=int, default=10, help="training steps timed: half this")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     cfg = load_config(args.config, args.overrides)
-    cfg.train.steps = 10 * (args.batches + 1)
+    cfg.train.steps = max(cfg.train.steps, 1000)  # enough batches for the loader's timing
     method = build_method(cfg)
-    tokenizer = build_tokenizer(cfg.model.context_length)
-    loader = build_pretrain_loader(cfg, tokenizer, method.visual.num_patches, start_step=0)
-    loader_rate = images_per_second(loader, args.batches)
+    loader_rate = loader_images_per_s(cfg, method)
     trainer = Trainer(cfg, method, torch.device("cpu"))
-    fixed = next(iter(loader))
+    tokenizer = build_tokenizer(cfg.model.context_length, cfg.init.text) if method.has_text else None
+    fixed = next(iter(build_pretrain_loader(cfg, tokenizer, method.visual.num_patches, start_step=0)))
     step_rate = images_per_second(iter(lambda: fixed, None), args.batches // 2 or 1, lambda b: trainer.step(move(b, torch.device("cpu"))))
     record = {
         "date": time.strftime("%Y-%m-%d"),

@@ -160,6 +160,20 @@ def test_block_resize_equals_pil_bilinear_to_the_bit(train_items, test_items, si
     assert np.array_equal(_resize_items(items, side), expected)
 
 
+def test_resized_item_cache_is_bounded_and_changes_nothing(monkeypatch):
+    import langmim.data.scenes as scenes
+
+    unbounded = FashionScenes("train", augment=True)
+    expected = [unbounded[i]["image"] for i in range(40)]
+    budget = 3 * 256 * 32 * 32  # three blocks of large items at 64 px
+    monkeypatch.setattr(scenes, "PATCH_CACHE_BYTES", budget)
+    bounded = FashionScenes("train", augment=True)
+    for i in range(40):
+        assert torch.equal(bounded[i]["image"], expected[i])
+        assert bounded._patch_bytes == sum(b.nbytes for b in bounded._patch_blocks.values()) <= budget
+    assert len(unbounded._patch_blocks) > len(bounded._patch_blocks)
+
+
 def test_later_items_occlude_earlier_ones(train_items):
     images, labels = train_items
     a, b = int(np.flatnonzero(labels == 2)[0]), int(np.flatnonzero(labels == 8)[0])

@@ -21,6 +21,7 @@ import functools
 import math
 import operator
 import re
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -65,7 +66,7 @@ MAX_JITTER = 2  # px, random offset of an item from its cell centre
 MAX_SHIFT = 3  # px, random translation when augmenting; small enough to keep positions true
 CENTRED_PROB = 0.5  # chance that a single-item scene sits in the centre cell
 PLAIN_COLOURS = ("white", "grey")  # tints of "plain" scenes, which look like Fashion-MNIST
-PATCH_BLOCK = 256  # items resized together, on first use of any of them
+PATCH_CACHE_BYTES = 256 * 2**20  # resized items kept per process: the 64 px train split needs 90 MB
 _PIL_PRECISION_BITS = 22  # Pillow's fixed point for 8-bit resampling: 32 - 8 - 2 bits
 
 NOUNS: tuple[tuple[str, ...], ...] = (
@@ -182,14 +183,27 @@ def _bilinear_weights(in_size: int, out_size: int) -> np.ndarray:
 
 def _resize_items(items: np.ndarray, side: int) -> np.ndarray:
     """Bilinear resize of uint8 (n, H, W) items to (n, side, side), equal to PIL's per-item
-    Image.resize(BILINEAR): rows first, rounded to uint8, then columns. Whole blocks of items go
-    through two matrix products (exact in float64: every sum is an integer below 2**53), which is
-    several times cheaper per item than a call into PIL."""
-    one, half = float(1 << _PIL_PRECISION_BITS), float(1 << (_PIL_PRECISION_BITS - 1))
-    rows = items.astype(np.float64) @ _bilinear_weights(items.shape[2], side).T
-    rows = np.clip(np.floor((rows + half) / one), 0, 255)
-    both = _bilinear_weights(items.shape[1], side) @ rows
-    return np.clip(np.floor((both + half) / one), 0, 255).astype(np.uint8)
+    Image.resize(BILINEAR): rows first, rounded to uint8, then columns. A block of items takes two
+    matrix products (exact in float64: every sum is an integer below 2**31), 2-10x cheaper per
+    item than a call into PIL. The weights are non-negative and sum to one, so no value leaves
+    0..255 and truncating to uint8 is Pillow's rounding shift."""
+    n, height, width = items.shape
+    half, unit = float(1 << (_PIL_PRECISION_BITS - 1)), 1.0 / (1 << _PIL_PRECISION_BITS)
+    rows = items.reshape(n * height, width).astype(np.float64) @ _bilinear_weights(width, side).T
+    rows += half
+    rows *= unit
+    columns = rows.astype(np.uint8).reshape(n, height, side).transpose(1, 0, 2).reshape(height, n * side)
+    both = _bilinear_weights(height, side) @ columns.astype(np.float64)  # one product for the block
+    both += half
+    both *= unit
+    return both.astype(np.uint8).reshape(side, n, side).transpose(1, 0, 2)
+
+
+def _block_items(side: int) -> int:
+    """Items resized together: about 256 KB of output (256 items of the 64 px canvas's large size,
+    20 at 224 px), enough to spread the per-call overhead, few enough that a block at 224 px,
+    where the cache cannot hold the split, stays cheap."""
+    return max(1, 2**18 // side**2)
 
 
 def _resize(item: np.ndarray, side: int) -> np.ndarray:
@@ -451,16 +465,24 @@ class FashionScenes(Dataset):
             raise ConfigError(f"plain_prob must be in [0, 1], got {plain_prob}")
         self.plain_prob = plain_prob
         self.length = _SCENE_LENGTHS[split] if length is None else length
-        self._patch_blocks: dict[tuple[int, int], np.ndarray] = {}
+        self._patch_blocks: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
+        self._patch_bytes = 0
 
     def _patch(self, source: int, side: int) -> np.ndarray:
-        """Item `source` resized to side x side. Items are resized PATCH_BLOCK at a time and kept:
-        resizing was the costliest step of a scene. At most about 90 MB per process for "train"."""
-        block, offset = divmod(source, PATCH_BLOCK)
-        resized = self._patch_blocks.get((side, block))
-        if resized is None:
-            items = self.images[block * PATCH_BLOCK:(block + 1) * PATCH_BLOCK]
-            resized = self._patch_blocks[side, block] = _resize_items(items, side)
+        """Item `source` resized to side x side. Items are resized a block at a time and the
+        blocks kept, the least recently used dropped beyond PATCH_CACHE_BYTES (at 224 px the whole
+        train split would take 1.1 GB): resizing was the costliest step of a scene."""
+        items = _block_items(side)
+        block, offset = divmod(source, items)
+        key = (side, block)
+        resized = self._patch_blocks.get(key)
+        if resized is not None:
+            self._patch_blocks.move_to_end(key)
+            return resized[offset]
+        resized = self._patch_blocks[key] = _resize_items(self.images[block * items:(block + 1) * items], side)
+        self._patch_bytes += resized.nbytes
+        while self._patch_bytes > PATCH_CACHE_BYTES:
+            self._patch_bytes -= self._patch_blocks.popitem(last=False)[1].nbytes
         return resized[offset]
 
     def __len__(self) -> int:
