@@ -4,7 +4,8 @@
 set -u
 NEED_GB=${NEED_GB:-8}
 for dir in "$1" "${TMPDIR:-/tmp}"; do
-    free_gb=$(df -Pk "$dir" | awk 'NR==2 {print int($4 / 1048576)}')
+    free_gb=$(df -Pk "$dir" 2>/dev/null | awk 'NR==2 {print int($4 / 1048576)}')
+    [ -n "$free_gb" ] || continue  # a folder yet to be made: venv or pip will say what is wrong
     if [ "$free_gb" -lt "$NEED_GB" ]; then
         echo "Only ${free_gb} GB free on the disk holding $dir; installing langmim with PyTorch needs" \
              "about ${NEED_GB} GB (.venv plus pip's unpacking in TMPDIR). Free some space, or point" \
