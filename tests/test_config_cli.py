@@ -129,3 +129,13 @@ def test_cli_resume_with_changed_config_is_refused(capsys, tmp_path):
     assert main(["pretrain", "--no-tensorboard", *tiny_overrides(tmp_path, "mae", steps=1)]) == 0
     code, err = _run(capsys, "pretrain", "--resume", "latest", *tiny_overrides(tmp_path, "mae", steps=2), "train.lr=0.1")
     assert code == 2 and "train.lr" in err[-1]
+
+
+def test_saved_configs_with_renamed_keys_still_load():
+    from langmim.config import config_from_dict, to_dict
+
+    saved = to_dict(load_config("demo", []))
+    del saved["eval"]["scene_train_size"], saved["eval"]["scene_test_size"]
+    saved["eval"].update(segmentation_train_size=123, segmentation_test_size=45)  # the names runs were saved with
+    cfg = config_from_dict(saved)
+    assert (cfg.eval.scene_train_size, cfg.eval.scene_test_size) == (123, 45)

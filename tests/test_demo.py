@@ -6,7 +6,8 @@ from PIL import Image
 from conftest import tiny_overrides
 from langmim.demo import run_demo
 
-SMALL_EVAL = ["eval.test_size=300", "eval.probe_train_size=400", "eval.knn_k=[10,20]"]
+SMALL_EVAL = ["eval.test_size=300", "eval.probe_train_size=400", "eval.knn_k=[10,20]", "eval.scene_train_size=120", "eval.scene_test_size=40",
+              "eval.detection_epochs=2", "eval.segmentation_epochs=2", "eval.shift_test_size=40", "eval.fewshot_seeds=2"]
 
 
 def test_demo_writes_report_results_and_figures(tmp_path):
@@ -14,6 +15,8 @@ def test_demo_writes_report_results_and_figures(tmp_path):
     run_demo(tiny_overrides(run, "rils", steps=3) + SMALL_EVAL)
     report = (run / "report.md").read_text()
     assert "random init" in report and "zero-shot top-1" in report
+    for row in ("scene presence mAP", "garment per occupied cell", "compositional zero-shot", "detection AP50", "segmentation mIoU", "shifted renders"):
+        assert row in report
     for png in ("loss_curves.png", "patch_classes.png"):
         with Image.open(run / png) as im:
             assert im.size[0] > 300 and im.size[1] > 200

@@ -2,6 +2,7 @@
 import json
 
 import pytest
+import torch
 from PIL import Image
 
 from conftest import tiny_overrides
@@ -13,9 +14,9 @@ from langmim.eval.suite import TASKS, evaluate
 
 TINY_EVAL = [
     "eval.test_size=200", "eval.probe_train_size=300", "eval.knn_k=[10,20]", "eval.fewshot_shots=[1,2]",
-    "eval.fewshot_seeds=2", "eval.retrieval_size=100", "eval.segmentation_train_size=100",
-    "eval.segmentation_test_size=50", "eval.segmentation_epochs=2", "eval.finetune_train_size=256",
-    "eval.finetune_epochs=1",
+    "eval.fewshot_seeds=2", "eval.retrieval_size=100", "eval.scene_train_size=120",
+    "eval.scene_test_size=50", "eval.segmentation_epochs=2", "eval.detection_epochs=2", "eval.finetune_train_size=256",
+    "eval.finetune_epochs=1", "eval.lowshot_shots=[1,4]", "eval.shift_test_size=40",
 ]
 
 
@@ -37,7 +38,9 @@ def test_every_task_writes_its_json(runs):
     assert files == {
         "clip_zeroshot_fashion-mnist.json", "clip_knn_fashion-mnist.json", "clip_linear_fashion-mnist.json",
         "clip_fewshot_fashion-mnist.json", "clip_finetune_fashion-mnist.json", "clip_retrieval_fashion-scenes-captions.json",
-        "clip_segmentation_fashion-scenes-masks.json",
+        "clip_segmentation_fashion-scenes-masks.json", "clip_presence_fashion-scenes.json", "clip_cells_fashion-scenes.json",
+        "clip_binding_fashion-scenes.json", "clip_counting_fashion-scenes.json", "clip_compositional_fashion-scenes-compositional.json",
+        "clip_detection_fashion-scenes-boxes.json", "clip_shift_fashion-mnist-shifted.json",
     }
     for name in files:
         result = json.loads((runs["clip"] / "results" / name).read_text())
@@ -48,7 +51,16 @@ def test_every_task_writes_its_json(runs):
     assert results["retrieval"]["split_sizes"]["test"] == 100
     assert 0 <= results["retrieval"]["metrics"]["text_to_image_R@10"] <= 100
     seg = results["segmentation"]
-    assert seg["split_sizes"] == {"train": 100, "test": 50} and 0 < seg["metrics"]["miou"] <= 100
+    assert seg["split_sizes"] == {"train": 120, "test": 50} and 0 < seg["metrics"]["miou"] <= 100
+    items = [v for k, v in seg["details"]["per_class_iou"].items() if k != "background" and v is not None]
+    assert seg["metrics"]["foreground_miou"] == pytest.approx(sum(items) / len(items))
+    assert results["presence"]["split_sizes"] == {"train": 120, "test": 50}
+    assert set(results["presence"]["details"]["mean"]["lowshot"]) == {"1", "4"}
+    assert results["cells"]["split_sizes"] == {"train_cells": 9 * 120, "test_cells": 9 * 50}
+    assert results["compositional"]["split_sizes"] == {"test": 50} and "garment_acc" in results["compositional"]["metrics"]
+    assert {"ap", "ap50", "ap75"} <= set(results["detection"]["metrics"])
+    shift = results["shift"]["metrics"]
+    assert {"linear_sketch", "zeroshot_inverted", "linear_clean", "zeroshot_shifted_mean"} <= set(shift)
     assert (runs["clip"] / "results" / "clip_segmentation_examples.png").is_file()
 
 
@@ -127,3 +139,25 @@ def test_features_are_cached_per_checkpoint_and_dataset(runs, tmp_path, monkeypa
     model.config.eval.test_size = 150  # other rows: a new cache entry
     evaluate(model, ["knn"], model.config.eval, tmp_path, "mae", log=lambda _: None)
     assert len(calls) == 3
+
+
+def test_evaluation_scenes_and_renders_use_test_split_items_only(runs, monkeypatch):
+    """Every data set a scene or shift task scores on is built from the test split; heads fit on
+    train-split scenes only."""
+    from langmim.data import scenes as scene_data
+    from langmim.eval import suite
+
+    built = []
+    real_scenes, real_shifted = suite.FashionScenes, suite.FashionMNISTShifted
+    monkeypatch.setattr(suite, "FashionScenes", lambda split, *a, **k: built.append(("scenes", split, k["length"])) or real_scenes(split, *a, **k))
+    monkeypatch.setattr(suite, "FashionMNISTShifted", lambda split, style, *a, **k: built.append((style, split, len(k["indices"]))) or real_shifted(split, style, *a, **k))
+    model = load(runs["clip"])
+    scene_tasks = [t for t, spec in TASKS.items() if spec.dataset and spec.dataset != "fashion-scenes-captions"]
+    evaluate(model, scene_tasks + ["retrieval"], model.config.eval, None, "clip", log=lambda _: None)
+    assert {b for b in built if b[0] == "scenes"} == {("scenes", "train", 120), ("scenes", "test", 50), ("scenes", "test", 100)}
+    shifted = [b for b in built if b[0] != "scenes"]
+    assert {b[0] for b in shifted} == {"sketch", "inverted", "small-offcentre", "noisy", "blurred"}
+    assert all(split == "test" and n == 40 for _, split, n in shifted)
+    test_items = scene_data.load_fashion_mnist("test")[1]
+    sample = real_scenes("test", 32, seed=suite.EVAL_SCENE_SEED, length=5)[3]
+    assert torch.equal(sample["labels"], torch.from_numpy(test_items[sample["item_indices"].numpy()]).long())

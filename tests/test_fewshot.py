@@ -41,3 +41,10 @@ def test_separable_features_score_100_and_random_ones_chance():
     labels_train, labels_test = torch.arange(4).repeat(100), torch.arange(4).repeat(500)
     chance = fewshot_evaluate(noise_train, labels_train, noise_test, labels_test, shots=(4,))
     assert 15 < chance["4"]["prototype"]["mean"] < 35 and chance["4"]["prototype"]["std"] > 0
+
+
+def test_a_shot_count_no_class_can_supply_is_left_out():
+    train_x, train_y = planted(20)
+    small = torch.cat([(train_y == c).nonzero().flatten()[:3] for c in range(4)])  # 3 rows per class
+    results = fewshot_evaluate(train_x[small], train_y[small], *planted(10, seed=1), shots=(1, 2, 4, 16), seeds=(0,))
+    assert set(results) == {"1", "2"}

@@ -34,3 +34,18 @@ def test_linear_head_learns_patch_classes():
     pred = pixel_logits(head, (tokens - mean) / std, size).argmax(dim=1)
     # bilinear upsampling blurs patch borders: interiors must be right
     assert iou_scores(confusion_matrix(pred, masks, classes))["pixel_accuracy"] > 85
+
+
+def test_where_and_what_split_of_the_probe():
+    """Tokens that locate items but carry no garment: items are found, garments are at chance."""
+    from langmim.eval.segmentation import segmentation_probe
+
+    g = torch.Generator().manual_seed(0)
+    n, grid = 120, 4
+    item = torch.rand(n, grid, grid, generator=g) < 0.4
+    garment = torch.randint(1, 5, (n, grid, grid), generator=g)
+    masks = item * garment  # one pixel per token: no upsampling blur
+    tokens = torch.stack([item.float(), torch.randn(n, grid, grid, generator=g)], dim=-1)  # where, not what
+    scores = segmentation_probe(tokens[:80], masks[:80], tokens[80:], masks[80:], num_classes=5, epochs=30)
+    assert scores["item_iou"] > 80
+    assert scores["garment_accuracy_on_items"] < 45  # 4 garments: chance 25

@@ -41,11 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "synthetic batch of 2, and exit (no data read, nothing written)")
     p.add_argument("overrides", nargs="*", help=OVERRIDE_HELP)
 
-    e = sub.add_parser("eval", help="evaluate a checkpoint: zero-shot, k-NN, linear, few-shot, fine-tuning, retrieval, segmentation",
+    e = sub.add_parser("eval", help="evaluate a checkpoint: classification, retrieval, scene probes, compositional "
+                       "zero-shot, detection, segmentation, distribution shift",
                        description="Evaluate a checkpoint file or run directory on the built-in data: Fashion-MNIST "
                        "test images rendered as centred scenes (zeroshot, knn, linear, fewshot, finetune), held-out captioned "
-                       "scenes (retrieval) and scenes with masks (segmentation); writes one JSON per task. Tasks that "
-                       "need a text tower are skipped with a note for MAE and MILAN.")
+                       "scenes (retrieval, compositional), scenes with items, boxes and masks (presence, cells, binding, "
+                       "counting, detection, segmentation) and shifted renders of the test images (shift); writes one JSON "
+                       "per task. Tasks that need a text tower are skipped with a note for MAE and MILAN.")
     e.add_argument("--checkpoint", required=True,
                    help="a langmim checkpoint file or run directory (newest checkpoint), or an external model "
                    "with weights on disk: timm:MODEL:WEIGHTS or openclip:MODEL:WEIGHTS")
@@ -53,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an image folder with train/ and val/ class sub-folders (classification tasks) or a "
                    "CSV/TSV with image-path and caption columns (retrieval); default: the built-in data")
     e.add_argument("--tasks", default="zeroshot,knn,linear",
-                   help="comma-separated: zeroshot, knn, linear, fewshot, finetune, retrieval, segmentation, or 'all'")
+                   help="comma-separated: zeroshot, knn, linear, fewshot, finetune, retrieval, presence, cells, binding, "
+                   "counting, compositional, detection, segmentation, shift, or 'all'")
     e.add_argument("--output", default=None, help="directory for the result JSONs; default: RUN/results "
                    "(runs/external/NAME/results for external models)")
     e.add_argument("overrides", nargs="*", help="eval.* overrides, e.g. eval.probe_train_size=5000")

@@ -126,9 +126,13 @@ class EvalConfig:
     fewshot_shots: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])
     fewshot_seeds: int = 5
     retrieval_size: int = 1000  # held-out captioned scenes
-    segmentation_train_size: int = 2000  # scenes of train-split items the head fits on
-    segmentation_test_size: int = 1000  # scenes of test-split items it is scored on
+    scene_train_size: int = 2000  # scenes of train-split items the scene probes, detection and segmentation heads fit on
+    scene_test_size: int = 1000  # scenes of test-split items they (and compositional) are scored on
+    dense_refine: int = 2  # detection, segmentation: patch tokens on a grid refine x finer (refine**2 shifted passes)
+    lowshot_shots: list[int] = field(default_factory=lambda: [1, 4, 16])  # scene probes: labelled examples per class
     segmentation_epochs: int = 20
+    detection_epochs: int = 30
+    shift_test_size: int = 2000  # test items rendered in each shifted style
     finetune_train_size: int = 20000  # Fashion-MNIST train images fine-tuning trains on (as the probes)
     finetune_epochs: int = 2
     finetune_lr: float = 3e-3
@@ -331,10 +335,14 @@ def load_config(preset: str | None = None, overrides: typing.Sequence[str] = ())
     return resolve(cfg)
 
 
+# Keys renamed since runs were saved: a saved config's old name loads as the new one.
+RENAMED_KEYS = {"eval.segmentation_train_size": "eval.scene_train_size", "eval.segmentation_test_size": "eval.scene_test_size"}
+
+
 def config_from_dict(data: dict) -> Config:
     """Rebuild a config saved in a checkpoint or ``config.yaml``."""
     cfg = Config()
-    apply_dict(cfg, data, "saved config")
+    apply_dict(cfg, {RENAMED_KEYS.get(k, k): v for k, v in _flatten(data).items()}, "saved config")
     return resolve(cfg)
 
 

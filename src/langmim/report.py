@@ -124,9 +124,20 @@ TABLE_ROWS = (
     ("few-shot 1-shot, prototype, patch mean (%)", "fewshot", "mean_prototype_1shot"),
     ("few-shot 16-shot, logistic, patch mean (%)", "fewshot", "mean_logistic_16shot"),
     ("fine-tuning top-1 (%)", "finetune", "top1"),
+    ("scene presence mAP, patch mean (%)", "presence", "mean_map"),
+    ("scene presence 4-shot mAP, patch mean (%)", "presence", "mean_lowshot_4"),
+    ("garment per occupied cell (%)", "cells", "occupied_accuracy"),
+    ("colour of a named garment, patch mean (%)", "binding", "mean_top1"),
+    ("item count, patch mean (%)", "counting", "mean_top1"),
+    ("compositional zero-shot, mean over kinds (%)", "compositional", "mean_acc"),
+    ("detection AP50 (%)", "detection", "ap50"),
+    ("detection AP (%)", "detection", "ap"),
     ("segmentation mIoU (%)", "segmentation", "miou"),
+    ("segmentation foreground mIoU (%)", "segmentation", "foreground_miou"),
+    ("shifted renders: linear probe, mean of styles (%)", "shift", "linear_shifted_mean"),
+    ("shifted renders: zero-shot, mean of styles (%)", "shift", "zeroshot_shifted_mean"),
 )
-NO_TEXT_TASKS = ("zeroshot", "retrieval")
+NO_TEXT_TASKS = ("zeroshot", "retrieval", "compositional")
 
 
 def comparison_table(columns: dict[str, dict[str, dict]], has_text: dict[str, bool] | None = None) -> str:

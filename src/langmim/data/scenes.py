@@ -302,13 +302,17 @@ def _noun(label: int, rng: np.random.Generator) -> str:
     return canonical if rng.random() < CANONICAL_NOUN_PROB else _pick(synonyms, rng)
 
 
-def _item_phrase(item: PlacedItem, rng: np.random.Generator) -> str:
+def item_phrase(noun: str, colour: str, position_phrase: str, size: str | None = None) -> str:
     """E.g. "a small red sneaker in the top left"; articles are fixed later."""
-    size = f"{item.size} " if rng.random() < SIZE_WORD_PROB else ""
-    noun = _noun(item.label, rng)
     article = "a pair of" if noun in _PLURAL_NOUNS else "a"
-    position = _pick(_POSITION_PHRASES[POSITIONS[item.cell]], rng)
-    return f"{article} {size}{item.colour} {noun} {position}"
+    return f"{article} {size + ' ' if size else ''}{colour} {noun} {position_phrase}"
+
+
+def _item_phrase(item: PlacedItem, rng: np.random.Generator) -> str:
+    """One item in words, with the size word, noun and position phrase drawn at random."""
+    size = item.size if rng.random() < SIZE_WORD_PROB else None
+    noun = _noun(item.label, rng)
+    return item_phrase(noun, item.colour, _pick(_POSITION_PHRASES[POSITIONS[item.cell]], rng), size)
 
 
 def _relations(cell_a: int, cell_b: int) -> list[str]:

@@ -44,10 +44,12 @@ def fewshot_evaluate(
     shots: Sequence[int] = DEFAULT_SHOTS, seeds: Sequence[int] = (0, 1, 2, 3, 4),
     weight_decay: float = FEWSHOT_WEIGHT_DECAY,
 ) -> dict[str, dict]:
-    """Per n: mean and std (over seeds) of top-1 for the prototype and logistic classifiers."""
+    """Per n: mean and std (over seeds) of top-1 for the prototype and logistic classifiers.
+    An n that some class cannot supply (fewer train rows than n) is left out of the result."""
     num_classes = int(max(train_labels.max(), test_labels.max())) + 1
+    smallest_class = int(torch.unique(train_labels, return_counts=True)[1].min())
     results: dict[str, dict] = {}
-    for n in shots:
+    for n in (n for n in shots if n <= smallest_class):
         runs: dict[str, list[float]] = {"prototype": [], "logistic": []}
         for seed in seeds:
             rows = sample_shots(train_labels, n, seed)

@@ -6,6 +6,7 @@ refit on all train rows and scored once on test.
 """
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -24,13 +25,17 @@ def accuracy(logits: Tensor, labels: Tensor) -> float:
 def fit_logistic_regression(
     features: Tensor, labels: Tensor, weight_decay: float, num_classes: int, max_iter: int = 200
 ) -> nn.Linear:
-    """Multinomial logistic regression fit by full-batch L-BFGS (strong-Wolfe line search).
+    """Logistic regression fit by full-batch L-BFGS (strong-Wolfe line search).
 
-    Minimises mean cross-entropy + weight_decay / 2 * ||W||^2 (the bias is not decayed), from
-    a zero start so the result is deterministic. Expects standardised features.
+    ``labels`` (n,) int64 fits a multinomial model (cross-entropy); ``labels`` (n, C) of 0/1
+    fits C independent binary ones (multi-label, binary cross-entropy). Minimises the mean loss
+    + weight_decay / 2 * ||W||^2 (the bias is not decayed), from a zero start so the result is
+    deterministic. Expects standardised features.
     """
     features = features.float()
-    labels = labels.to(features.device)
+    multilabel = labels.ndim == 2
+    labels = labels.to(features.device).float() if multilabel else labels.to(features.device)
+    loss_fn = F.binary_cross_entropy_with_logits if multilabel else F.cross_entropy
     head = nn.Linear(features.shape[1], num_classes).to(features.device)
     nn.init.zeros_(head.weight)
     nn.init.zeros_(head.bias)
@@ -41,7 +46,7 @@ def fit_logistic_regression(
     def closure() -> Tensor:
         optimizer.zero_grad()
         penalty = 0.5 * weight_decay * head.weight.square().sum()
-        loss = F.cross_entropy(head(features), labels) + penalty
+        loss = loss_fn(head(features), labels) + penalty
         loss.backward()
         return loss
 
@@ -69,6 +74,75 @@ def standardize(fit: Tensor, *others: Tensor) -> list[Tensor]:
     return [(x.float().to(fit.device) - mean) / std for x in (fit, *others)]
 
 
+def mean_average_precision(scores: Tensor, targets: Tensor) -> tuple[float, list[float | None]]:
+    """Multi-label mAP (percent) over the classes with at least one positive, and the AP per
+    class (None where a class has no positive), by torchmetrics' average precision."""
+    from torchmetrics.functional.classification import multilabel_average_precision
+
+    targets = targets.long().cpu()
+    per_class = multilabel_average_precision(scores.float().cpu(), targets, num_labels=targets.shape[1], average=None)
+    ap = [100.0 * float(v) if targets[:, c].any() else None for c, v in enumerate(per_class)]
+    present = [v for v in ap if v is not None]
+    return (sum(present) / len(present) if present else float("nan")), ap
+
+
+def probe_score(logits: Tensor, targets: Tensor) -> float:
+    """Top-1 (percent) for class labels, mAP (percent) for multi-label 0/1 targets."""
+    return mean_average_precision(logits, targets)[0] if targets.ndim == 2 else accuracy(logits, targets)
+
+
+@dataclass
+class LinearProbe:
+    """A logistic-regression head fit on standardised frozen features, with its sweep."""
+
+    head: nn.Linear
+    mean: Tensor
+    std: Tensor
+    best_weight_decay: float
+    val_score: float
+    sweep: dict[float, float]
+    n_train: int
+    n_val: int
+
+    def __call__(self, features: Tensor) -> Tensor:
+        return self.head((features.float().to(self.mean.device) - self.mean) / self.std)
+
+
+def fit_linear_probe(
+    train_features: Tensor,
+    train_targets: Tensor,
+    weight_decays: Sequence[float] | None = None,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    max_iter: int = 200,
+    num_outputs: int | None = None,
+) -> LinearProbe:
+    """Sweep weight decay on a seeded validation split of train, then refit on all train rows.
+
+    The validation rows are a random `val_fraction` of train drawn with `seed` (disjoint from
+    the rows fit during the sweep); ties in the validation score go to the larger weight decay.
+    Targets are class labels (n,) or multi-label 0/1 (n, C), scored by top-1 or mAP.
+    """
+    weight_decays = DEFAULT_WEIGHT_DECAYS if weight_decays is None else tuple(weight_decays)
+    device = train_features.device
+    train_targets = train_targets.to(device)
+    if num_outputs is None:
+        num_outputs = train_targets.shape[1] if train_targets.ndim == 2 else int(train_targets.max()) + 1
+    fit_idx, val_idx = train_val_split(train_features.shape[0], val_fraction, seed)
+    fit_idx, val_idx = fit_idx.to(device), val_idx.to(device)
+
+    fit_x, val_x = standardize(train_features[fit_idx], train_features[val_idx])
+    sweep = {}
+    for wd in weight_decays:
+        head = fit_logistic_regression(fit_x, train_targets[fit_idx], wd, num_outputs, max_iter)
+        sweep[wd] = probe_score(head(val_x), train_targets[val_idx])
+    best_wd = max(sweep, key=lambda wd: (sweep[wd], wd))
+
+    mean, std = train_features.float().mean(dim=0), train_features.float().std(dim=0).clamp_min(1e-6)
+    head = fit_logistic_regression((train_features.float() - mean) / std, train_targets, best_wd, num_outputs, max_iter)
+    return LinearProbe(head, mean, std, best_wd, sweep[best_wd], sweep, fit_idx.numel(), val_idx.numel())
+
+
 def linear_probe(
     train_features: Tensor,
     train_labels: Tensor,
@@ -79,35 +153,21 @@ def linear_probe(
     seed: int = 0,
     max_iter: int = 200,
 ) -> dict:
-    """Sweep weight decay on a seeded validation split of train, refit on all train, score test.
+    """`fit_linear_probe` on train, scored once on test.
 
-    The validation rows are a random `val_fraction` of train drawn with `seed` (disjoint from
-    the rows fit during the sweep); ties in validation accuracy go to the larger weight decay.
-    Returns top-1 on test, the chosen weight decay, its validation top-1, the whole sweep and
-    the disjoint split sizes (n_train + n_val = train rows; accuracies in percent).
+    Returns top-1 (or mAP for multi-label targets) on test, the chosen weight decay, its
+    validation score, the whole sweep and the disjoint split sizes (n_train + n_val = train
+    rows; scores in percent).
     """
-    weight_decays = DEFAULT_WEIGHT_DECAYS if weight_decays is None else tuple(weight_decays)
-    device = train_features.device
-    train_labels, test_labels = train_labels.to(device), test_labels.to(device)
-    num_classes = int(max(train_labels.max(), test_labels.max())) + 1
-    fit_idx, val_idx = train_val_split(train_features.shape[0], val_fraction, seed)
-    fit_idx, val_idx = fit_idx.to(device), val_idx.to(device)
-
-    fit_x, val_x = standardize(train_features[fit_idx], train_features[val_idx])
-    sweep = {}
-    for wd in weight_decays:
-        head = fit_logistic_regression(fit_x, train_labels[fit_idx], wd, num_classes, max_iter)
-        sweep[wd] = accuracy(head(val_x), train_labels[val_idx])
-    best_wd = max(sweep, key=lambda wd: (sweep[wd], wd))
-
-    train_x, test_x = standardize(train_features, test_features)
-    head = fit_logistic_regression(train_x, train_labels, best_wd, num_classes, max_iter)
+    multilabel = train_labels.ndim == 2
+    num_outputs = train_labels.shape[1] if multilabel else int(max(train_labels.max(), test_labels.max())) + 1
+    probe = fit_linear_probe(train_features, train_labels, weight_decays, val_fraction, seed, max_iter, num_outputs)
     return {
-        "top1": accuracy(head(test_x), test_labels),
-        "best_weight_decay": best_wd,
-        "val_top1": sweep[best_wd],
-        "sweep": sweep,
-        "n_train": fit_idx.numel(),
-        "n_val": val_idx.numel(),
+        "top1": probe_score(probe(test_features), test_labels.to(train_features.device)),
+        "best_weight_decay": probe.best_weight_decay,
+        "val_top1": probe.val_score,
+        "sweep": probe.sweep,
+        "n_train": probe.n_train,
+        "n_val": probe.n_val,
         "n_test": test_features.shape[0],
     }

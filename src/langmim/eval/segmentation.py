@@ -1,7 +1,7 @@
 """Linear segmentation probe on frozen patch tokens (dinov2's linear head), scored by mIoU.
 
 Each patch token goes through one linear layer to per-class logits; the (grid x grid) logit map
-is upsampled bilinearly to pixels and trained with per-pixel cross-entropy against the exact
+(the refined grid of `scene_features.dense_patch_tokens`) is upsampled bilinearly to pixels and trained with per-pixel cross-entropy against the exact
 scene masks (background is class 0, item classes are 1 + Fashion-MNIST label). The head trains
 on scenes of train-split items and is scored on scenes of test-split items.
 """
@@ -10,9 +10,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
-
-from ..data.scenes import collate_scenes, to_float
 
 
 def confusion_matrix(pred: Tensor, target: Tensor, num_classes: int) -> Tensor:
@@ -34,22 +31,6 @@ def iou_scores(confusion: Tensor) -> dict[str, float | list]:
         "pixel_accuracy": 100.0 * (true_positive.sum() / confusion.sum()).item(),
         "per_class_iou": [100.0 * v if p else None for v, p in zip(iou.tolist(), present.tolist())],
     }
-
-
-@torch.no_grad()
-def patch_features(model: nn.Module, scenes: Dataset, batch_size: int = 256) -> tuple[Tensor, Tensor]:
-    """Patch tokens (n, N, D) of the encoder in eval mode and the pixel masks (n, H, W)."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    tokens, masks = [], []
-    try:
-        for batch in DataLoader(scenes, batch_size=batch_size, collate_fn=collate_scenes):
-            tokens.append(model.visual.forward_features(to_float(batch["image"].to(device)))[:, 1:].float().cpu())
-            masks.append(batch["mask"])
-    finally:
-        model.train(was_training)
-    return torch.cat(tokens), torch.cat(masks)
 
 
 def pixel_logits(head: nn.Linear, tokens: Tensor, size: int) -> Tensor:
@@ -85,21 +66,35 @@ def train_segmentation_head(
 
 
 def segmentation_probe(
-    model: nn.Module, train_scenes: Dataset, test_scenes: Dataset, num_classes: int,
+    train_tokens: Tensor, train_masks: Tensor, test_tokens: Tensor, test_masks: Tensor, num_classes: int,
     batch_size: int = 256, epochs: int = 20, seed: int = 0, num_examples: int = 6,
 ) -> dict:
-    """Fit the linear head on ``train_scenes``, score mIoU and pixel accuracy on ``test_scenes``;
-    ``example_predictions`` holds the predicted masks of the first ``num_examples`` test scenes."""
-    train_tokens, train_masks = patch_features(model, train_scenes, batch_size)
+    """Fit the linear head on train scenes' patch tokens (n, G, G, D) and pixel masks (n, H, W);
+    score mIoU, foreground mIoU (the item classes only, background left out) and pixel accuracy
+    on the test scenes, and split what the head gets right into where and what: ``item_iou``
+    (any item against background) and ``garment_accuracy_on_items`` (the best garment class on
+    the true item pixels). ``example_predictions`` holds the first ``num_examples`` masks."""
+    train_tokens, test_tokens = train_tokens.flatten(1, 2), test_tokens.flatten(1, 2)
+    train_masks, test_masks = train_masks.long(), test_masks.long()
     head, mean, std = train_segmentation_head(train_tokens, train_masks, num_classes, epochs=epochs, seed=seed)
-    test_tokens, test_masks = patch_features(model, test_scenes, batch_size)
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
+    item_confusion = torch.zeros(2, 2, dtype=torch.long)
+    garment_hits = item_pixels = 0
     examples = []
     for rows in torch.arange(len(test_tokens)).split(batch_size):
-        pred = pixel_logits(head, (test_tokens[rows] - mean) / std, test_masks.shape[-1]).argmax(dim=1)
-        confusion += confusion_matrix(pred, test_masks[rows], num_classes)
+        logits = pixel_logits(head, (test_tokens[rows] - mean) / std, test_masks.shape[-1])
+        pred, truth = logits.argmax(dim=1), test_masks[rows]
+        confusion += confusion_matrix(pred, truth, num_classes)
+        item_confusion += confusion_matrix(pred > 0, truth > 0, 2)
+        on_items = truth > 0
+        garment_hits += int((logits[:, 1:].argmax(dim=1) + 1)[on_items].eq(truth[on_items]).sum())
+        item_pixels += int(on_items.sum())
         examples.append(pred[: max(0, num_examples - sum(len(e) for e in examples))])
     scores = iou_scores(confusion)
-    scores.update({"n_train": len(train_tokens), "n_test": len(test_tokens), "epochs": epochs,
+    foreground = [v for v in scores["per_class_iou"][1:] if v is not None]
+    scores.update({"foreground_miou": sum(foreground) / len(foreground) if foreground else float("nan"),
+                   "item_iou": iou_scores(item_confusion)["per_class_iou"][1],
+                   "garment_accuracy_on_items": 100.0 * garment_hits / max(1, item_pixels),
+                   "n_train": len(train_tokens), "n_test": len(test_tokens), "epochs": epochs,
                    "example_predictions": torch.cat(examples)})
     return scores

@@ -1,20 +1,27 @@
-"""The evaluation suite: every task on its built-in data set, one CLIP_benchmark-style JSON
+"""The evaluation suite: one registry of tasks with one signature, one CLIP_benchmark-style JSON
 per (model, task, data set).
 
-- zeroshot, knn, linear, fewshot, finetune: Fashion-MNIST test images rendered as centred
-  scenes (probes and fine-tuning fit on seeded subsets of the train images);
-- retrieval: held-out captioned scenes of test-split items;
-- segmentation: a linear head on patch tokens, trained on scenes of train-split items and scored
-  on scenes of test-split items.
-Tasks that need a text tower (zeroshot, retrieval) are skipped with a note for MAE and MILAN.
+Built-in data, every evaluation image made of test-split items only (probes and heads fit on
+train-split items):
+- zeroshot, knn, linear, fewshot, finetune: Fashion-MNIST test images rendered as centred scenes;
+- retrieval: held-out captioned scenes;
+- presence, cells, binding, counting: scene probes (`scene_probes`);
+- compositional: each held-out scene against captions that change one thing (`compositional`);
+- detection, segmentation: heads on the scenes' refined patch-token grid (`scene_features`);
+- shift: zero-shot and the clean linear probe on shifted renders of the test set (`data.shifted`).
+A task is a function of an `EvalContext`, which holds the model, the config and the features
+computed so far (in memory, and on disk per checkpoint), so tasks that share data share features.
+Tasks that need a text tower are skipped with a note for MAE and MILAN.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,37 +31,40 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..config import EvalConfig, to_dict
+from ..data.compositional import CompositionalScenes
 from ..data.fashion_mnist import CLASS_NAMES
 from ..data.folders import CaptionTable, ImageFolderSplit
 from ..data.scenes import ZEROSHOT_TEMPLATES, FashionMNISTCentred, FashionScenes, fill_template, to_float
+from ..data.shifted import SHIFT_STYLES, FashionMNISTShifted
 from ..engine.checkpoint import atomic_save
+from ..errors import DataError
 from ..methods.base import PretrainMethod
+from .compositional import compositional_scores
+from .detection import detection_probe
 from .features import extract_features
 from .fewshot import fewshot_evaluate
 from .finetune import finetune
 from .knn import knn_classify
-from .linear import linear_probe
+from .linear import LinearProbe, accuracy, fit_linear_probe
 from .retrieval import recall_at_k, relevance_from_captions
+from .scene_features import cell_pooling_weights, scene_annotations, scene_tokens
+from .scene_probes import binding_probe, cell_probe, counting_probe, presence_probe
 from .segmentation import segmentation_probe
 from .zeroshot import zeroshot_classifier, zeroshot_scores
 
-TASKS = ("zeroshot", "knn", "linear", "fewshot", "finetune", "retrieval", "segmentation")
-CLASSIFICATION_TASKS = ("zeroshot", "knn", "linear", "fewshot")
-TEXT_TASKS = ("zeroshot", "retrieval")
-DATASETS = {
-    **dict.fromkeys((*CLASSIFICATION_TASKS, "finetune"), "fashion-mnist"),
-    "retrieval": "fashion-scenes-captions",
-    "segmentation": "fashion-scenes-masks",
-}
 EVAL_SCENE_SEED = 1  # held-out scenes are drawn from test-split items with their own seed
-
-
 FOLDER_TEMPLATES = ("a photo of a {}.", "a {}.", "an image of a {}.", "a picture of a {}.")
+POOLS = ("mean", "cls")
 
 
 def seeded_subset(pool: int, size: int, seed: int) -> np.ndarray:
     """A fixed, seeded subset of ``size`` of ``pool`` rows (all of them if size >= pool), sorted."""
     return np.sort(np.random.default_rng([seed, pool]).permutation(pool)[:size])
+
+
+def rows_key(dataset: Dataset) -> str:
+    rows = np.asarray(dataset.indices) if isinstance(dataset, Subset) else np.arange(len(dataset))
+    return hashlib.sha1(rows.tobytes()).hexdigest()[:12]
 
 
 @dataclass
@@ -81,59 +91,211 @@ def classification_data(dataset: str | None, canvas: int, cfg: EvalConfig, data_
                               [c.replace("_", " ") for c in train.classes], FOLDER_TEMPLATES)
 
 
-def zeroshot_task(model: PretrainMethod, feats: dict, _train: dict | None, cfg: EvalConfig, data: ClassificationData) -> dict[str, Any]:
-    classifier = zeroshot_classifier(model, data.classnames, data.templates, fill=fill_template)
-    return {"metrics": zeroshot_scores(feats["embed"], feats["labels"], classifier),
-            "details": {"templates": list(data.templates), "classnames": data.classnames}}
+def checkpoint_identity(model: PretrainMethod) -> str | None:
+    """The checkpoint file's path, size and modification time; None for a model without one."""
+    ckpt = getattr(model, "checkpoint_path", None)
+    if ckpt is None or not Path(ckpt).is_file():
+        return None
+    stat = Path(ckpt).stat()
+    return f"{Path(ckpt).resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
 
 
-def knn_task(_model: PretrainMethod, feats: dict, train: dict, cfg: EvalConfig, data: ClassificationData) -> dict[str, Any]:
+@dataclass
+class EvalContext:
+    """What a task sees: the model, the eval config, the data sources, and features shared
+    between tasks (kept in memory for this evaluation, and on disk under ``out_dir`` keyed by
+    the checkpoint file and the data, so re-evaluating is instant)."""
+
+    model: PretrainMethod
+    cfg: EvalConfig
+    out_dir: Path | None = None
+    data_root: str | None = None
+    dataset: str | None = None  # the user's image folder or CSV/TSV table, replacing built-in data where it can
+    log: Callable[[str], None] = print
+    memo: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def canvas(self) -> int:
+        return self.model.config.model.img_size
+
+    @property
+    def table(self) -> bool:
+        return self.dataset is not None and Path(self.dataset).suffix.lower() in (".csv", ".tsv")
+
+    @functools.cached_property
+    def classification(self) -> ClassificationData:
+        return classification_data(None if self.table else self.dataset, self.canvas, self.cfg, self.data_root)
+
+    @functools.cached_property
+    def patch_size(self) -> int:
+        """The encoder's patch size, from its token count (external models do not state it)."""
+        with torch.no_grad():
+            probe = torch.zeros(1, 3, self.canvas, self.canvas, device=next(self.model.parameters()).device)
+            tokens = self.model.visual.forward_features(probe).shape[1] - 1
+        return self.canvas // math.isqrt(tokens)
+
+    def cached(self, key: str, compute: Callable[[], Any]) -> Any:
+        """``compute()``, memoised under ``key`` for this evaluation and on disk per checkpoint."""
+        if key in self.memo:
+            return self.memo[key]
+        identity = checkpoint_identity(self.model)
+        path = None
+        if self.out_dir is not None and identity is not None:
+            digest = hashlib.sha1(f"{identity}|{key}".encode()).hexdigest()[:16]
+            path = self.out_dir / "feature_cache" / f"{digest}.pt"
+        if path is not None and path.is_file():
+            value = torch.load(path, weights_only=True)
+        else:
+            start = time.perf_counter()
+            value = compute()
+            self.log(f"features: {key} in {time.perf_counter() - start:.1f}s")
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                atomic_save(value, path)
+        self.memo[key] = value
+        return value
+
+    def image_features(self, dataset: Dataset, name: str) -> dict:
+        """`extract_features` of a data set of (image, label) pairs."""
+        return self.cached(f"{name}|{rows_key(dataset)}", lambda: extract_features(self.model, dataset, self.cfg.batch_size))
+
+    def classification_features(self, split: str) -> dict:
+        """Features of the classification test rows, or of the seeded train pool the probes fit on."""
+        data = self.classification
+        if split == "test":
+            return self.image_features(data.test, f"{data.name}|test")
+        pool = Subset(data.train, seeded_subset(len(data.train), self.cfg.probe_train_size, self.cfg.seed))
+        return self.image_features(pool, f"{data.name}|train")
+
+    def scenes(self, split: str, length: int | None = None) -> FashionScenes:
+        size = self.cfg.scene_train_size if split == "train" else self.cfg.scene_test_size
+        return FashionScenes(split, self.canvas, seed=EVAL_SCENE_SEED, length=length or size, root=self.data_root)
+
+    def scene_features(self, split: str) -> dict:
+        """Tokens, refined patch grid and annotations of the evaluation scenes of ``split``."""
+        scenes = self.scenes(split)
+        refine = self.cfg.dense_refine
+        tokens = self.cached(f"fashion-scenes|{split}|{len(scenes)}|refine{refine}",
+                             lambda: scene_tokens(self.model, scenes, self.patch_size, refine, self.cfg.batch_size))
+        annotations = self.memo.get(f"annotations|{split}") or self.memo.setdefault(f"annotations|{split}", scene_annotations(scenes))
+        return {**tokens, **annotations}
+
+    def linear_probe(self, pool: str) -> LinearProbe:
+        """The classification linear probe on ``pool`` features, fit once and shared by tasks."""
+        def fit() -> LinearProbe:
+            train = self.classification_features("train")
+            return fit_linear_probe(train[pool], train["labels"], seed=self.cfg.seed, num_outputs=len(self.classification.classnames))
+        return self.memo.get(f"linear-probe|{pool}") or self.memo.setdefault(f"linear-probe|{pool}", fit())
+
+    def zeroshot_classifier(self) -> torch.Tensor:
+        data = self.classification
+        key = f"zeroshot-classifier|{data.name}"
+        return self.memo.get(key) if key in self.memo else self.memo.setdefault(
+            key, zeroshot_classifier(self.model, data.classnames, data.templates, fill=fill_template))
+
+
+@dataclass(frozen=True)
+class Task:
+    """A registered evaluation: ``run(ctx)`` returns {"metrics": {..., "top1"}, "details", "split_sizes"}."""
+
+    name: str
+    run: Callable[[EvalContext], dict]
+    dataset: str | None  # the built-in data set's name; None: the classification data's
+    needs_text: bool = False
+
+
+TASKS: dict[str, Task] = {}
+
+
+def task(name: str, dataset: str | None = None, needs_text: bool = False) -> Callable:
+    """Register ``run`` as the evaluation task ``name``."""
+    def register(run: Callable[[EvalContext], dict]) -> Callable[[EvalContext], dict]:
+        TASKS[name] = Task(name, run, dataset, needs_text)
+        return run
+    return register
+
+
+def classification_sizes(ctx: EvalContext, train: bool = True) -> dict[str, int]:
+    sizes = {"test": len(ctx.classification_features("test")["labels"])}
+    return {**sizes, "train": len(ctx.classification_features("train")["labels"])} if train else sizes
+
+
+@task("zeroshot", needs_text=True)
+def zeroshot_task(ctx: EvalContext) -> dict[str, Any]:
+    test = ctx.classification_features("test")
+    return {"metrics": zeroshot_scores(test["embed"], test["labels"], ctx.zeroshot_classifier()),
+            "details": {"templates": list(ctx.classification.templates), "classnames": ctx.classification.classnames},
+            "split_sizes": classification_sizes(ctx, train=False)}
+
+
+@task("knn")
+def knn_task(ctx: EvalContext) -> dict[str, Any]:
+    test, train, cfg = ctx.classification_features("test"), ctx.classification_features("train"), ctx.cfg
     metrics = {}
-    for pool in ("mean", "cls"):
-        scores = knn_classify(train[pool], train["labels"], feats[pool], feats["labels"], ks=cfg.knn_k, num_classes=len(data.classnames))
+    for pool in POOLS:
+        scores = knn_classify(train[pool], train["labels"], test[pool], test["labels"], ks=cfg.knn_k, num_classes=len(ctx.classification.classnames))
         metrics.update({f"{pool}_{k}": v for k, v in scores.items()})
     metrics["top1"] = metrics[f"mean_top1_k{20 if 20 in cfg.knn_k else cfg.knn_k[0]}"]
-    return {"metrics": metrics, "details": {"temperature": 0.07}}
+    return {"metrics": metrics, "details": {"temperature": 0.07}, "split_sizes": classification_sizes(ctx)}
 
 
-def linear_task(_model: PretrainMethod, feats: dict, train: dict, cfg: EvalConfig, _data: ClassificationData) -> dict[str, Any]:
+@task("linear")
+def linear_task(ctx: EvalContext) -> dict[str, Any]:
+    test = ctx.classification_features("test")
     metrics, details = {}, {}
-    for pool in ("mean", "cls"):
-        result = linear_probe(train[pool], train["labels"], feats[pool], feats["labels"], seed=cfg.seed)
-        metrics[f"{pool}_top1"] = result["top1"]
-        details[pool] = {k: v for k, v in result.items() if k != "top1"}
-        details[pool]["sweep"] = {str(k): v for k, v in result["sweep"].items()}
+    for pool in POOLS:
+        probe = ctx.linear_probe(pool)
+        metrics[f"{pool}_top1"] = accuracy(probe(test[pool]), test["labels"])
+        details[pool] = {"best_weight_decay": probe.best_weight_decay, "val_top1": probe.val_score,
+                         "sweep": {str(k): v for k, v in probe.sweep.items()}, "n_train": probe.n_train,
+                         "n_val": probe.n_val, "n_test": len(test["labels"])}
     metrics["top1"] = metrics["mean_top1"]
-    return {"metrics": metrics, "details": details}
+    return {"metrics": metrics, "details": details, "split_sizes": classification_sizes(ctx)}
 
 
-def fewshot_task(_model: PretrainMethod, feats: dict, train: dict, cfg: EvalConfig, _data: ClassificationData) -> dict[str, Any]:
+@task("fewshot")
+def fewshot_task(ctx: EvalContext) -> dict[str, Any]:
     """Prototype and logistic classifiers on n shots per class of the probe's train subset."""
-    shots = {pool: fewshot_evaluate(train[pool], train["labels"], feats[pool], feats["labels"],
+    test, train, cfg = ctx.classification_features("test"), ctx.classification_features("train"), ctx.cfg
+    shots = {pool: fewshot_evaluate(train[pool], train["labels"], test[pool], test["labels"],
                                     shots=cfg.fewshot_shots, seeds=range(cfg.fewshot_seeds))
-             for pool in ("mean", "cls")}
+             for pool in POOLS}
+    if not shots["mean"]:
+        raise DataError(f"few-shot: the smallest class has fewer train images than n={min(cfg.fewshot_shots)}")
     metrics = {f"{pool}_{name}_{n}shot": r[name]["mean"]
                for pool, by_n in shots.items() for n, r in by_n.items() for name in r}
-    metrics["top1"] = metrics[f"mean_logistic_{max(cfg.fewshot_shots)}shot"]
-    return {"metrics": metrics, "details": shots}
+    metrics["top1"] = metrics[f"mean_logistic_{max(shots['mean'], key=int)}shot"]
+    return {"metrics": metrics, "details": shots, "split_sizes": classification_sizes(ctx)}
 
 
-CLASSIFIERS: dict[str, Callable] = {"zeroshot": zeroshot_task, "knn": knn_task, "linear": linear_task, "fewshot": fewshot_task}
+@task("finetune")
+def finetune_task(ctx: EvalContext) -> dict[str, Any]:
+    """Whole encoder + linear head with layer-wise lr decay, on a seeded train subset."""
+    cfg, data = ctx.cfg, ctx.classification
+    train = Subset(data.train, seeded_subset(len(data.train), cfg.finetune_train_size, cfg.seed))
+    settings = {"epochs": cfg.finetune_epochs, "lr": cfg.finetune_lr, "layer_decay": cfg.finetune_layer_decay,
+                "drop_path": cfg.finetune_drop_path}
+    result = finetune(ctx.model.visual, train, data.test, len(data.classnames), seed=cfg.seed, **settings)
+    return {"metrics": {"top1": result["top1"]}, "details": {**settings, "steps": result["steps"]},
+            "split_sizes": {"train": len(train), "test": len(data.test)}}
 
 
 def image_caption_batch(samples: list[dict]) -> dict[str, Any]:
     return {"image": torch.stack([s["image"] for s in samples]), "caption": [s["caption"] for s in samples]}
 
 
+@task("retrieval", dataset="fashion-scenes-captions", needs_text=True)
 @torch.no_grad()
-def retrieval_task(model: PretrainMethod, cfg: EvalConfig, scenes: Dataset) -> dict[str, Any]:
+def retrieval_task(ctx: EvalContext) -> dict[str, Any]:
     """Recall@1/5/10 both ways on image-caption pairs (a caption with the same text is a hit)."""
+    model = ctx.model
+    pairs = CaptionTable(ctx.dataset, ctx.canvas) if ctx.table else ctx.scenes("test", ctx.cfg.retrieval_size)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     images, texts, captions = [], [], []
     try:
-        for batch in DataLoader(scenes, batch_size=cfg.batch_size, collate_fn=image_caption_batch):
+        for batch in DataLoader(pairs, batch_size=ctx.cfg.batch_size, collate_fn=image_caption_batch):
             images.append(model.encode_image(to_float(batch["image"].to(device))).float().cpu())
             texts.append(model.encode_text(model.tokenizer(batch["caption"]).to(device)).float().cpu())
             captions += batch["caption"]
@@ -142,57 +304,110 @@ def retrieval_task(model: PretrainMethod, cfg: EvalConfig, scenes: Dataset) -> d
     similarity = F.normalize(torch.cat(images), dim=-1) @ F.normalize(torch.cat(texts), dim=-1).T
     metrics = recall_at_k(similarity, relevance_from_captions(captions))
     metrics["top1"] = metrics["image_to_text_R@1"]
-    return {"metrics": metrics, "details": {"distinct_captions": len(set(captions))}, "split_sizes": {"test": len(captions)}}
+    result = {"metrics": metrics, "details": {"distinct_captions": len(set(captions))}, "split_sizes": {"test": len(captions)}}
+    if ctx.table:
+        result["dataset"] = Path(ctx.dataset).stem
+    return result
 
 
-def finetune_task(model: PretrainMethod, cfg: EvalConfig, data: ClassificationData) -> dict[str, Any]:
-    """Whole encoder + linear head with layer-wise lr decay, on a seeded train subset."""
-    train = Subset(data.train, seeded_subset(len(data.train), cfg.finetune_train_size, cfg.seed))
-    test = data.test
-    settings = {"epochs": cfg.finetune_epochs, "lr": cfg.finetune_lr, "layer_decay": cfg.finetune_layer_decay,
-                "drop_path": cfg.finetune_drop_path}
-    result = finetune(model.visual, train, test, len(data.classnames), seed=cfg.seed, **settings)
-    return {"metrics": {"top1": result["top1"]}, "details": {**settings, "steps": result["steps"]},
-            "split_sizes": {"train": len(train), "test": len(test)}}
+def scene_probe_args(ctx: EvalContext) -> tuple[dict, dict, list[int], range]:
+    return ctx.scene_features("train"), ctx.scene_features("test"), ctx.cfg.lowshot_shots, range(ctx.cfg.fewshot_seeds)
 
 
-def segmentation_task(model: PretrainMethod, cfg: EvalConfig, data_root: str | None, examples_png: Path | None) -> dict[str, Any]:
-    canvas = model.config.model.img_size
-    train = FashionScenes("train", canvas, seed=EVAL_SCENE_SEED, length=cfg.segmentation_train_size, root=data_root)
-    test = FashionScenes("test", canvas, seed=EVAL_SCENE_SEED, length=cfg.segmentation_test_size, root=data_root)
-    scores = segmentation_probe(model, train, test, num_classes=1 + len(CLASS_NAMES), batch_size=cfg.batch_size,
-                                epochs=cfg.segmentation_epochs, seed=cfg.seed)
+@task("presence", dataset="fashion-scenes")
+def presence_task(ctx: EvalContext) -> dict[str, Any]:
+    return presence_probe(*scene_probe_args(ctx), seed=ctx.cfg.seed)
+
+
+@task("cells", dataset="fashion-scenes")
+def cells_task(ctx: EvalContext) -> dict[str, Any]:
+    return cell_probe(*scene_probe_args(ctx)[:2], cell_pooling_weights(ctx.canvas, ctx.patch_size), *scene_probe_args(ctx)[2:], seed=ctx.cfg.seed)
+
+
+@task("binding", dataset="fashion-scenes")
+def binding_task(ctx: EvalContext) -> dict[str, Any]:
+    return binding_probe(*scene_probe_args(ctx), seed=ctx.cfg.seed)
+
+
+@task("counting", dataset="fashion-scenes")
+def counting_task(ctx: EvalContext) -> dict[str, Any]:
+    return counting_probe(*scene_probe_args(ctx), seed=ctx.cfg.seed)
+
+
+@task("compositional", dataset="fashion-scenes-compositional", needs_text=True)
+def compositional_task(ctx: EvalContext) -> dict[str, Any]:
+    scenes = CompositionalScenes(ctx.scenes("test"), seed=ctx.cfg.seed)
+    result = compositional_scores(ctx.model, scenes, ctx.cfg.batch_size)
+    result["split_sizes"] = {"test": len(scenes)}
+    return result
+
+
+def item_lists(split: dict) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Per scene, its (k, 4) boxes and (k,) labels without the -1 padding."""
+    keep = split["labels"] >= 0
+    return [b[k] for b, k in zip(split["boxes"], keep)], [label[k] for label, k in zip(split["labels"], keep)]
+
+
+@task("detection", dataset="fashion-scenes-boxes")
+def detection_task(ctx: EvalContext) -> dict[str, Any]:
+    """A light dense head on the refined patch grid, trained on train scenes' boxes; COCO AP."""
+    train, test = ctx.scene_features("train"), ctx.scene_features("test")
+    scores = detection_probe(train["dense"], *item_lists(train), test["dense"], *item_lists(test), image_size=ctx.canvas,
+                             num_classes=len(CLASS_NAMES), epochs=ctx.cfg.detection_epochs, seed=ctx.cfg.seed)
+    per_class = scores.pop("ap50_per_class")
+    sizes = {"train": scores.pop("n_train"), "test": scores.pop("n_test")}
+    return {"metrics": {**scores, "top1": scores["ap50"]}, "details": {"ap50_per_class": dict(zip(CLASS_NAMES, per_class)),
+            "refine": ctx.cfg.dense_refine, "epochs": scores.pop("epochs")}, "split_sizes": sizes}
+
+
+@task("segmentation", dataset="fashion-scenes-masks")
+def segmentation_task(ctx: EvalContext) -> dict[str, Any]:
+    train, test = ctx.scene_features("train"), ctx.scene_features("test")
+    scores = segmentation_probe(train["dense"], train["mask"], test["dense"], test["mask"], num_classes=1 + len(CLASS_NAMES),
+                                batch_size=ctx.cfg.batch_size, epochs=ctx.cfg.segmentation_epochs, seed=ctx.cfg.seed)
     predictions = scores.pop("example_predictions")
-    if examples_png is not None:
+    if ctx.out_dir is not None:
         from ..report import plot_segmentation_examples
 
-        plot_segmentation_examples([test[i] for i in range(len(predictions))], predictions, examples_png)
+        ctx.out_dir.mkdir(parents=True, exist_ok=True)
+        scenes = ctx.scenes("test")
+        plot_segmentation_examples([scenes[i] for i in range(len(predictions))], predictions,
+                                   ctx.out_dir / f"{ctx.memo['model_name']}_segmentation_examples.png")
     per_class = scores.pop("per_class_iou")
-    metrics = {"miou": scores["miou"], "pixel_accuracy": scores["pixel_accuracy"], "top1": scores["miou"]}
-    return {"metrics": metrics, "details": {"per_class_iou": dict(zip(["background", *CLASS_NAMES], per_class)), "epochs": scores["epochs"]},
+    metrics = {key: scores[key] for key in ("miou", "foreground_miou", "pixel_accuracy", "item_iou", "garment_accuracy_on_items")}
+    metrics["top1"] = scores["miou"]
+    return {"metrics": metrics, "details": {"per_class_iou": dict(zip(["background", *CLASS_NAMES], per_class)),
+                                            "epochs": scores["epochs"], "refine": ctx.cfg.dense_refine},
             "split_sizes": {"train": scores["n_train"], "test": scores["n_test"]}}
 
 
-def cached_features(model: PretrainMethod, dataset: Dataset, key: str, cache_dir: Path | None, batch_size: int) -> dict:
-    """``extract_features``, cached on disk under a key made of the checkpoint file (path, size,
-    modification time) and the data set (name, split, rows), so re-evaluating is instant."""
-    ckpt = getattr(model, "checkpoint_path", None)
-    if cache_dir is None or ckpt is None:
-        return extract_features(model, dataset, batch_size)
-    stat = Path(ckpt).stat()
-    digest = hashlib.sha1(f"{Path(ckpt).resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{key}".encode()).hexdigest()[:16]
-    path = cache_dir / f"{digest}.pt"
-    if path.is_file():
-        return torch.load(path, weights_only=True)
-    feats = extract_features(model, dataset, batch_size)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    atomic_save(feats, path)
-    return feats
+@task("shift", dataset="fashion-mnist-shifted")
+def shift_task(ctx: EvalContext) -> dict[str, Any]:
+    """Per shifted style of the first ``eval.shift_test_size`` test items: zero-shot (with a text
+    tower) and the linear probe fit on clean renders (patch mean), beside the clean score of the
+    same items."""
+    rows = range(min(ctx.cfg.shift_test_size, ctx.cfg.test_size))
+    clean = ctx.classification_features("test")
+    clean = {k: v[: len(rows)] for k, v in clean.items()}
+    probe = ctx.linear_probe("mean")
+    zeroshot = ctx.zeroshot_classifier() if ctx.model.has_text else None
 
+    def scores(feats: dict) -> dict[str, float]:
+        out = {"linear": accuracy(probe(feats["mean"]), feats["labels"])}
+        if zeroshot is not None:
+            out["zeroshot"] = zeroshot_scores(feats["embed"], feats["labels"], zeroshot)["top1"]
+        return out
 
-def rows_key(dataset: Dataset) -> str:
-    rows = np.asarray(dataset.indices) if isinstance(dataset, Subset) else np.arange(len(dataset))
-    return hashlib.sha1(rows.tobytes()).hexdigest()[:12]
+    per_style = {"clean": scores(clean)}
+    for style in SHIFT_STYLES:
+        shifted = FashionMNISTShifted("test", style, ctx.canvas, indices=np.asarray(rows), root=ctx.data_root, seed=ctx.cfg.seed)
+        per_style[style] = scores(ctx.image_features(shifted, f"fashion-mnist-{style}|seed{ctx.cfg.seed}"))
+    metrics = {f"{kind}_{style}": v for style, by_kind in per_style.items() for kind, v in by_kind.items()}
+    for kind in per_style["clean"]:
+        metrics[f"{kind}_shifted_mean"] = float(np.mean([per_style[s][kind] for s in SHIFT_STYLES]))
+    metrics["top1"] = metrics["zeroshot_shifted_mean" if zeroshot is not None else "linear_shifted_mean"]
+    return {"metrics": metrics, "details": {"styles": list(SHIFT_STYLES), "probe_weight_decay": probe.best_weight_decay},
+            "split_sizes": {"test_per_style": len(rows), "probe_train": probe.n_train + probe.n_val}}
 
 
 def evaluate(
@@ -202,54 +417,29 @@ def evaluate(
     """Run ``tasks``; write one JSON per task to ``out_dir``. ``dataset`` (an image folder with
     train/ and val/, or a CSV/TSV of image paths and captions) replaces the built-in data of the
     tasks that can use it; the others keep theirs."""
+    ctx = EvalContext(model, cfg, out_dir, data_root, dataset, log)
+    ctx.memo["model_name"] = model_name
     results = {}
-    skipped = [t for t in tasks if t in TEXT_TASKS and not model.has_text]
-    for task in skipped:
-        log(f"{task} skipped: method '{model.config.method}' has no text tower")
-    tasks = [t for t in tasks if t not in skipped]
-    canvas = model.config.model.img_size
-    table = dataset is not None and Path(dataset).suffix.lower() in (".csv", ".tsv")
-    cache_dir = None if out_dir is None else out_dir / "feature_cache"
-    data = classification_data(None if table else dataset, canvas, cfg, data_root)
-    test = train = None
-    if any(t in CLASSIFICATION_TASKS for t in tasks):
+    for name in tasks:
+        spec = TASKS[name]
+        if spec.needs_text and not model.has_text:
+            log(f"{name} skipped: method '{model.config.method}' has no text tower")
+            continue
         start = time.perf_counter()
-        test = cached_features(model, data.test, f"{data.name}|test|{rows_key(data.test)}", cache_dir, cfg.batch_size)
-        if any(t in ("knn", "linear", "fewshot") for t in tasks):
-            pool = Subset(data.train, seeded_subset(len(data.train), cfg.probe_train_size, cfg.seed))
-            train = cached_features(model, pool, f"{data.name}|train|{rows_key(pool)}", cache_dir, cfg.batch_size)
-        log(f"features of {len(test['labels'])} test and {0 if train is None else len(train['labels'])} train images in {time.perf_counter() - start:.1f}s")
-    for task in tasks:
-        t0 = time.perf_counter()
-        name = data.name if task in (*CLASSIFICATION_TASKS, "finetune") else DATASETS[task]
-        if task in CLASSIFIERS:
-            result = CLASSIFIERS[task](model, test, train, cfg, data)
-            result["split_sizes"] = {"test": len(test["labels"]), "train": 0 if train is None else len(train["labels"])}
-        elif task == "retrieval":
-            pairs = CaptionTable(dataset, canvas) if table else FashionScenes(
-                "test", canvas, seed=EVAL_SCENE_SEED, length=cfg.retrieval_size, root=data_root)
-            name = Path(dataset).stem if table else name
-            result = retrieval_task(model, cfg, pairs)
-        elif task == "finetune":
-            result = finetune_task(model, cfg, data)
-        else:
-            png = None if out_dir is None else out_dir / f"{model_name}_segmentation_examples.png"
-            if png is not None:
-                out_dir.mkdir(parents=True, exist_ok=True)
-            result = segmentation_task(model, cfg, data_root, png)
+        result = spec.run(ctx)
+        result.setdefault("dataset", spec.dataset or ctx.classification.name)
         result.update({
-            "dataset": name,
             "model": model_name,
-            "task": task,
+            "task": name,
             "checkpoint": getattr(model, "checkpoint_path", None),
             "step": getattr(model, "step", None),
             "config": to_dict(model.config),
             "seeds": {"eval": cfg.seed, "train": model.config.train.seed},
-            "seconds": time.perf_counter() - t0,
+            "seconds": time.perf_counter() - start,
         })
-        results[task] = result
-        log(f"{task}: {result['metrics']['top1']:.2f} ({result['seconds']:.1f}s)")
+        results[name] = result
+        log(f"{name}: {result['metrics']['top1']:.2f} ({result['seconds']:.1f}s)")
         if out_dir is not None:
             out_dir.mkdir(parents=True, exist_ok=True)
-            (out_dir / f"{model_name}_{task}_{name}.json").write_text(json.dumps(result, indent=1))
+            (out_dir / f"{model_name}_{name}_{result['dataset']}.json").write_text(json.dumps(result, indent=1))
     return results

@@ -1,0 +1,70 @@
+"""Compositional zero-shot accuracy: does the image prefer its caption to captions that change one thing?
+
+For every scene of a `CompositionalScenes` and every kind of hard negative it has (garment, colour,
+size, position, relation, swap), a pair counts as solved when the cosine similarity of the image to
+its true caption is strictly higher than to each negative of that kind (ARO, SugarCrepe). A tie is a
+failure, so a model that cannot tell the captions apart scores 0, not chance; the chance level
+(a random ranking of the candidates) is reported beside the accuracy.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+from ..data.compositional import KINDS, CompositionalScenes
+from ..data.scenes import to_float
+from ..methods.base import PretrainMethod
+
+
+def compositional_accuracy(true_scores: Tensor, negative_scores: list[Tensor]) -> tuple[float, float]:
+    """(accuracy %, chance %) of n pairs: true_scores (n,) and per pair a (k_i,) tensor, k_i >= 1, of
+    negative scores; a pair is solved when its true score beats every negative strictly, and a
+    random ranking solves it with probability 1 / (1 + k_i)."""
+    if len(true_scores) != len(negative_scores) or not len(negative_scores) or any(len(s) == 0 for s in negative_scores):
+        raise ValueError("compositional_accuracy needs at least one pair and one non-empty tensor of negative scores per true score")
+    solved = [bool((t > s).all()) for t, s in zip(true_scores, negative_scores)]
+    chance = [100.0 / (1 + len(s)) for s in negative_scores]
+    return 100.0 * sum(solved) / len(solved), sum(chance) / len(chance)
+
+
+def _batch(samples: list[dict]) -> dict:
+    return {"image": torch.stack([s["image"] for s in samples]), "caption": [s["caption"] for s in samples],
+            "negatives": [s["negatives"] for s in samples]}
+
+
+@torch.no_grad()
+def compositional_scores(model: PretrainMethod, scenes: CompositionalScenes, batch_size: int = 256) -> dict:
+    """Accuracy per kind of hard negative ("<kind>_acc"), their mean over the kinds that occur
+    ("mean_acc", also "top1"), and per kind the chance level and the number of pairs. Each image
+    and each distinct caption is encoded once."""
+    if len(scenes) == 0:
+        raise ValueError("compositional_scores needs at least one scene")
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    images, captions, negatives = [], [], []
+    try:
+        for batch in DataLoader(scenes, batch_size=batch_size, collate_fn=_batch):
+            images.append(model.encode_image(to_float(batch["image"].to(device))).float().cpu())
+            captions += batch["caption"]
+            negatives += batch["negatives"]
+        texts = list(dict.fromkeys([*captions, *(t for negs in negatives for kind in KINDS for t in negs[kind])]))
+        text_embeds = torch.cat([model.encode_text(model.tokenizer(texts[i:i + batch_size]).to(device)).float().cpu()
+                                 for i in range(0, len(texts), batch_size)])
+    finally:
+        model.train(was_training)
+    row = {text: i for i, text in enumerate(texts)}
+    similarity = F.normalize(torch.cat(images), dim=-1) @ F.normalize(text_embeds, dim=-1).T
+    metrics, chance, counts = {}, {}, {}
+    for kind in KINDS:
+        pairs = [(i, negs[kind]) for i, negs in enumerate(negatives) if negs[kind]]
+        counts[kind] = len(pairs)
+        if pairs:
+            true_scores = torch.stack([similarity[i, row[captions[i]]] for i, _ in pairs])
+            metrics[f"{kind}_acc"], chance[kind] = compositional_accuracy(
+                true_scores, [similarity[i, [row[t] for t in negs]] for i, negs in pairs])
+    mean = sum(metrics.values()) / len(metrics)
+    metrics.update(mean_acc=mean, top1=mean)
+    return {"metrics": metrics, "details": {"chance": chance, "n": counts, "per_kind": scenes.per_kind}}
