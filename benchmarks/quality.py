@@ -198,7 +198,7 @@ def main() -> None:
         if args.phase in ("eval", "all"):
             kept = [Path(os.path.relpath(KEPT_DIR / f"steps-{steps}" / n / "results")) for n in RUNS
                     if (KEPT_DIR / f"steps-{steps}" / n / "results").is_dir()]
-            print(f"report: {write_report(kept, KEPT_DIR / f'steps-{steps}')}")
+            print(f"report: {write_report(kept, KEPT_DIR / f'steps-{steps}', floor='random-init')}")
 
 
 if __name__ == "__main__":

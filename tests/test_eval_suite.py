@@ -161,3 +161,16 @@ def test_evaluation_scenes_and_renders_use_test_split_items_only(runs, monkeypat
     test_items = scene_data.load_fashion_mnist("test")[1]
     sample = real_scenes("test", 32, seed=suite.EVAL_SCENE_SEED, length=5)[3]
     assert torch.equal(sample["labels"], torch.from_numpy(test_items[sample["item_indices"].numpy()]).long())
+
+
+def test_report_margins_over_a_floor_column():
+    from langmim.report import comparison_table
+
+    def results(zeroshot, presence):
+        return {"zeroshot": {"metrics": {"top1": zeroshot}}, "presence": {"metrics": {"mean_map": presence}}}
+
+    table = comparison_table({"rils": results(65.0, 45.5), "random-init": results(10.0, 39.0)}, floor="random-init")
+    header, _, zeroshot, presence = table.splitlines()
+    assert header == "| metric | rils | random-init | rils minus random-init |"
+    assert zeroshot.endswith("| 65.00 | 10.00 | +55.00 |") and presence.endswith("| 45.50 | 39.00 | +6.50 |")
+    assert "minus" not in comparison_table({"rils": results(65.0, 45.5)}, floor="random-init")

@@ -67,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "segmentation figures where those tasks were run.")
     r.add_argument("runs", nargs="+", metavar="RUN", help="run directories (or results directories)")
     r.add_argument("--output", default="runs/report", help="directory for report.md and the PNGs; default: runs/report")
+    r.add_argument("--floor", default=None, metavar="MODEL",
+                   help="a model's column (e.g. random-init) to print every other model's margin over, in points")
 
     x = sub.add_parser("export", help="export a checkpoint for timm (vision tower), open_clip (CLIP/RILS) or as safetensors",
                        description="Write the vision tower as a timm local-dir folder (timm.create_model('local-dir:OUT', "
@@ -149,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "report":
             from .report import write_report
 
-            print(f"report: {write_report([Path(r) for r in args.runs], Path(args.output))}")
+            print(f"report: {write_report([Path(r) for r in args.runs], Path(args.output), args.floor)}")
         elif args.command == "export":
             from .api import load
             from .export import export

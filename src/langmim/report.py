@@ -140,21 +140,26 @@ TABLE_ROWS = (
 NO_TEXT_TASKS = ("zeroshot", "retrieval", "compositional")
 
 
-def comparison_table(columns: dict[str, dict[str, dict]], has_text: dict[str, bool] | None = None) -> str:
+def comparison_table(columns: dict[str, dict[str, dict]], has_text: dict[str, bool] | None = None, floor: str | None = None) -> str:
     """Markdown table: one row per metric that any model has, one column per model (results
-    keyed by task). A text task of a model without a text tower reads "n/a, no text tower"."""
+    keyed by task). A text task of a model without a text tower reads "n/a, no text tower".
+    With ``floor`` (a column's name, e.g. the random-init model), each other model also gets a
+    column of its margin over the floor, in points."""
     names = list(columns)
-    lines = ["| metric | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    others = [n for n in names if n != floor] if floor in columns else []
+    header = names + [f"{n} minus {floor}" for n in others]
+    lines = ["| metric | " + " | ".join(header) + " |", "|---" * (len(header) + 1) + "|"]
     for label, task, key in TABLE_ROWS:
+        values = {name: columns[name].get(task, {}).get("metrics", {}).get(key) for name in names}
         cells = []
         for name in names:
-            value = columns[name].get(task, {}).get("metrics", {}).get(key)
-            if value is None:
+            if values[name] is None:
                 no_text = has_text is not None and not has_text.get(name, True) and task in NO_TEXT_TASKS
                 cells.append("n/a, no text tower" if no_text else "n/a")
             else:
-                cells.append(f"{value:.2f}")
-        if any(c[0].isdigit() for c in cells):
+                cells.append(f"{values[name]:.2f}")
+        cells += [f"{values[n] - values[floor]:+.2f}" if None not in (values[n], values[floor]) else "n/a" for n in others]
+        if any(c[0].isdigit() for c in cells[: len(names)]):
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -223,7 +228,7 @@ def plot_retrieval(columns: dict[str, dict[str, dict]], png: Path) -> bool:
     return True
 
 
-def write_report(run_dirs: list[Path], out_dir: Path) -> Path:
+def write_report(run_dirs: list[Path], out_dir: Path, floor: str | None = None) -> Path:
     """Compile the result JSONs of several runs into ``out_dir/report.md`` and PNG figures."""
     columns: dict[str, dict[str, dict]] = {}
     has_text: dict[str, bool] = {}
@@ -241,7 +246,7 @@ def write_report(run_dirs: list[Path], out_dir: Path) -> Path:
             text_method = method in ("clip", "rils") or str(method).startswith("openclip:")
             has_text[label] = text_method if method else any(t in results for t in NO_TEXT_TASKS)
     out_dir.mkdir(parents=True, exist_ok=True)
-    lines = ["# langmim report", "", "Runs: " + ", ".join(f"`{d}`" for d in run_dirs), "", comparison_table(columns, has_text), ""]
+    lines = ["# langmim report", "", "Runs: " + ", ".join(f"`{d}`" for d in run_dirs), "", comparison_table(columns, has_text, floor), ""]
     if plot_fewshot(columns, out_dir / "fewshot.png"):
         lines += ["## Few-shot", "![few-shot](fewshot.png)", ""]
     if plot_retrieval(columns, out_dir / "retrieval.png"):

@@ -112,6 +112,7 @@ class EvalContext:
     data_root: str | None = None
     dataset: str | None = None  # the user's image folder or CSV/TSV table, replacing built-in data where it can
     log: Callable[[str], None] = print
+    model_name: str = "model"
     memo: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -134,10 +135,17 @@ class EvalContext:
             tokens = self.model.visual.forward_features(probe).shape[1] - 1
         return self.canvas // math.isqrt(tokens)
 
+    def remember(self, key: str, compute: Callable[[], Any]) -> Any:
+        """``compute()``, memoised under ``key`` for this evaluation."""
+        if key not in self.memo:
+            self.memo[key] = compute()
+        return self.memo[key]
+
     def cached(self, key: str, compute: Callable[[], Any]) -> Any:
         """``compute()``, memoised under ``key`` for this evaluation and on disk per checkpoint."""
-        if key in self.memo:
-            return self.memo[key]
+        return self.remember(key, lambda: self._from_disk_or_compute(key, compute))
+
+    def _from_disk_or_compute(self, key: str, compute: Callable[[], Any]) -> Any:
         identity = checkpoint_identity(self.model)
         path = None
         if self.out_dir is not None and identity is not None:
@@ -152,7 +160,6 @@ class EvalContext:
             if path is not None:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 atomic_save(value, path)
-        self.memo[key] = value
         return value
 
     def image_features(self, dataset: Dataset, name: str) -> dict:
@@ -177,21 +184,19 @@ class EvalContext:
         refine = self.cfg.dense_refine
         tokens = self.cached(f"fashion-scenes|{split}|{len(scenes)}|refine{refine}",
                              lambda: scene_tokens(self.model, scenes, self.patch_size, refine, self.cfg.batch_size))
-        annotations = self.memo.get(f"annotations|{split}") or self.memo.setdefault(f"annotations|{split}", scene_annotations(scenes))
-        return {**tokens, **annotations}
+        return {**tokens, **self.remember(f"annotations|{split}", lambda: scene_annotations(scenes))}
 
     def linear_probe(self, pool: str) -> LinearProbe:
         """The classification linear probe on ``pool`` features, fit once and shared by tasks."""
         def fit() -> LinearProbe:
             train = self.classification_features("train")
             return fit_linear_probe(train[pool], train["labels"], seed=self.cfg.seed, num_outputs=len(self.classification.classnames))
-        return self.memo.get(f"linear-probe|{pool}") or self.memo.setdefault(f"linear-probe|{pool}", fit())
+        return self.remember(f"linear-probe|{pool}", fit)
 
     def zeroshot_classifier(self) -> torch.Tensor:
         data = self.classification
-        key = f"zeroshot-classifier|{data.name}"
-        return self.memo.get(key) if key in self.memo else self.memo.setdefault(
-            key, zeroshot_classifier(self.model, data.classnames, data.templates, fill=fill_template))
+        return self.remember(f"zeroshot-classifier|{data.name}",
+                             lambda: zeroshot_classifier(self.model, data.classnames, data.templates, fill=fill_template))
 
 
 @dataclass(frozen=True)
@@ -372,7 +377,7 @@ def segmentation_task(ctx: EvalContext) -> dict[str, Any]:
         ctx.out_dir.mkdir(parents=True, exist_ok=True)
         scenes = ctx.scenes("test")
         plot_segmentation_examples([scenes[i] for i in range(len(predictions))], predictions,
-                                   ctx.out_dir / f"{ctx.memo['model_name']}_segmentation_examples.png")
+                                   ctx.out_dir / f"{ctx.model_name}_segmentation_examples.png")
     per_class = scores.pop("per_class_iou")
     metrics = {key: scores[key] for key in ("miou", "foreground_miou", "pixel_accuracy", "item_iou", "garment_accuracy_on_items")}
     metrics["top1"] = scores["miou"]
@@ -417,8 +422,7 @@ def evaluate(
     """Run ``tasks``; write one JSON per task to ``out_dir``. ``dataset`` (an image folder with
     train/ and val/, or a CSV/TSV of image paths and captions) replaces the built-in data of the
     tasks that can use it; the others keep theirs."""
-    ctx = EvalContext(model, cfg, out_dir, data_root, dataset, log)
-    ctx.memo["model_name"] = model_name
+    ctx = EvalContext(model, cfg, out_dir, data_root, dataset, log, model_name)
     results = {}
     for name in tasks:
         spec = TASKS[name]
