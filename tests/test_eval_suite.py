@@ -150,7 +150,8 @@ def test_evaluation_scenes_and_renders_use_test_split_items_only(runs, monkeypat
     built = []
     real_scenes, real_shifted = suite.FashionScenes, suite.FashionMNISTShifted
     monkeypatch.setattr(suite, "FashionScenes", lambda split, *a, **k: built.append(("scenes", split, k["length"])) or real_scenes(split, *a, **k))
-    monkeypatch.setattr(suite, "FashionMNISTShifted", lambda split, style, *a, **k: built.append((style, split, len(k["indices"]))) or real_shifted(split, style, *a, **k))
+    monkeypatch.setattr(suite, "FashionMNISTShifted",
+                        lambda split, style, *a, **k: built.append((style, split, len(k["indices"]))) or real_shifted(split, style, *a, **k))
     model = load(runs["clip"])
     scene_tasks = [t for t, spec in TASKS.items() if spec.dataset and spec.dataset != "fashion-scenes-captions"]
     evaluate(model, scene_tasks + ["retrieval"], model.config.eval, None, "clip", log=lambda _: None)

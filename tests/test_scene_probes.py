@@ -6,7 +6,13 @@ import torch
 from langmim.eval.linear import mean_average_precision
 from langmim.eval.scene_features import cell_pooling_weights, dense_patch_tokens, shift_images, window_offsets
 from langmim.eval.scene_probes import (
-    binding_probe, binding_queries, cell_probe, cell_targets, counting_probe, presence_probe, presence_targets,
+    binding_probe,
+    binding_queries,
+    cell_probe,
+    cell_targets,
+    counting_probe,
+    presence_probe,
+    presence_targets,
 )
 
 SHOTS, SEEDS = (1, 4), range(2)

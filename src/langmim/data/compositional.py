@@ -28,7 +28,17 @@ from torch.utils.data import Dataset
 
 from langmim.data.fashion_mnist import CLASS_NAMES
 from langmim.data.scenes import (
-    CAPTION_TEMPLATES, COLOURS, NOUNS, POSITIONS, SIZES, _POSITION_PHRASES, FashionScenes, _join, _relations, fix_articles, item_phrase,
+    _POSITION_PHRASES,
+    CAPTION_TEMPLATES,
+    COLOURS,
+    NOUNS,
+    POSITIONS,
+    SIZES,
+    FashionScenes,
+    _join,
+    _relations,
+    fix_articles,
+    item_phrase,
 )
 
 __all__ = ["KINDS", "OPPOSITE_RELATIONS", "CompositionalScenes", "describe", "hard_negatives"]
