@@ -157,13 +157,16 @@ def plot_sweep(out_dir: Path = KEPT_DIR) -> list[Path]:
         if key in floor.get(task, {}).get("metrics", {}):
             ax.axhline(floor[task]["metrics"][key], color="grey", linestyle="--", label="random init")
         ax.set_xscale("log")
+        ax.set_xticks([s * batch for s in budgets], [f"{s * batch:,}" for s in budgets], fontsize=7)
+        ax.minorticks_off()
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("images seen")
         ax.grid(alpha=0.3)
-    axes.flat[0].legend(fontsize=7)
     for ax in list(axes.flat)[len(SWEEP_METRICS):]:
         ax.axis("off")
-    fig.tight_layout()
+    handles = {label: line for ax in axes.flat for line, label in zip(*ax.get_legend_handles_labels())}
+    fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=len(handles), fontsize=9)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
     png = out_dir / "sweep.png"
     fig.savefig(png, dpi=100)
     plt.close(fig)
