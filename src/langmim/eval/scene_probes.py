@@ -23,17 +23,14 @@ from torch import Tensor
 
 from ..data.fashion_mnist import CLASS_NAMES
 from ..data.scenes import COLOURS
+from ..models.vit import MaskedVisionTransformer
 from .fewshot import FEWSHOT_WEIGHT_DECAY, fewshot_evaluate
 from .linear import LinearProbe, accuracy, fit_linear_probe, fit_logistic_regression, mean_average_precision
 from .metrics import mean_per_class_recall
 
-POOLS = ("mean", "cls")
+POOLS = ("mean", "cls")  # the headline patch-token mean, and the CLS token
+pool_tokens = MaskedVisionTransformer.pool
 NUM_GARMENTS = len(CLASS_NAMES)
-
-
-def pooled(tokens: Tensor, pool: str) -> Tensor:
-    """(n, 1 + N, D) tokens -> (n, D): the patch-token mean or the CLS token."""
-    return tokens[:, 1:].mean(dim=1) if pool == "mean" else tokens[:, 0]
 
 
 def presence_targets(labels: Tensor) -> Tensor:
@@ -100,7 +97,7 @@ def presence_probe(train: dict, test: dict, shots: Sequence[int], seeds: Sequenc
     train_y, test_y = presence_targets(train["labels"]), presence_targets(test["labels"])
     metrics, details = {}, {}
     for pool in POOLS:
-        train_x, test_x = pooled(train["tokens"], pool), pooled(test["tokens"], pool)
+        train_x, test_x = pool_tokens(train["tokens"], pool), pool_tokens(test["tokens"], pool)
         probe = fit_linear_probe(train_x, train_y, seed=seed)
         metrics[f"{pool}_map"], per_class = mean_average_precision(probe(test_x), test_y)
         lowshot = lowshot_multilabel(train_x, train_y, test_x, test_y, shots, seeds)
@@ -145,7 +142,7 @@ def pooled_probe(train: dict, test: dict, make: Callable[[Tensor, dict], tuple[T
     """Linear and low-shot probes on (features, labels) = make(pooled tokens, split), per pool."""
     metrics, details, sizes = {}, {}, {}
     for pool in POOLS:
-        (train_x, train_y), (test_x, test_y) = make(pooled(train["tokens"], pool), train), make(pooled(test["tokens"], pool), test)
+        (train_x, train_y), (test_x, test_y) = make(pool_tokens(train["tokens"], pool), train), make(pool_tokens(test["tokens"], pool), test)
         probe = fit_linear_probe(train_x, train_y, seed=seed, num_outputs=int(max(train_y.max(), test_y.max())) + 1)
         lowshot = fewshot_evaluate(train_x, train_y, test_x, test_y, shots=shots, seeds=seeds)
         metrics[f"{pool}_top1"] = accuracy(probe(test_x), test_y)

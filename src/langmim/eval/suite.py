@@ -48,13 +48,12 @@ from .knn import knn_classify
 from .linear import LinearProbe, accuracy, fit_linear_probe
 from .retrieval import recall_at_k, relevance_from_captions
 from .scene_features import cell_pooling_weights, scene_annotations, scene_tokens
-from .scene_probes import binding_probe, cell_probe, counting_probe, presence_probe
+from .scene_probes import POOLS, binding_probe, cell_probe, counting_probe, presence_probe
 from .segmentation import segmentation_probe
 from .zeroshot import zeroshot_classifier, zeroshot_scores
 
 EVAL_SCENE_SEED = 1  # held-out scenes are drawn from test-split items with their own seed
 FOLDER_TEMPLATES = ("a photo of a {}.", "a {}.", "an image of a {}.", "a picture of a {}.")
-POOLS = ("mean", "cls")
 
 
 def seeded_subset(pool: int, size: int, seed: int) -> np.ndarray:
