@@ -17,6 +17,15 @@ def test_paper_scale_preset_dry_run(preset, capsys, tmp_path, monkeypatch):
     assert float(re.search(r"train_gflops_per_image: ([\d.]+)", out).group(1)) > 10
     assert "dry run ok" in out
     assert not list(tmp_path.iterdir())  # nothing written
+    recipe = dict(line.strip().split(": ", 1) for line in out.split("recipe:\n", 1)[1].splitlines() if line.startswith("  "))
+    assert recipe["gradient clipping"] == "none"
+    assert "none on" in recipe["weight decay"] and "cls_token" not in recipe["weight decay"]  # only 1-D parameters spared
+    if preset in ("mae_vit_b16", "milan_vit_b16"):
+        assert recipe["augmentation"] == "RandomResizedCrop(224, scale=(0.2, 1.0), bicubic) + horizontal flip"
+    else:
+        assert recipe["augmentation"] == "RandomResizedCrop(224, scale=(0.5, 1.0), bilinear), no flip"
+    expected = {"mae_vit_b16": "vision GELU, text none, teacher none", "milan_vit_b16": "vision GELU, text none, teacher QuickGELU"}
+    assert recipe["activations"] == expected.get(preset, "vision GELU, text QuickGELU, teacher none")
 
 
 def test_four_paper_scale_presets_ship():

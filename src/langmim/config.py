@@ -26,6 +26,7 @@ IMPORTANCES = ("attention", "similarity")
 DATASETS = ("fashion-scenes", "csv", "imagefolder", "webdataset")
 PRECISIONS = ("fp32", "bf16", "auto")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+INTERPOLATIONS = ("bicubic", "bilinear")
 
 
 @dataclass
@@ -65,9 +66,9 @@ class LossConfig:
 
 @dataclass
 class TeacherConfig:
-    """MILAN's frozen language-supervised teacher."""
+    """MILAN's frozen teacher: language-supervised in the paper; DINO or supervised for its ablation."""
 
-    source: Optional[str] = None  # openclip:MODEL:WEIGHTS or langmim:RUN_OR_CHECKPOINT
+    source: Optional[str] = None  # openclip:MODEL:WEIGHTS, timm:MODEL:WEIGHTS or langmim:RUN_OR_CHECKPOINT
     importance: str = "attention"  # what semantic-aware masking samples by: attention | similarity
     embed_dim: Optional[int] = None  # the teacher's feature width; filled when it is loaded
 
@@ -89,6 +90,11 @@ class DataConfig:
     # webdataset: a brace-expanded shard list, e.g. /data/laion/{00000..01023}.tar
     resampled: bool = False  # webdataset: draw shards with replacement (open_clip's --dataset-resampled)
     augment: bool = True
+    # csv, imagefolder, webdataset: RandomResizedCrop's area share, resampling, and a horizontal
+    # flip (fashion-scenes draws its own layouts and captions that name left and right)
+    crop_scale: list[float] = field(default_factory=lambda: [0.5, 1.0])
+    interpolation: str = "bicubic"
+    hflip: bool = False
     plain_share: float = 0.3  # fashion-scenes: share of single white/grey centred items
     num_workers: int = 0
 
@@ -104,7 +110,10 @@ class TrainConfig:
     weight_decay: float = 0.05
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     eps: float = 1e-8
-    grad_clip: float = 1.0  # 0 disables clipping
+    grad_clip: float = 0.0  # max global gradient norm; 0 disables clipping (timm's, open_clip's and MAE's default)
+    # exempt from weight decay besides 1-D parameters (biases, norms, the logit scale): names or
+    # name suffixes, e.g. [cls_token, mask_token]; [] decays the rest, as MAE, SLIP and open_clip do
+    no_weight_decay: list[str] = field(default_factory=list)
     precision: str = "fp32"  # auto: bf16 autocast where the device has native bf16 (CUDA, AVX512-BF16/AMX CPUs)
     grad_checkpointing: bool = False  # recompute block activations in the backward pass: less memory, more compute
     fsdp: bool = False  # under torchrun: shard parameters, gradients and optimizer state (FSDP2) instead of DDP
@@ -162,6 +171,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.decoder_type": DECODER_TYPES,
     "loss.masking": MASKINGS,
     "teacher.importance": IMPORTANCES,
+    "data.interpolation": INTERPOLATIONS,
 }
 
 # Keys a resumed run may change without invalidating its checkpoint.
@@ -301,6 +311,12 @@ def resolve(cfg: Config) -> Config:
         raise ConfigError("model widths must be divisible by their head counts (width/heads, text_width/text_heads, decoder_width/decoder_heads)")
     if not 0.0 <= cfg.data.plain_share <= 1.0:
         raise ConfigError(f"data.plain_share must be in [0, 1], got {cfg.data.plain_share}")
+    low, high = cfg.data.crop_scale if len(cfg.data.crop_scale) == 2 else (0.0, -1.0)
+    if not 0.0 < low <= high <= 1.0:
+        raise ConfigError(f"data.crop_scale expects two area shares 0 < low <= high <= 1, got {cfg.data.crop_scale}")
+    if cfg.data.hflip and cfg.data.name == "fashion-scenes":
+        raise ConfigError("data.hflip flips real images (csv, imagefolder, webdataset); fashion-scenes captions name left "
+                          "and right, so its scenes are never flipped: set data.hflip=false")
     if not 0.0 <= cfg.loss.mask_ratio < 1.0:
         raise ConfigError(f"loss.mask_ratio must be in [0, 1), got {cfg.loss.mask_ratio}")
     if (cfg.init.text or cfg.init.lock_text) and cfg.method not in ("clip", "rils"):

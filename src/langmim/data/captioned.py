@@ -15,6 +15,7 @@ them, logs them with the metrics and prints them at the end of the run.
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
+from ..config import DataConfig
 from ..errors import DataError
 from .folders import IMAGE_SUFFIXES, read_caption_table
 from .scenes import fill_template
@@ -34,7 +36,6 @@ PROBLEM_KINDS = (
     "converted_grayscale", "converted_palette", "converted_alpha", "converted_cmyk", "converted_16bit", "converted_other",
     "missing_image", "bad_tar",  # WebDataset shards: a sample without an image, a damaged tar file
 )
-CROP_SCALE = (0.5, 1.0)  # SLIP's RandomResizedCrop scale, which RILS's code inherits
 MAX_REPLACEMENTS = 100
 
 
@@ -69,21 +70,42 @@ def to_rgb(image: Image.Image) -> tuple[Image.Image, str | None]:
     return image.convert("RGB"), kind.get(image.mode, "converted_other")
 
 
-def crop_uint8(image: Image.Image, size: int, rng: np.random.Generator, augment: bool) -> torch.Tensor:
-    """uint8 (3, size, size): RandomResizedCrop (scale CROP_SCALE, ratio 3/4 to 4/3) drawn from
-    ``rng``, or resize + centre crop without ``augment`` (and when no crop fits in 10 tries)."""
+@dataclass(frozen=True)
+class CropRecipe:
+    """How a real image becomes a training crop: RandomResizedCrop over ``scale`` of its area
+    (aspect 3/4 to 4/3) resampled by ``interpolation``, then a coin-flip horizontal flip where
+    ``hflip``; without ``augment``, a resize and a centre crop."""
+
+    augment: bool = True
+    scale: tuple[float, float] = (0.5, 1.0)
+    interpolation: str = "bicubic"
+    hflip: bool = False
+
+    @classmethod
+    def from_config(cls, data: DataConfig) -> CropRecipe:
+        return cls(data.augment, tuple(data.crop_scale), data.interpolation, data.hflip)
+
+
+DEFAULT_CROP = CropRecipe()
+
+
+def crop_uint8(image: Image.Image, size: int, rng: np.random.Generator, recipe: CropRecipe = DEFAULT_CROP) -> torch.Tensor:
+    """uint8 (3, size, size) by ``recipe``, every draw from ``rng`` (a centre crop when no crop
+    fits in 10 tries)."""
     pixels = v2.functional.pil_to_tensor(image)
     height, width = pixels.shape[-2:]
-    for _ in range(10 if augment else 0):
-        area = height * width * rng.uniform(*CROP_SCALE)
+    mode = v2.InterpolationMode(recipe.interpolation)
+    for _ in range(10 if recipe.augment else 0):
+        area = height * width * rng.uniform(*recipe.scale)
         ratio = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
         w, h = round((area * ratio) ** 0.5), round((area / ratio) ** 0.5)
         if 0 < w <= width and 0 < h <= height:
             top, left = int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1))
-            return v2.functional.resized_crop(pixels, top, left, h, w, [size, size],
-                                              interpolation=v2.InterpolationMode.BICUBIC, antialias=True)
-    resized = v2.functional.resize(pixels, size, interpolation=v2.InterpolationMode.BICUBIC, antialias=True)
-    return v2.functional.center_crop(resized, [size, size])
+            crop = v2.functional.resized_crop(pixels, top, left, h, w, [size, size], interpolation=mode, antialias=True)
+            return v2.functional.horizontal_flip(crop) if recipe.hflip and rng.random() < 0.5 else crop
+    resized = v2.functional.resize(pixels, size, interpolation=mode, antialias=True)
+    crop = v2.functional.center_crop(resized, [size, size])
+    return v2.functional.horizontal_flip(crop) if recipe.augment and recipe.hflip and rng.random() < 0.5 else crop
 
 
 def load_rgb(path: Path) -> tuple[Image.Image | None, str | None]:
@@ -105,14 +127,14 @@ def load_rgb(path: Path) -> tuple[Image.Image | None, str | None]:
 class CaptionedImages(Dataset):
     """Pre-training pairs from a CSV/TSV (``data.name=csv``) or a class folder (``data.name=imagefolder``)."""
 
-    def __init__(self, kind: str, root: str | None, size: int, seed: int, augment: bool = True) -> None:
+    def __init__(self, kind: str, root: str | None, size: int, seed: int, recipe: CropRecipe = DEFAULT_CROP) -> None:
         if not root:
             raise DataError(f"data.name={kind} needs data.root=PATH (a CSV/TSV file or an image folder)")
         if kind == "csv":
             self.pairs, self.classes = read_caption_table(Path(root)), None
         else:
             self.pairs, self.classes = read_class_folder(Path(root))
-        self.size, self.seed, self.augment = size, seed, augment
+        self.size, self.seed, self.recipe = size, seed, recipe
         self._epoch_orders: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:
@@ -142,5 +164,5 @@ class CaptionedImages(Dataset):
                 continue
             caption = text.strip() if self.classes is None else fill_template(CLASS_TEMPLATES[int(rng.integers(len(CLASS_TEMPLATES)))], text)
             counts = torch.tensor([problems[k] for k in PROBLEM_KINDS], dtype=torch.long)
-            return {"image": crop_uint8(image, self.size, rng, self.augment), "caption": caption, "index": index, "data_problems": counts}
+            return {"image": crop_uint8(image, self.size, rng, self.recipe), "caption": caption, "index": index, "data_problems": counts}
         raise DataError(f"{MAX_REPLACEMENTS} pairs in a row were unusable around sample {index}; check data.root")

@@ -29,7 +29,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import IterableDataset, get_worker_info
 
 from ..errors import DataError
-from .captioned import PROBLEM_KINDS, crop_uint8, to_rgb
+from .captioned import DEFAULT_CROP, PROBLEM_KINDS, CropRecipe, crop_uint8, to_rgb
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 
@@ -53,12 +53,12 @@ class ShardStream(IterableDataset):
     ``index`` (unique over ranks and workers) and per-kind ``data_problems`` counts."""
 
     def __init__(self, spec: str, size: int, seed: int, rank: int, world_size: int, resampled: bool, start_step: int = 0,
-                 max_passes: int | None = None) -> None:
+                 max_passes: int | None = None, recipe: CropRecipe = DEFAULT_CROP) -> None:
         self.urls = expand_shards(spec)
         if not resampled and len(self.urls) < world_size:
             raise DataError(f"data.root has {len(self.urls)} shard(s) for {world_size} ranks; give at least one per rank or set data.resampled=true")
         self.size, self.seed, self.rank, self.world_size = size, seed, rank, world_size
-        self.resampled, self.start_step, self.max_passes = resampled, start_step, max_passes
+        self.resampled, self.start_step, self.max_passes, self.recipe = resampled, start_step, max_passes, recipe
         self.unreported: Counter = Counter()  # counts seen after the last sample of a finite stream
 
     def _shards(self, rng: np.random.Generator, worker: int, workers: int) -> Iterator[str]:
@@ -124,7 +124,7 @@ class ShardStream(IterableDataset):
             return None
         if kind is not None:
             pending[kind] += 1
-        return {"image": crop_uint8(image, self.size, rng, augment=True), "caption": caption}
+        return {"image": crop_uint8(image, self.size, rng, self.recipe), "caption": caption}
 
 
 def write_scene_shards(out: Path, num_samples: int, shard_size: int, seed: int = 0, canvas: int = 64,

@@ -129,8 +129,9 @@ def safe_torch_load(path: Path, map_location: str | torch.device = "cpu", what: 
         raise CheckpointError(f"{what} '{path}' holds objects that loading would have to run as code; refused ({first[:160]})") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
         if zipfile.is_zipfile(path) and is_torchscript(path):
-            raise CheckpointError(f"{what} '{path}' is a TorchScript archive (like OpenAI's CLIP .pt files); load it with "
-                                  "open_clip and torch.save its state_dict() first") from None
+            raise CheckpointError(f"{what} '{path}' is a TorchScript archive (like OpenAI's CLIP .pt release), which langmim does "
+                                  "not load since it carries code; use the weights as a state dict (for OpenAI's CLIP: open_clip's "
+                                  "Hub copy, open_clip_pytorch_model.bin beside its open_clip_config.json)") from None
         raise CheckpointError(f"{what} '{path}' is truncated or not a torch file ({type(err).__name__})") from None
 
 

@@ -14,20 +14,23 @@ from ..config import Config
 from ..data.pretrain import masking_noise
 from ..errors import LangmimError
 from ..methods import build_method
-from ..models.teacher import OpenCLIPTeacher
+from ..models.teacher import OpenCLIPTeacher, TimmTeacher
 from ..models.text import build_tokenizer
 from .loop import Trainer
+from .optim import decays
 
 DRY_BATCH = 2
 
 
 def build_for_dry_run(cfg: Config) -> torch.nn.Module:
-    source = cfg.teacher.source or ""
-    if cfg.method == "milan" and source.startswith("openclip:") and not Path(source.split(":", 2)[-1]).is_file():
+    kind, _, rest = (cfg.teacher.source or "").partition(":")
+    model_name, _, weights = rest.partition(":")
+    if cfg.method == "milan" and kind in ("openclip", "timm") and weights and not Path(weights).exists():
         from ..methods.milan import MILAN
 
-        print(f"teacher weights '{source.split(':', 2)[-1]}' not on disk: random {source.split(':')[1]} teacher for the dry run")
-        teacher = OpenCLIPTeacher(source.split(":")[1], None)
+        print(f"teacher weights '{weights}' not on disk: random {model_name} teacher for the dry run")
+        grid = cfg.model.img_size // cfg.model.patch_size
+        teacher = OpenCLIPTeacher(model_name, None) if kind == "openclip" else TimmTeacher.from_source(model_name, None, grid)
         cfg.teacher.embed_dim = teacher.embed_dim
         return MILAN(cfg, teacher)
     return build_method(cfg, with_teacher=True)
@@ -53,10 +56,56 @@ def count(module: torch.nn.Module | None, trainable: bool | None = None) -> int:
     return sum(p.numel() for p in module.parameters() if trainable is None or p.requires_grad == trainable)
 
 
+def activations(module: torch.nn.Module | None) -> str:
+    """The MLP activations a built tower actually uses: GELU, QuickGELU, or both."""
+    from open_clip.transformer import QuickGELU
+
+    if module is None:
+        return "none"
+    found = {type(m).__name__ for m in module.modules() if isinstance(m, (torch.nn.GELU, QuickGELU))}
+    return " + ".join(sorted(found)) or "none"
+
+
+def augmentation(cfg: Config) -> str:
+    d = cfg.data
+    if d.name == "fashion-scenes":
+        return f"fashion-scenes' own layouts (plain share {d.plain_share}{', jittered' if d.augment else ''})"
+    if not d.augment:
+        return f"resize + centre crop to {cfg.model.img_size} ({d.interpolation})"
+    flip = " + horizontal flip" if d.hflip else ", no flip"
+    return f"RandomResizedCrop({cfg.model.img_size}, scale=({d.crop_scale[0]}, {d.crop_scale[1]}), {d.interpolation}){flip}"
+
+
+def weight_decay_groups(method: torch.nn.Module, cfg: Config) -> str:
+    named = [(n, p) for n, p in method.named_parameters() if p.requires_grad]
+    decayed = [p for n, p in named if decays(n, p, cfg.train.no_weight_decay)]
+    by_name = sorted({n.rsplit(".", 1)[-1] for n, p in named if p.ndim > 1 and not decays(n, p, cfg.train.no_weight_decay)})
+    kept = len(named) - len(decayed)
+    exempt = f"1-D (biases, norms, scales){' and ' + ', '.join(by_name) if by_name else ''}"
+    return (f"wd {cfg.train.weight_decay} on {len(decayed)} tensors ({sum(p.numel() for p in decayed) / 1e6:.2f}M); "
+            f"none on {kept}: {exempt}")
+
+
+def recipe_lines(cfg: Config, method: torch.nn.Module) -> list[str]:
+    """The training recipe as built: what a reader compares with a release's."""
+    t = cfg.train
+    return [
+        f"augmentation: {augmentation(cfg)}",
+        f"optimizer: AdamW lr {t.lr:g} (min {t.min_lr:g}), betas ({t.betas[0]}, {t.betas[1]}), eps {t.eps:g}, "
+        f"{t.warmup_steps} warm-up steps then cosine over {t.steps} steps, batch {t.batch_size}",
+        f"gradient clipping: {f'max norm {t.grad_clip:g}' if t.grad_clip > 0 else 'none'}",
+        f"weight decay: {weight_decay_groups(method, cfg)}",
+        f"activations: vision {activations(method.visual)}, text {activations(getattr(method, 'text', None))}, "
+        f"teacher {activations(getattr(method, 'teacher', None))}",
+        f"precision: {t.precision}",
+    ]
+
+
 def dry_run(cfg: Config) -> dict[str, float]:
-    cfg.train.batch_size, cfg.train.accum_freq, cfg.train.fsdp = DRY_BATCH, 1, False
     torch.manual_seed(cfg.train.seed)
     method = build_for_dry_run(cfg)
+    recipe = recipe_lines(cfg, method)
+    cfg.train.batch_size, cfg.train.accum_freq, cfg.train.fsdp = DRY_BATCH, 1, False
     trainer = Trainer(cfg, method, torch.device("cpu"))
     with FlopCounterMode(display=False) as flops:
         figures = trainer.step(synthetic_batch(cfg, method))
@@ -75,5 +124,8 @@ def dry_run(cfg: Config) -> dict[str, float]:
     print(f"{cfg.method} {m.arch}: {m.img_size} px, patch {m.patch_size}, width {m.width}, depth {m.depth}")
     for key, value in report.items():
         print(f"  {key}: {value / 1e6:.2f}M" if key.endswith("params") else f"  {key}: {value:.3f}")
+    print("recipe:")
+    for line in recipe:
+        print(f"  {line}")
     print("dry run ok: one step on a synthetic batch of 2")
     return report

@@ -233,6 +233,7 @@ class Trainer:
         if cfg.grad_clip > 0:
             figures["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.method.parameters(), cfg.grad_clip))
         self.optimizer.step()
+        self.method.after_optimizer_step()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         clock.lap("optimizer")

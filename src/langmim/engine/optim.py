@@ -1,32 +1,33 @@
-"""AdamW without weight decay on biases, norms and other 1-D parameters; warm-up + cosine."""
+"""AdamW with decay and no-decay parameter groups; warm-up + cosine."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from ..config import TrainConfig
 
-NO_DECAY_SUFFIXES = ("cls_token", "mask_token", "pos_embed", "positional_embedding")
+
+def decays(name: str, param: nn.Parameter, exempt: Sequence[str]) -> bool:
+    """Whether weight decay applies: not to 1-D parameters (biases, norms, the logit scale),
+    as in timm, MAE, SLIP and open_clip, nor to the names or name suffixes in ``exempt``."""
+    return param.ndim > 1 and not name.endswith(tuple(exempt))
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        if param.ndim <= 1 or name.endswith(NO_DECAY_SUFFIXES):
-            no_decay.append(param)
-        else:
-            decay.append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+def param_groups(model: nn.Module, weight_decay: float, exempt: Sequence[str] = ()) -> list[dict]:
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    return [
+        {"params": [p for n, p in named if decays(n, p, exempt)], "weight_decay": weight_decay},
+        {"params": [p for n, p in named if not decays(n, p, exempt)], "weight_decay": 0.0},
+    ]
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     # fused kernels for plain tensors; FSDP's sharded (DTensor) parameters take the foreach path
     return torch.optim.AdamW(
-        param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=not cfg.fsdp
+        param_groups(model, cfg.weight_decay, cfg.no_weight_decay), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=not cfg.fsdp
     )
 
 

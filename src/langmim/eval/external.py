@@ -16,6 +16,7 @@ from torch import nn
 
 from ..config import Config
 from ..errors import CheckpointError, ConfigError
+from ..models.open_clip_weights import create_open_clip
 from ..models.teacher import Renormalise
 from ..models.vit import MaskedVisionTransformer
 
@@ -110,14 +111,7 @@ def load_external(spec: str) -> ExternalModel:
         return ExternalModel(kind, name, weights, TimmTower(model), size).eval()
     import open_clip
 
-    try:
-        model = open_clip.create_model(name, pretrained=None)
-    except RuntimeError as err:
-        raise ConfigError(f"unknown open_clip model {name!r} ({err})") from None
-    try:
-        open_clip.load_checkpoint(model, weights, strict=True, weights_only=True)
-    except Exception as err:  # open_clip raises several kinds; all mean "not these weights"
-        raise CheckpointError(f"'{weights}' does not load into open_clip {name}: {str(err).splitlines()[0]}") from None
+    model = create_open_clip(name, weights, "--checkpoint")
     preprocess = open_clip.get_model_preprocess_cfg(model)
     tower = OpenCLIPTower(model.visual, tuple(preprocess["mean"]), tuple(preprocess["std"]))
     size = model.visual.image_size[0] if isinstance(model.visual.image_size, tuple) else model.visual.image_size

@@ -18,7 +18,7 @@ def build_method(cfg: Config, with_teacher: bool = False) -> PretrainMethod:
     (training); a loaded MILAN checkpoint encodes images without it."""
     if cfg.method != "milan":
         return METHOD_REGISTRY[cfg.method](cfg)
-    teacher = build_teacher(cfg.teacher.source) if with_teacher else None
+    teacher = build_teacher(cfg.teacher.source, cfg.model.img_size // cfg.model.patch_size) if with_teacher else None
     if teacher is not None:
         if cfg.teacher.embed_dim not in (None, teacher.embed_dim):
             raise ConfigError(f"teacher.embed_dim={cfg.teacher.embed_dim} but the teacher '{cfg.teacher.source}' gives {teacher.embed_dim}")

@@ -14,7 +14,8 @@ from ..config import Config
 from ..engine import distributed
 from ..errors import LangmimError
 from ..models.masking import Masking, mask_from_noise, num_visible
-from ..models.pretrained import load_open_clip_text, load_timm_vision, split_text_source
+from ..models.open_clip_weights import load_open_clip_text
+from ..models.pretrained import load_timm_vision, split_text_source
 from ..models.text import build_text_tower, lock_text_tower
 from ..models.vit import MaskedVisionTransformer
 
@@ -63,6 +64,9 @@ class PretrainMethod(nn.Module, abc.ABC):
         text = getattr(self, "text", None)
         if text is not None:
             text.compile()
+
+    def after_optimizer_step(self) -> None:
+        """Constraints put back on parameters after each optimizer step (none here)."""
 
     def masking(self, batch: dict) -> Masking:
         return mask_from_noise(batch["noise"], self.num_keep)
@@ -121,7 +125,7 @@ class ImageTextMethod(PretrainMethod):
         if cfg.init.text is not None:
             kind, path = split_text_source(cfg.init.text)
             if kind == "openclip":
-                load_open_clip_text(self.text, path)
+                load_open_clip_text(self.text, path, cfg.model.text_quick_gelu)
             loaded.append(f"text tower <- {cfg.init.text}")  # a sentence-transformers tower is built from its weights
         return loaded
 
@@ -136,11 +140,17 @@ class ImageTextMethod(PretrainMethod):
         emb = self.text(tokens)
         return F.normalize(emb, dim=-1) if normalize else emb
 
+    def after_optimizer_step(self) -> None:
+        """Clamp the logit scale to [0, ln 100] in place, as SLIP and open_clip do. A clamp in the
+        forward pass would zero its gradient above the bound and pin it there for good."""
+        with torch.no_grad():
+            self.logit_scale.clamp_(0.0, LOGIT_SCALE_MAX)
+
     def scale_per_sample(self, batch_size: int) -> torch.Tensor:
-        """exp(logit scale), clamped at 100, repeated per sample: with cached accumulation
-        features only the live micro-batch's copy carries a gradient, so the mean over the
-        batch gives the scale exactly one full-batch gradient."""
-        return self.logit_scale.clamp(max=LOGIT_SCALE_MAX).exp().expand(batch_size)
+        """exp(logit scale) repeated per sample: with cached accumulation features only the live
+        micro-batch's copy carries a gradient, so the mean over the batch gives the scale
+        exactly one full-batch gradient."""
+        return self.logit_scale.exp().expand(batch_size)
 
     @staticmethod
     def contrastive_loss(image_embed: torch.Tensor, text_embed: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

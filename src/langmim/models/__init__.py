@@ -21,4 +21,9 @@ ARCHS: dict[str, dict] = {
         text_width=512, text_depth=12, text_heads=8, context_length=77,
         decoder_width=512, decoder_depth=8, decoder_heads=16,
     ),
+    "vit_l16": dict(  # the releases' ViT-L settings: MAE's decoder, CLIP ViT-L/14's text tower and joint width
+        img_size=224, patch_size=16, width=1024, depth=24, heads=16, mlp_ratio=4.0, embed_dim=768,
+        text_width=768, text_depth=12, text_heads=12, context_length=77,
+        decoder_width=512, decoder_depth=8, decoder_heads=16,
+    ),
 }

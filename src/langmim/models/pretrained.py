@@ -68,11 +68,11 @@ def load_strictly(module: nn.Module, state: dict[str, torch.Tensor], source: str
     module.load_state_dict(state, strict=True)
 
 
-def load_timm_vision(visual: nn.Module, path: str | Path) -> None:
-    """Initialise langmim's vision tower from a timm ``VisionTransformer`` state dict.
+def load_timm_vision(visual: nn.Module, path: str | Path, what: str = "vision tower") -> None:
+    """Load a timm ``VisionTransformer`` state dict into langmim's vision tower (or a timm ViT).
 
     The classifier (``head``) is dropped; the position embedding and patch kernel are resampled
-    where the checkpoint's grid or patch size differs from the config's. A model whose final norm
+    where the checkpoint's grid or patch size differs from the module's. A model whose final norm
     is ``fc_norm`` (applied after pooling: timm's avg-pool and MAE's fine-tuned ViTs) is refused
     by the strict load, since langmim normalises the tokens before pooling. The position
     embedding is loaded into langmim's fixed one and stays as loaded.
@@ -85,22 +85,12 @@ def load_timm_vision(visual: nn.Module, path: str | Path) -> None:
     if kernel is not None and kernel.shape[-2:] != own["patch_embed.proj.weight"].shape[-2:]:
         state["patch_embed.proj.weight"] = resample_patch_embed(kernel, list(own["patch_embed.proj.weight"].shape[-2:]))
     pos = state.get("pos_embed")
-    square_grid = pos is not None and math.isqrt(pos.shape[1] - 1) ** 2 == pos.shape[1] - 1  # one class-token slot
-    if square_grid and pos.shape[1] != own["pos_embed"].shape[1] and pos.shape[-1] == own["pos_embed"].shape[-1]:
-        state["pos_embed"] = resample_abs_pos_embed(pos, [visual.grid_size, visual.grid_size], num_prefix_tokens=1)
-    load_strictly(visual, state, str(path), "vision tower")
-
-
-def load_open_clip_text(text: nn.Module, path: str | Path) -> None:
-    """Initialise the CLIP text tower from open_clip weights: a ``CLIP`` (text keys at the top
-    level) or a ``CustomTextCLIP`` / langmim export (keys under ``text.``)."""
-    state = read_weights(path, OPEN_CLIP_FILES)
-    own = text.state_dict()
-    if any(k.startswith("text.") for k in state):
-        picked = {k[len("text."):]: v for k, v in state.items() if k.startswith("text.")}
-    else:
-        picked = {k: v for k, v in state.items() if k.split(".")[0] in {n.split(".")[0] for n in own}}
-    load_strictly(text, {k: v for k, v in picked.items() if k in own or not k.endswith("attn_mask")}, str(path), "text tower")
+    prefix = 0 if getattr(visual, "no_embed_class", False) else getattr(visual, "num_prefix_tokens", 1)  # slots before the grid
+    if pos is not None and pos.shape[1] != own["pos_embed"].shape[1] and pos.shape[-1] == own["pos_embed"].shape[-1]:
+        side = math.isqrt(own["pos_embed"].shape[1] - prefix)
+        if math.isqrt(pos.shape[1] - prefix) ** 2 == pos.shape[1] - prefix:  # a square grid
+            state["pos_embed"] = resample_abs_pos_embed(pos, [side, side], num_prefix_tokens=prefix)
+    load_strictly(visual, state, str(path), what)
 
 
 def split_text_source(source: str) -> tuple[str, Path]:

@@ -1,9 +1,11 @@
 """Frozen, language-supervised image towers that MILAN distils: every token's feature (CLS and
 patches, after the tower's final norm and projection) and how much each patch matters.
 
-Two sources, named by ``teacher.source``:
+Three sources, named by ``teacher.source``:
 - ``openclip:MODEL:WEIGHTS``: an open_clip ViT image tower (any open_clip model name) with a
-  local weights file in open_clip's or OpenAI's state-dict layout, loaded by open_clip itself;
+  local weights file (or Hub folder) in open_clip's or OpenAI's state-dict layout, loaded by
+  open_clip itself with the activation the weights need (``models/open_clip_weights.py``);
+- ``timm:MODEL:WEIGHTS``: any timm ViT with a class token (DINO, DINOv2, supervised);
 - ``langmim:RUN_OR_CHECKPOINT``: the vision tower and image projection of a langmim CLIP or RILS
   checkpoint.
 The teacher sees the student's crop, converted from langmim's normalisation to its own and
@@ -19,7 +21,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import IMPORTANCES
-from ..errors import CheckpointError, ConfigError
+from ..errors import ConfigError
+from .open_clip_weights import create_open_clip
+from .pretrained import load_timm_vision
+from .vit import cls_attention
 
 LANGMIM_NORMALISATION = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # data.scenes.IMAGE_MEAN / IMAGE_STD
 
@@ -101,22 +106,19 @@ class Teacher(nn.Module, abc.ABC):
 
 
 class OpenCLIPTeacher(Teacher):
-    """An open_clip ViT image tower; the last block is unrolled to read its attention."""
+    """An open_clip ViT image tower, with the activation its weights need (QuickGELU for
+    OpenAI's); the last block is unrolled to read its attention. No weights: random (dry runs)."""
 
     def __init__(self, model_name: str, weights: str | None) -> None:
         import open_clip
 
-        try:
-            model = open_clip.create_model(model_name, pretrained=None)
-        except RuntimeError as err:
-            raise ConfigError(f"teacher.source: unknown open_clip model {model_name!r} ({err})") from None
-        if weights is not None:
+        if weights is None:
             try:
-                open_clip.load_checkpoint(model, weights, strict=True, weights_only=True)
-            except FileNotFoundError:
-                raise CheckpointError(f"teacher weights '{weights}' not found") from None
-            except Exception as err:  # open_clip raises several kinds; all mean "not these weights"
-                raise CheckpointError(f"teacher weights '{weights}' do not load into open_clip {model_name}: {str(err).splitlines()[0]}") from None
+                model = open_clip.create_model(model_name, pretrained=None)
+            except RuntimeError as err:
+                raise ConfigError(f"teacher.source: unknown open_clip model {model_name!r} ({err})") from None
+        else:
+            model = create_open_clip(model_name, weights, "teacher.source")
         visual = model.visual
         if not hasattr(visual, "transformer") or visual.attn_pool is not None or visual.final_ln_after_pool:
             raise ConfigError(f"teacher.source: open_clip {model_name} is not a plain ViT image tower")
@@ -142,6 +144,49 @@ class OpenCLIPTeacher(Teacher):
         return TeacherOutput(tokens=tokens, cls_attention=weights[:, 0, 1:], embedding=pooled)
 
 
+class TimmTeacher(Teacher):
+    """Any timm ``VisionTransformer`` with a class token (DINO, DINOv2 with or without
+    registers, supervised ViTs): the paper's teacher ablation. It runs at the student's patch
+    grid (timm resamples its position embedding), its targets are the CLS and patch tokens
+    after the final norm (register tokens left out), and its importance is the last block's
+    CLS-to-patch attention."""
+
+    def __init__(self, model: nn.Module, grid_size: int) -> None:
+        from timm.data import resolve_model_data_config
+        from timm.models.vision_transformer import VisionTransformer
+
+        if not isinstance(model, VisionTransformer) or model.cls_token is None or not hasattr(model.blocks[-1].attn, "qkv"):
+            raise ConfigError(f"teacher.source: timm {type(model).__name__} is not a plain ViT with a class token")
+        data = resolve_model_data_config(model)
+        super().__init__(grid_size, model.patch_embed.patch_size[0], model.num_features, tuple(data["mean"]), tuple(data["std"]))
+        self.model = model
+        self.freeze()
+
+    @classmethod
+    def from_source(cls, model_name: str, weights: str | None, grid_size: int) -> TimmTeacher:
+        """timm ``model_name`` (no classifier, any input size) with ``weights`` from disk."""
+        import timm
+
+        try:
+            model = timm.create_model(model_name, pretrained=False, num_classes=0, dynamic_img_size=True)
+        except (RuntimeError, TypeError) as err:
+            raise ConfigError(f"teacher.source: cannot build timm model {model_name!r} ({str(err).splitlines()[0]})") from None
+        if weights is not None:
+            load_timm_vision(model, weights, what=f"timm {model_name} teacher")
+        return cls(model, grid_size)
+
+    def encode(self, pixels: torch.Tensor) -> TeacherOutput:
+        m, prefix = self.model, self.model.num_prefix_tokens
+        x = m.norm_pre(m.patch_drop(m._pos_embed(m.patch_embed(pixels))))
+        *blocks, last = m.blocks
+        for block in blocks:
+            x = block(x)
+        attention = cls_attention(last.attn, last.norm1(x), num_prefix=prefix)
+        x = m.norm(last(x))
+        tokens = torch.cat([x[:, :1], x[:, prefix:]], dim=1)  # CLS and patches; registers dropped
+        return TeacherOutput(tokens=tokens, cls_attention=attention, embedding=m.forward_head(x, pre_logits=True))
+
+
 class LangmimTeacher(Teacher):
     """The vision tower and image projection W of a langmim CLIP or RILS checkpoint."""
 
@@ -163,16 +208,25 @@ class LangmimTeacher(Teacher):
         return TeacherOutput(tokens=projected, cls_attention=attention, embedding=projected[:, 1:].mean(dim=1))
 
 
-def build_teacher(source: str | None) -> Teacher:
-    """``openclip:MODEL:WEIGHTS`` or ``langmim:RUN_OR_CHECKPOINT``."""
+SOURCES = "openclip:MODEL:WEIGHTS, timm:MODEL:WEIGHTS or langmim:RUN_OR_CHECKPOINT"
+
+
+def build_teacher(source: str | None, grid_size: int | None = None) -> Teacher:
+    """``openclip:MODEL:WEIGHTS``, ``timm:MODEL:WEIGHTS`` or ``langmim:RUN_OR_CHECKPOINT``;
+    a timm teacher is built for the student's ``grid_size``."""
     if not source:
-        raise ConfigError("method=milan needs teacher.source=openclip:MODEL:WEIGHTS or teacher.source=langmim:RUN_OR_CHECKPOINT")
+        raise ConfigError(f"method=milan needs teacher.source, one of {SOURCES}")
     kind, _, rest = source.partition(":")
-    if kind == "openclip":
+    if kind in ("openclip", "timm"):
         model_name, _, weights = rest.partition(":")
         if not model_name or not weights:
-            raise ConfigError(f"teacher.source={source!r}: expected openclip:MODEL:WEIGHTS, e.g. openclip:ViT-B-16:/data/vit_b16.pt")
-        return OpenCLIPTeacher(model_name, weights)
+            example = {"openclip": "ViT-B-16-quickgelu:/data/openai_vit_b16.pt", "timm": "vit_base_patch16_224.dino:/data/dino_vitb16.pth"}
+            raise ConfigError(f"teacher.source={source!r}: expected {kind}:MODEL:WEIGHTS, e.g. {kind}:{example[kind]}")
+        if kind == "openclip":
+            return OpenCLIPTeacher(model_name, weights)
+        if grid_size is None:
+            raise ConfigError("a timm teacher needs the student's patch grid")
+        return TimmTeacher.from_source(model_name, weights, grid_size)
     if kind == "langmim" and rest:
         return LangmimTeacher(rest)
-    raise ConfigError(f"teacher.source={source!r} must start with openclip:MODEL:WEIGHTS or langmim:RUN_OR_CHECKPOINT")
+    raise ConfigError(f"teacher.source={source!r} must be one of {SOURCES}")

@@ -35,14 +35,14 @@ def vit_blocks(width: int, depth: int, heads: int, mlp_ratio: float = 4.0) -> nn
     )
 
 
-def cls_attention(attn: Attention, x: torch.Tensor) -> torch.Tensor:
-    """Softmax attention of a timm ``Attention`` from the CLS query (token 0) to the other
-    tokens, averaged over heads: (B, N)."""
+def cls_attention(attn: Attention, x: torch.Tensor, num_prefix: int = 1) -> torch.Tensor:
+    """Softmax attention of a timm ``Attention`` from the CLS query (token 0) to the patch
+    tokens (those after the ``num_prefix`` CLS and register tokens), averaged over heads: (B, N)."""
     batch, length, _ = x.shape
     qkv = attn.qkv(x).reshape(batch, length, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
     q, k = attn.q_norm(qkv[0]), attn.k_norm(qkv[1])
     weights = ((q[:, :, :1] * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
-    return weights.mean(dim=1)[:, 0, 1:]
+    return weights.mean(dim=1)[:, 0, num_prefix:]
 
 
 class MaskedVisionTransformer(nn.Module):
