@@ -139,3 +139,14 @@ def test_saved_configs_with_renamed_keys_still_load():
     saved["eval"].update(segmentation_train_size=123, segmentation_test_size=45)  # the names runs were saved with
     cfg = config_from_dict(saved)
     assert (cfg.eval.scene_train_size, cfg.eval.scene_test_size) == (123, 45)
+
+
+def test_readme_resume_example_continues_with_the_saved_config(tmp_path, capsys):
+    """README: `pretrain --config demo method=clip ... output_dir=runs/clip`, then
+    `pretrain --config runs/clip/config.yaml --resume latest`; options may follow overrides."""
+    run = tmp_path / "clip"
+    tiny = [o for o in tiny_overrides(run, "clip", steps=3) if not o.startswith("train.ckpt_every")]
+    assert main(["pretrain", "--config", "demo", *tiny, "--no-tensorboard", "--stop-after", "2"]) == 0
+    assert main(["pretrain", "--config", str(run / "config.yaml"), "--resume", "latest", "--no-tensorboard"]) == 0
+    assert f"resumed from '{run / 'checkpoint-00000002.pt'}' at step 2 of 3" in capsys.readouterr().out
+    assert (run / "checkpoint-00000003.pt").is_file()

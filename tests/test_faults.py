@@ -7,6 +7,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 import torch
 
 from conftest import tiny_overrides
@@ -65,3 +66,42 @@ def test_random_sigkills_resume_to_identical_weights(tmp_path):
     assert a["step"] == b["step"] == STEPS
     for key, value in a["model"].items():
         assert torch.equal(value, b["model"][key]), key
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_stop_signal_writes_a_checkpoint_at_that_step_and_resumes_exactly(tmp_path, monkeypatch, capsys, signum):
+    from langmim.config import load_config
+    from langmim.engine.interrupt import StoppedBySignal
+    from langmim.engine.loop import Trainer, pretrain
+
+    extra = {"train.ckpt_every": 100}  # no scheduled checkpoint before the end
+    pretrain(load_config(None, tiny_overrides(tmp_path / "full", "rils", steps=8, **extra)), log_tensorboard=False)
+    original_step, calls = Trainer.step, []
+
+    def step_then_signal(self, batch):
+        figures = original_step(self, batch)
+        calls.append(1)
+        if len(calls) == 3:  # arrives mid-run, as a cluster's SIGTERM or a Ctrl-C does
+            os.kill(os.getpid(), signum)
+        return figures
+
+    monkeypatch.setattr(Trainer, "step", step_then_signal)
+    cfg = load_config(None, tiny_overrides(tmp_path / "stopped", "rils", steps=8, **extra))
+    with pytest.raises(StoppedBySignal, match="after step 3"):
+        pretrain(cfg, log_tensorboard=False)
+    assert [p.name for p in list_checkpoints(tmp_path / "stopped")] == ["checkpoint-00000003.pt"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    monkeypatch.setattr(Trainer, "step", original_step)
+    pretrain(cfg, resume="latest", log_tensorboard=False)
+    assert "resumed from" in capsys.readouterr().out
+    full = load_checkpoint(tmp_path / "full" / "checkpoint-00000008.pt")["model"]
+    resumed = load_checkpoint(tmp_path / "stopped" / "checkpoint-00000008.pt")["model"]
+    assert all(torch.equal(full[k], resumed[k]) for k in full)
+
+
+def test_resume_latest_says_when_it_starts_fresh(tmp_path, capsys):
+    from langmim.config import load_config
+    from langmim.engine.loop import pretrain
+
+    pretrain(load_config(None, tiny_overrides(tmp_path, "mae", steps=1)), resume="latest", log_tensorboard=False)
+    assert "no checkpoint in" in capsys.readouterr().out

@@ -223,7 +223,7 @@ def test_augmentation_keys_reach_the_data_set_and_are_checked(tmp_path):
     with pytest.raises(ConfigError, match="data.crop_scale"):
         load_config(None, ["data.crop_scale=[0.6, 0.5]"])
     with pytest.raises(ConfigError, match="data.hflip"):
-        load_config(None, ["data.hflip=true"])  # fashion-scenes captions name left and right
+        load_config(None, ["data.hflip=true"])  # fashion-scenes flips itself, swapping left/right in captions
     with pytest.raises(ConfigError, match="data.interpolation"):
         load_config(None, ["data.interpolation=nearest"])
 

@@ -180,3 +180,20 @@ def test_bf16_training_step_matches_fp32_closely(tmp_path, checkpointing):
         method.set_grad_checkpointing(checkpointing)
         losses[precision] = Trainer(cfg, method, torch.device("cpu")).step(synthetic_batch(cfg, method, 8))["loss"]
     assert losses["bf16"] == pytest.approx(losses["fp32"], rel=0.05)
+
+
+def test_readme_python_api_snippet_runs(tmp_path, capsys, monkeypatch):
+    """The README's Python API block, run as written on a tiny CLIP run and a generated image."""
+    import re
+    from pathlib import Path
+
+    from PIL import Image
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    code = re.search(r"## Python API\n\n```python\n(.*?)```", readme, re.S).group(1)
+    pretrain(load_config(None, tiny_overrides(tmp_path / "run", "clip", steps=1)), log_tensorboard=False)
+    Image.new("RGB", (40, 40), (250, 250, 250)).save(tmp_path / "shirt.png")
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code.replace('"runs/demo"', '"run"'), "README.md", "exec"), {})
+    probabilities = [float(x) for x in re.findall(r"[\d.]+(?:e-?\d+)?", capsys.readouterr().out.split("tensor(")[-1])]
+    assert len(probabilities) == 2 and abs(sum(probabilities) - 1) < 1e-4

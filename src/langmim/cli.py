@@ -129,8 +129,20 @@ def cmd_eval(args: argparse.Namespace) -> None:
     print(json.dumps({t: r["metrics"] for t, r in results.items()}, indent=1))
 
 
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse a command line; options may come before, between or after the key=value overrides."""
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    if not argv or argv[0] not in commands:
+        return parser.parse_args(argv)  # help, a version of the usage error, or an unknown command
+    args = commands[argv[0]].parse_intermixed_args(argv[1:])
+    args.command = argv[0]
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     try:
         if args.command == "pretrain":
             from .config import load_config
@@ -171,8 +183,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LangmimError as err:
         print(f"langmim: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("langmim: interrupted; resume with --resume latest", file=sys.stderr)
+    except KeyboardInterrupt as err:
+        from .engine.interrupt import StoppedBySignal
+
+        stopped = isinstance(err, StoppedBySignal)
+        print(f"langmim: {err if stopped else 'interrupted; --resume latest continues from the last checkpoint'}", file=sys.stderr)
         return 130
     return 0
 

@@ -90,8 +90,8 @@ class DataConfig:
     # webdataset: a brace-expanded shard list, e.g. /data/laion/{00000..01023}.tar
     resampled: bool = False  # webdataset: draw shards with replacement (open_clip's --dataset-resampled)
     augment: bool = True
-    # csv, imagefolder, webdataset: RandomResizedCrop's area share, resampling, and a horizontal
-    # flip (fashion-scenes draws its own layouts and captions that name left and right)
+    # csv, imagefolder, webdataset: RandomResizedCrop's area share, resampling, and a horizontal flip
+    # (fashion-scenes draws its own layouts; with augment it flips them, swapping left/right in the caption)
     crop_scale: list[float] = field(default_factory=lambda: [0.5, 1.0])
     interpolation: str = "bicubic"
     hflip: bool = False
@@ -315,8 +315,8 @@ def resolve(cfg: Config) -> Config:
     if not 0.0 < low <= high <= 1.0:
         raise ConfigError(f"data.crop_scale expects two area shares 0 < low <= high <= 1, got {cfg.data.crop_scale}")
     if cfg.data.hflip and cfg.data.name == "fashion-scenes":
-        raise ConfigError("data.hflip flips real images (csv, imagefolder, webdataset); fashion-scenes captions name left "
-                          "and right, so its scenes are never flipped: set data.hflip=false")
+        raise ConfigError("data.hflip flips real images (csv, imagefolder, webdataset); fashion-scenes flips its scenes "
+                          "itself under data.augment, swapping left and right in the caption: set data.hflip=false")
     if not 0.0 <= cfg.loss.mask_ratio < 1.0:
         raise ConfigError(f"loss.mask_ratio must be in [0, 1), got {cfg.loss.mask_ratio}")
     if (cfg.init.text or cfg.init.lock_text) and cfg.method not in ("clip", "rils"):

@@ -77,6 +77,11 @@ def write_demo_report(run_dir: Path, cfg: Config, columns: dict, timings: dict, 
         "",
         "## Loss curves",
         "![loss curves](loss_curves.png)",
+        "",
+        "`loss_rec` counts only the masked patches of samples whose image retrieves its own caption "
+        "(c_i = 1). Early, the few such samples have near-uniform targets, since the caption embeddings "
+        "have not spread yet, so it starts small; it rises as the text embeddings separate and the "
+        "teacher's distributions sharpen, then levels off while `loss_clip` keeps falling.",
     ]
     if has_text:
         lines += [

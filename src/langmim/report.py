@@ -32,7 +32,8 @@ def plot_loss_curves(metrics_path: Path, png: Path) -> None:
     steps = [r["step"] for r in records]
     for ax, key in zip(axes[0], keys):
         ax.plot(steps, [r[key] for r in records], color="tab:blue")
-        ax.set_title(key if key != "match_rate" else "share of samples with c_i = 1")
+        titles = {"match_rate": "share of samples with c_i = 1", "loss_rec": "loss_rec (samples with c_i = 1)"}
+        ax.set_title(titles.get(key, key))
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -69,7 +69,8 @@ def activations(module: torch.nn.Module | None) -> str:
 def augmentation(cfg: Config) -> str:
     d = cfg.data
     if d.name == "fashion-scenes":
-        return f"fashion-scenes' own layouts (plain share {d.plain_share}{', jittered' if d.augment else ''})"
+        extra = ", flips that swap left and right in the caption, shifts of up to 3 px" if d.augment else ""
+        return f"fashion-scenes' own layouts (plain share {d.plain_share}{extra})"
     if not d.augment:
         return f"resize + centre crop to {cfg.model.img_size} ({d.interpolation})"
     flip = " + horizontal flip" if d.hflip else ", no flip"

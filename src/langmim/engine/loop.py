@@ -42,6 +42,7 @@ from .checkpoint import (
     set_rng_state,
     versions,
 )
+from .interrupt import StoppedBySignal, StopSignals
 from .logger import MetricLogger
 from .optim import build_optimizer, build_scheduler
 
@@ -320,6 +321,10 @@ def pretrain(cfg: Config, resume: str | None = None, log_tensorboard: bool = Tru
     start_step = trainer.load_state_dict(state) if state is not None else 0
     if distributed.is_main():
         save_config(cfg, run_dir / "config.yaml")
+        if resume_path is not None:
+            print(f"resumed from '{resume_path}' at step {start_step} of {cfg.train.steps}")
+        elif resume is not None:
+            print(f"--resume {resume}: no checkpoint in '{run_dir}' yet; starting at step 0")
 
     tokenizer = build_tokenizer(cfg.model.context_length, cfg.init.text) if method.has_text else None
     loader = build_pretrain_loader(cfg, tokenizer, method.visual.num_patches, start_step, info.rank, info.world_size)
@@ -327,7 +332,7 @@ def pretrain(cfg: Config, resume: str | None = None, log_tensorboard: bool = Tru
     method.train()
     step = start_step
     data_problems = None  # per-kind counts of skipped or converted samples in this process's batches
-    try:
+    with StopSignals() as stop, contextlib.closing(logger):
         fetch_start = time.perf_counter()
         for batch in loader:
             data_time = time.perf_counter() - fetch_start
@@ -341,13 +346,17 @@ def pretrain(cfg: Config, resume: str | None = None, log_tensorboard: bool = Tru
             logger.update(figures, batch["image"].shape[0] * info.world_size, data_time)
             if step % cfg.train.log_every == 0 or step == cfg.train.steps:
                 logger.flush(step, trainer.optimizer.param_groups[0]["lr"], problem_counts(data_problems, info.device))
-            if step % cfg.train.ckpt_every == 0 or step in (cfg.train.steps, stop_after):
+            saved = step % cfg.train.ckpt_every == 0 or step in (cfg.train.steps, stop_after)
+            if saved:
                 save_checkpoint(trainer, run_dir, step, cfg.train.keep_checkpoints)
             if step == stop_after:
                 break
+            if stop.requested(info.device):
+                if not saved:
+                    save_checkpoint(trainer, run_dir, step, cfg.train.keep_checkpoints)
+                raise StoppedBySignal(f"stopped by {stop.name()} after step {step} with a checkpoint in '{run_dir}'; "
+                                      "continue with --resume latest")
             fetch_start = time.perf_counter()
-    finally:
-        logger.close()
     counts = problem_counts(data_problems, info.device)
     if counts and distributed.is_main():
         print(f"data problems in this run (skipped or converted samples, all ranks): {counts}")
