@@ -25,3 +25,15 @@ def tiny_overrides(run_dir, method: str, steps: int = 4, **extra) -> list[str]:
 @pytest.fixture
 def tiny():
     return tiny_overrides
+
+
+def bomb_png(side: int = 20000) -> bytes:
+    """A PNG header claiming side x side pixels (a decompression bomb), with a token of pixel data."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)  # 1-bit greyscale
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 100)) + chunk(b"IEND", b"")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import tiny_overrides
+from conftest import bomb_png, tiny_overrides
 from langmim.config import load_config
 from langmim.data.captioned import CaptionedImages
 from langmim.engine.loop import pretrain
@@ -22,7 +22,7 @@ def good_image(rng, mode="RGB", size=(40, 30)):
 
 
 def plant(folder):
-    """24 rows: 12 good RGB, and one of each bad kind (some twice). Returns rows and the plan."""
+    """24 rows: 11 good RGB, and one of each bad kind (some twice). Returns rows and the plan."""
     rng = np.random.default_rng(0)
     folder.mkdir(parents=True, exist_ok=True)
     rows, planned = [], {}
@@ -34,7 +34,7 @@ def plant(folder):
         if kind:
             planned[kind] = planned.get(kind, 0) + 1
 
-    for i in range(12):
+    for i in range(11):
         add(f"good{i}.png", f"a photo number {i}", writer=lambda p: good_image(rng).save(p))
     add("gone.png", "a missing file", "missing_file")
     add("zero.png", "an empty file", "empty_file", lambda p: p.write_bytes(b""))
@@ -54,6 +54,7 @@ def plant(folder):
     add("deep.png", "a 16-bit picture", "converted_16bit", lambda p: good_image(rng, "I;16").save(p))
     add("grey2.png", "another grey picture", "converted_grayscale", lambda p: good_image(rng, "L").save(p))
     add("gone2.jpg", "another missing file", "missing_file")
+    add("bomb.png", "a decompression bomb", "oversized_image", lambda p: p.write_bytes(bomb_png()))
     return rows, planned
 
 
@@ -102,3 +103,36 @@ def test_bad_tables_are_clear_errors(tmp_path, content, words):
     (tmp_path / "t.csv").write_text(content)
     with pytest.raises(DataError, match=words):
         CaptionedImages("csv", str(tmp_path / "t.csv"), 32, seed=0)
+
+
+def test_a_csv_run_evaluates_on_the_built_in_data(tmp_path, monkeypatch, capsys):
+    """eval finds Fashion-MNIST by --data-root, the environment or the standard places, not in the
+    CSV path the run trained on."""
+    from langmim.cli import main
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "images").mkdir()
+    for i in range(8):
+        good_image(rng).save(tmp_path / "images" / f"{i}.png")
+    table = tmp_path / "pairs.csv"
+    table.write_text("filepath,caption\n" + "".join(f"images/{i}.png,photo {i}\n" for i in range(8)))
+    run = tmp_path / "run"
+    pretrain(load_config(None, tiny_overrides(run, "clip", steps=1, **{"data.name": "csv", "data.root": str(table), "train.batch_size": 8})),
+             log_tensorboard=False)
+    tiny_eval = ["--tasks", "knn", "eval.test_size=40", "eval.probe_train_size=60", "eval.knn_k=[5]"]
+    monkeypatch.delenv("LANGMIM_FASHION_MNIST", raising=False)
+    assert main(["eval", "--checkpoint", str(run), *tiny_eval]) == 0
+    assert main(["eval", "--checkpoint", str(run), "--data-root", str(tmp_path / "nowhere"), *tiny_eval]) == 2
+    assert str(tmp_path / "nowhere") in capsys.readouterr().err
+    monkeypatch.setenv("LANGMIM_FASHION_MNIST", str(tmp_path / "elsewhere"))
+    assert main(["eval", "--checkpoint", str(run), *tiny_eval]) == 2
+    assert str(tmp_path / "elsewhere") in capsys.readouterr().err
+
+
+def test_pixel_limit_is_configurable(tmp_path):
+    from langmim.data.images import load_rgb
+
+    good_image(np.random.default_rng(0), size=(40, 30)).save(tmp_path / "a.png")
+    assert load_rgb(tmp_path / "a.png")[1] is None
+    assert load_rgb(tmp_path / "a.png", max_pixels=1000) == (None, "oversized_image")  # 1,200 pixels
+    assert load_config(None, ["data.max_image_pixels=1000"]).data.max_image_pixels == 1000

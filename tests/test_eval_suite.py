@@ -1,11 +1,12 @@
 """The whole evaluation suite on tiny trained models: every task's JSON, the skips, the report."""
+import io
 import json
 
 import pytest
 import torch
 from PIL import Image
 
-from conftest import tiny_overrides
+from conftest import bomb_png, tiny_overrides
 from langmim.api import load
 from langmim.cli import main
 from langmim.config import load_config
@@ -89,8 +90,8 @@ def test_bad_tasks_and_empty_runs_are_clear_errors(runs, tmp_path, capsys):
 
 
 def write_image_folder(root, per_class=8):
-    """Two classes a linear probe separates (bright left half vs bright right half), and one
-    corrupt file that must be skipped and counted."""
+    """Two classes a linear probe separates (bright left half vs bright right half), and a corrupt
+    file, a decompression bomb and a truncated JPEG that must be skipped, counted and named."""
     import numpy as np
 
     rng = np.random.default_rng(0)
@@ -103,6 +104,10 @@ def write_image_folder(root, per_class=8):
                 pixels[:, side * 20:(side + 1) * 20] += 200
                 Image.fromarray(pixels).save(folder / f"{i}.png")
     (root / "train" / "left_bright" / "broken.png").write_bytes(b"not a png")
+    (root / "train" / "left_bright" / "bomb.png").write_bytes(bomb_png())
+    buffer = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buffer, format="JPEG")
+    (root / "train" / "right_bright" / "half.jpg").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])  # passes verify()
 
 
 def test_image_folder_and_caption_table(runs, tmp_path, capsys):
@@ -111,7 +116,10 @@ def test_image_folder_and_caption_table(runs, tmp_path, capsys):
     cfg = model.config.eval
     results = evaluate(model, ["zeroshot", "knn", "linear", "fewshot"], cfg, tmp_path / "res", "clip",
                        dataset=str(tmp_path / "folder"))
-    assert "skipped 1 unreadable image" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "skipped 3 unusable image(s)" in out
+    assert all(f"{name}: {kind}" in out for name, kind in (("broken.png", "unreadable_image"), ("bomb.png", "oversized_image"),
+                                                          ("half.jpg", "truncated_image")))
     assert results["knn"]["dataset"] == "folder" and results["knn"]["split_sizes"] == {"test": 16, "train": 16}
     assert results["linear"]["metrics"]["top1"] == 100.0  # planted: halves of the image differ
     assert results["zeroshot"]["details"]["classnames"] == ["left bright", "right bright"]
@@ -122,7 +130,7 @@ def test_image_folder_and_caption_table(runs, tmp_path, capsys):
     (tmp_path / "pairs.csv").write_text("\n".join(rows) + "\n")
     result = evaluate(model, ["retrieval"], cfg, None, "clip", dataset=str(tmp_path / "pairs.csv"))["retrieval"]
     assert result["dataset"] == "pairs" and result["split_sizes"] == {"test": 6}
-    assert "skipped 1 unreadable image" in capsys.readouterr().out
+    assert "skipped 1 unusable image(s)" in capsys.readouterr().out
 
 
 def test_features_are_cached_per_checkpoint_and_dataset(runs, tmp_path, monkeypatch):

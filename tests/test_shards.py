@@ -8,7 +8,7 @@ from collections import Counter
 import numpy as np
 from PIL import Image
 
-from conftest import tiny_overrides
+from conftest import bomb_png, tiny_overrides
 from langmim.cli import main
 from langmim.config import load_config
 from langmim.data.captioned import PROBLEM_KINDS
@@ -68,9 +68,11 @@ def test_planted_bad_samples_are_counted_exactly(tmp_path):
         ("alpha", {"png": png_bytes(rgb().convert("RGBA")), "txt": b"alpha"}),
         ("cmyk", {"jpg": png_bytes(rgb().convert("CMYK")), "txt": b"cmyk"}),
         ("deep", {"png": png_bytes(Image.fromarray(rng.integers(0, 65535, (24, 24)).astype(np.uint16))), "txt": b"16 bit"}),
+        ("bomb", {"png": bomb_png(), "txt": b"a decompression bomb"}),
     ]
     planned = {"missing_image": 1, "empty_file": 1, "unreadable_image": 1, "truncated_image": 1, "empty_caption": 1,
-               "converted_grayscale": 1, "converted_alpha": 1, "converted_cmyk": 1, "converted_16bit": 1, "bad_tar": 1}
+               "converted_grayscale": 1, "converted_alpha": 1, "converted_cmyk": 1, "converted_16bit": 1, "bad_tar": 1,
+               "oversized_image": 1}
     write_tar(tmp_path / "00000.tar", good[:3] + bad)
     write_tar(tmp_path / "00001.tar", good[3:])
     whole = (tmp_path / "00001.tar").read_bytes()

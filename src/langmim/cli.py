@@ -59,7 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "counting, compositional, detection, segmentation, shift, or 'all'")
     e.add_argument("--output", default=None, help="directory for the result JSONs; default: RUN/results "
                    "(runs/external/NAME/results for external models)")
-    e.add_argument("overrides", nargs="*", help="eval.* overrides, e.g. eval.probe_train_size=5000")
+    e.add_argument("--data-root", default=None, metavar="DIR",
+                   help="where the built-in data's Fashion-MNIST files are; default: $LANGMIM_FASHION_MNIST, then "
+                   "the run's data.root if it trained on fashion-scenes, then the standard places")
+    e.add_argument("overrides", nargs="*", help="eval.* overrides, e.g. eval.probe_train_size=5000 "
+                   "(data.root=DIR is the same as --data-root)")
 
     r = sub.add_parser("report", help="compile the results of several runs into one markdown table and PNG figures",
                        description="Read the result JSONs of each run (RUN/results, written by langmim eval or the "
@@ -99,6 +103,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def builtin_data_root(explicit: str | None, cfg) -> str | None:
+    """Where evaluation finds Fashion-MNIST, whatever the run trained on: ``--data-root``, else
+    the environment variable, else the run's own ``data.root`` if that was Fashion-MNIST, else
+    the standard places (None lets ``find_fashion_mnist`` search them)."""
+    import os
+
+    from .data.fashion_mnist import ENV_VAR
+
+    if explicit:
+        return explicit
+    if os.environ.get(ENV_VAR):
+        return None
+    return cfg.data.root if cfg.data.name == "fashion-scenes" else None
+
+
 def cmd_eval(args: argparse.Namespace) -> None:
     from .api import load
     from .config import apply_dict, parse_override
@@ -118,14 +137,18 @@ def cmd_eval(args: argparse.Namespace) -> None:
     else:
         model = load(args.checkpoint)
         name = model.config.method
+    data_root = args.data_root
     for item in args.overrides:
         key, value = parse_override(item)
+        if key == "data.root":
+            data_root = str(value)
+            continue
         if not key.startswith("eval."):
-            raise ConfigError(f"eval accepts only eval.* overrides, got '{key}'")
+            raise ConfigError(f"eval accepts eval.* overrides and data.root=DIR (the built-in data), got '{key}'")
         apply_dict(model.config, {key: value}, "command line")
     default_out = Path("runs/external") / name / "results" if external else Path(model.checkpoint_path).parent / "results"
     out = Path(args.output) if args.output else default_out
-    results = evaluate(model, tasks, model.config.eval, out, name, model.config.data.root, dataset=args.dataset)
+    results = evaluate(model, tasks, model.config.eval, out, name, builtin_data_root(data_root, model.config), dataset=args.dataset)
     print(json.dumps({t: r["metrics"] for t, r in results.items()}, indent=1))
 
 

@@ -95,6 +95,7 @@ class DataConfig:
     crop_scale: list[float] = field(default_factory=lambda: [0.5, 1.0])
     interpolation: str = "bicubic"
     hflip: bool = False
+    max_image_pixels: int = 89_478_485  # csv, imagefolder, webdataset: larger images are skipped as decompression bombs
     plain_share: float = 0.3  # fashion-scenes: share of single white/grey centred items
     num_workers: int = 0
 

@@ -21,13 +21,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from ..config import DataConfig
 from ..errors import DataError
 from .folders import IMAGE_SUFFIXES, read_caption_table
+from .images import MAX_IMAGE_PIXELS, load_rgb
 from .scenes import fill_template
 
 CLASS_TEMPLATES = ("a photo of a {}.", "a {}.", "an image of a {}.", "a picture of a {}.")
@@ -35,6 +36,7 @@ PROBLEM_KINDS = (
     "missing_file", "empty_file", "unreadable_image", "truncated_image", "empty_caption",
     "converted_grayscale", "converted_palette", "converted_alpha", "converted_cmyk", "converted_16bit", "converted_other",
     "missing_image", "bad_tar",  # WebDataset shards: a sample without an image, a damaged tar file
+    "oversized_image",  # more pixels than data.max_image_pixels: a decompression bomb, never decoded
 )
 MAX_REPLACEMENTS = 100
 
@@ -51,23 +53,6 @@ def read_class_folder(root: Path) -> tuple[list[tuple[Path, str]], list[str]]:
     if not pairs:
         raise DataError(f"data.root: '{root}' holds no images ({', '.join(IMAGE_SUFFIXES)})")
     return pairs, classes
-
-
-def to_rgb(image: Image.Image) -> tuple[Image.Image, str | None]:
-    """RGB image, and the kind of conversion it needed (None for RGB already)."""
-    if image.mode == "RGB":
-        return image, None
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        pixels = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if image.mode.startswith("I;16") else max(pixels.max(), 1.0)
-        image = Image.fromarray((pixels / top * 255).round().astype(np.uint8))
-        return image.convert("RGB"), "converted_16bit"
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB"), "converted_alpha"
-    kind = {"L": "converted_grayscale", "1": "converted_grayscale", "P": "converted_palette", "CMYK": "converted_cmyk"}
-    return image.convert("RGB"), kind.get(image.mode, "converted_other")
 
 
 @dataclass(frozen=True)
@@ -108,33 +93,18 @@ def crop_uint8(image: Image.Image, size: int, rng: np.random.Generator, recipe: 
     return v2.functional.horizontal_flip(crop) if recipe.augment and recipe.hflip and rng.random() < 0.5 else crop
 
 
-def load_rgb(path: Path) -> tuple[Image.Image | None, str | None]:
-    """(image, conversion kind) or (None, why it is unusable)."""
-    if not path.is_file():
-        return None, "missing_file"
-    if path.stat().st_size == 0:
-        return None, "empty_file"
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return to_rgb(im)
-    except UnidentifiedImageError:
-        return None, "unreadable_image"
-    except OSError:
-        return None, "truncated_image"
-
-
 class CaptionedImages(Dataset):
     """Pre-training pairs from a CSV/TSV (``data.name=csv``) or a class folder (``data.name=imagefolder``)."""
 
-    def __init__(self, kind: str, root: str | None, size: int, seed: int, recipe: CropRecipe = DEFAULT_CROP) -> None:
+    def __init__(self, kind: str, root: str | None, size: int, seed: int, recipe: CropRecipe = DEFAULT_CROP,
+                 max_pixels: int = MAX_IMAGE_PIXELS) -> None:
         if not root:
             raise DataError(f"data.name={kind} needs data.root=PATH (a CSV/TSV file or an image folder)")
         if kind == "csv":
             self.pairs, self.classes = read_caption_table(Path(root)), None
         else:
             self.pairs, self.classes = read_class_folder(Path(root))
-        self.size, self.seed, self.recipe = size, seed, recipe
+        self.size, self.seed, self.recipe, self.max_pixels = size, seed, recipe, max_pixels
         self._epoch_orders: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:
@@ -157,7 +127,7 @@ class CaptionedImages(Dataset):
         problems: Counter = Counter()
         for attempt in range(MAX_REPLACEMENTS):
             path, text = self._pair(index + attempt * 7919)
-            image, kind = (None, "empty_caption") if not text.strip() else load_rgb(path)
+            image, kind = (None, "empty_caption") if not text.strip() else load_rgb(path, self.max_pixels)
             if attempt == 0 and kind is not None:
                 problems[kind] += 1
             if image is None:

@@ -8,11 +8,12 @@ import csv
 from pathlib import Path
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from ..errors import DataError
+from .images import load_rgb
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
 IMAGE_COLUMNS = ("filepath", "image", "path", "file")
@@ -28,18 +29,26 @@ def uint8_transform(size: int) -> v2.Compose:
 
 
 def readable_images(paths: list[Path], label: str) -> tuple[list[int], list[str]]:
-    """Indices of ``paths`` that PIL can decode, and one line per skipped file."""
+    """Indices of ``paths`` that decode in full (so truncated files and decompression bombs are
+    caught here, not mid-evaluation), and one line per skipped file naming it and why."""
     keep, skipped = [], []
     for i, path in enumerate(paths):
-        try:
-            with Image.open(path) as im:
-                im.verify()
+        image, problem = load_rgb(path)
+        if image is None:
+            skipped.append(f"{path}: {problem}")
+        else:
             keep.append(i)
-        except (OSError, UnidentifiedImageError, SyntaxError) as err:
-            skipped.append(f"{path}: {type(err).__name__}")
     if skipped:
-        print(f"{label}: skipped {len(skipped)} unreadable image(s), e.g. {skipped[0]}")
+        print(f"{label}: skipped {len(skipped)} unusable image(s): {'; '.join(skipped[:5])}{' ...' if len(skipped) > 5 else ''}")
     return keep, skipped
+
+
+def read_rgb(path: Path) -> Image.Image:
+    """An image that decoded when the data set was built; one that no longer does is an error."""
+    image, problem = load_rgb(path)
+    if image is None:
+        raise DataError(f"'{path}' decoded when the data set was built but no longer does ({problem})")
+    return image
 
 
 class ImageFolderSplit(Dataset):
@@ -70,8 +79,7 @@ class ImageFolderSplit(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        with Image.open(self.paths[i]) as im:
-            return self.transform(im.convert("RGB")), int(self.labels[i])
+        return self.transform(read_rgb(self.paths[i])), int(self.labels[i])
 
 
 def read_caption_table(path: Path) -> list[tuple[Path, str]]:
@@ -116,5 +124,4 @@ class CaptionTable(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> dict:
-        with Image.open(self.paths[i]) as im:
-            return {"image": self.transform(im.convert("RGB")), "caption": self.captions[i]}
+        return {"image": self.transform(read_rgb(self.paths[i])), "caption": self.captions[i]}

@@ -73,7 +73,8 @@ def build_pretrain_dataset(cfg: Config) -> Dataset:
             root=cfg.data.root, plain_prob=cfg.data.plain_share, annotate=False,
         )
     if cfg.data.name in ("csv", "imagefolder"):
-        return CaptionedImages(cfg.data.name, cfg.data.root, cfg.model.img_size, cfg.train.seed, CropRecipe.from_config(cfg.data))
+        return CaptionedImages(cfg.data.name, cfg.data.root, cfg.model.img_size, cfg.train.seed, CropRecipe.from_config(cfg.data),
+                               cfg.data.max_image_pixels)
     raise ConfigError(f"data.name must be fashion-scenes, csv or imagefolder, got {cfg.data.name!r}")
 
 
@@ -99,7 +100,7 @@ def build_pretrain_loader(
         if cfg.train.batch_size % world_size:
             raise ConfigError(f"train.batch_size={cfg.train.batch_size} must be divisible by the number of ranks ({world_size})")
         stream = ShardStream(cfg.data.root or "", cfg.model.img_size, cfg.train.seed, rank, world_size, cfg.data.resampled, start_step,
-                             recipe=CropRecipe.from_config(cfg.data))
+                             recipe=CropRecipe.from_config(cfg.data), max_pixels=cfg.data.max_image_pixels)
         loader = DataLoader(stream, batch_size=cfg.train.batch_size // world_size, collate_fn=collator, **workers)
         return StepLimitedLoader(loader, max(0, cfg.train.steps - start_step))
     sampler = StepSampler(start_step, cfg.train.steps, cfg.train.batch_size, rank, world_size)

@@ -25,11 +25,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import webdataset as wds
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
 from ..errors import DataError
-from .captioned import DEFAULT_CROP, PROBLEM_KINDS, CropRecipe, crop_uint8, to_rgb
+from .captioned import DEFAULT_CROP, PROBLEM_KINDS, CropRecipe, crop_uint8
+from .images import MAX_IMAGE_PIXELS, decode_rgb
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 
@@ -53,12 +54,13 @@ class ShardStream(IterableDataset):
     ``index`` (unique over ranks and workers) and per-kind ``data_problems`` counts."""
 
     def __init__(self, spec: str, size: int, seed: int, rank: int, world_size: int, resampled: bool, start_step: int = 0,
-                 max_passes: int | None = None, recipe: CropRecipe = DEFAULT_CROP) -> None:
+                 max_passes: int | None = None, recipe: CropRecipe = DEFAULT_CROP, max_pixels: int = MAX_IMAGE_PIXELS) -> None:
         self.urls = expand_shards(spec)
         if not resampled and len(self.urls) < world_size:
             raise DataError(f"data.root has {len(self.urls)} shard(s) for {world_size} ranks; give at least one per rank or set data.resampled=true")
         self.size, self.seed, self.rank, self.world_size = size, seed, rank, world_size
         self.resampled, self.start_step, self.max_passes, self.recipe = resampled, start_step, max_passes, recipe
+        self.max_pixels = max_pixels
         self.unreported: Counter = Counter()  # counts seen after the last sample of a finite stream
 
     def _shards(self, rng: np.random.Generator, worker: int, workers: int) -> Iterator[str]:
@@ -112,15 +114,9 @@ class ShardStream(IterableDataset):
         if not caption:
             pending["empty_caption"] += 1
             return None
-        try:
-            with Image.open(io.BytesIO(data)) as im:
-                im.load()
-                image, kind = to_rgb(im)
-        except UnidentifiedImageError:
-            pending["unreadable_image"] += 1
-            return None
-        except OSError:
-            pending["truncated_image"] += 1
+        image, kind = decode_rgb(data, self.max_pixels)
+        if image is None:
+            pending[kind] += 1
             return None
         if kind is not None:
             pending[kind] += 1
