@@ -150,3 +150,40 @@ def test_readme_resume_example_continues_with_the_saved_config(tmp_path, capsys)
     assert main(["pretrain", "--config", str(run / "config.yaml"), "--resume", "latest", "--no-tensorboard"]) == 0
     assert f"resumed from '{run / 'checkpoint-00000002.pt'}' at step 2 of 3" in capsys.readouterr().out
     assert (run / "checkpoint-00000003.pt").is_file()
+
+
+def bad_checkpoints(folder):
+    """A file of each wrong kind, and the words its refusal must hold."""
+    import io
+
+    from PIL import Image
+
+    folder.mkdir()
+    (folder / "notes.pt").write_text("step 100: loss 3.2\n")
+    (folder / "noise.pt").write_bytes(bytes(range(7, 256)) * 20)
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buffer, format="PNG")
+    (folder / "picture.pt").write_bytes(buffer.getvalue())
+    torch.save({"format": "langmim", "model": {"w": torch.zeros(4096)}}, folder / "whole.pt")
+    whole = (folder / "whole.pt").read_bytes()
+    (folder / "cut.pt").write_bytes(whole[: len(whole) // 2])
+    torch.save({"model": Payload()}, folder / "code.pt")
+    return {"notes.pt": "looks like a text file", "noise.pt": "looks like unrecognised bytes",
+            "picture.pt": "looks like a PNG image", "cut.pt": "is truncated", "code.pt": "which loading would run as code"}
+
+
+@pytest.mark.parametrize("command", ["eval", "export", "resume", "init.vision"])
+def test_every_checkpoint_reader_says_what_a_bad_file_is(tmp_path, capsys, command):
+    cases = bad_checkpoints(tmp_path / "files")
+    for name, words in cases.items():
+        path = str(tmp_path / "files" / name)
+        argv = {
+            "eval": ["eval", "--checkpoint", path],
+            "export": ["export", path, "--format", "safetensors", "--out", str(tmp_path / "x.safetensors")],
+            "resume": ["pretrain", "--resume", path, f"output_dir={tmp_path / 'run'}", "train.steps=1"],
+            "init.vision": ["pretrain", "method=mae", f"init.vision={path}", f"output_dir={tmp_path / name}", "train.steps=1"],
+        }[command]
+        assert main(argv) == 2, name
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and words in err and name in err, err
+        assert "weights_only=False" not in err and "Traceback" not in err

@@ -70,10 +70,36 @@ def test_safetensors_round_trip_is_lossless(rils_run, tmp_path):
     with safe_open(str(out), "pt") as f:
         config = json.loads(f.metadata()["langmim_config"])
     assert config == json.loads(json.dumps(to_dict(ours.config)))
-    reloaded = load(rils_run)
-    reloaded.load_state_dict(load_file(out), strict=True)
+    reloaded = load(out)  # langmim.load reads its own export
+    assert reloaded.step == ours.step and reloaded.has_text
     for name, value in ours.state_dict().items():
         assert torch.equal(value, reloaded.state_dict()[name]), name
+    assert torch.equal(load_file(out)["logit_scale"], ours.logit_scale.detach())
+
+
+def test_exports_are_readable_by_the_group_and_others(rils_run, tmp_path):
+    import os
+    import stat
+
+    umask = os.umask(0o022)
+    try:
+        for fmt, out in (("timm", tmp_path / "timm"), ("safetensors", tmp_path / "m.safetensors")):
+            assert main(["export", str(rils_run), "--format", fmt, "--out", str(out)]) == 0
+            for path in (out.glob("*") if out.is_dir() else [out]):
+                assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
+    finally:
+        os.umask(umask)
+
+
+def test_langmims_timm_export_evaluates_as_an_external_model(rils_run, tmp_path):
+    from langmim.eval.external import load_external
+
+    assert main(["export", str(rils_run), "--format", "timm", "--out", str(tmp_path / "timm")]) == 0
+    ours = load(rils_run)
+    external = load_external(f"timm:local-dir:{tmp_path / 'timm'}")
+    images = torch.rand(2, 3, ours.config.model.img_size, ours.config.model.img_size) * 2 - 1
+    with torch.no_grad():
+        assert torch.allclose(external.visual.forward_features(images), ours.visual.forward_features(images), atol=1e-5)
 
 
 def test_open_clip_export_of_mae_is_a_clear_error(tmp_path, capsys):

@@ -2,6 +2,7 @@
 and its preprocess transform, for any checkpoint the project writes."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -9,6 +10,7 @@ from torchvision import transforms
 
 from .config import Config, config_from_dict
 from .engine.checkpoint import load_checkpoint, resolve_checkpoint
+from .errors import CheckpointError
 from .methods import build_method
 from .methods.base import PretrainMethod
 from .models.text import build_tokenizer
@@ -34,13 +36,35 @@ def attach_inference_api(model: PretrainMethod, cfg: Config) -> PretrainMethod:
     return model
 
 
+def read_safetensors_export(path: Path) -> tuple[Config, dict[str, torch.Tensor], int | None]:
+    """(config, state dict, step) of a ``langmim export --format safetensors`` file."""
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            metadata = f.metadata() or {}
+        state = load_file(str(path))
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"'{path}' is not a readable safetensors file ({err})") from None
+    if "langmim_config" not in metadata:
+        raise CheckpointError(f"'{path}' has no langmim_config metadata: not written by `langmim export --format safetensors`")
+    step = metadata.get("step")
+    return config_from_dict(json.loads(metadata["langmim_config"])), state, int(step) if step else None
+
+
 def load(path: str | Path, device: str | torch.device = "cpu") -> PretrainMethod:
-    """Load a checkpoint file, or the newest checkpoint of a run directory, in eval mode."""
-    ckpt_path = resolve_checkpoint(path)
-    state = load_checkpoint(ckpt_path)
-    cfg = config_from_dict(state["config"])
+    """Load a checkpoint file, the newest checkpoint of a run directory, or a safetensors export,
+    in eval mode."""
+    if Path(path).suffix == ".safetensors" and Path(path).is_file():
+        ckpt_path = Path(path)
+        cfg, weights, step = read_safetensors_export(ckpt_path)
+    else:
+        ckpt_path = resolve_checkpoint(path)
+        state = load_checkpoint(ckpt_path)
+        cfg, weights, step = config_from_dict(state["config"]), state["model"], int(state["step"])
     model = build_method(cfg)
-    model.load_state_dict(state["model"])
+    model.load_state_dict(weights)
     model.checkpoint_path = str(ckpt_path)
-    model.step = int(state["step"])
+    model.step = step
     return attach_inference_api(model, cfg).to(device).eval()

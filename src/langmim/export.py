@@ -15,6 +15,7 @@ Every export carries its preprocessing (size, mean, std, interpolation).
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -123,13 +124,23 @@ def open_clip_export(model: PretrainMethod) -> tuple[dict[str, torch.Tensor], di
     return {k: t.detach().clone().contiguous() for k, t in state.items()}, config
 
 
+def with_umask_mode(path: Path) -> None:
+    """Give a file the mode new files get under the user's umask: safetensors writes 0600, which
+    would keep an export from the colleagues it is shared with."""
+    umask = os.umask(0)
+    os.umask(umask)
+    path.chmod(0o666 & ~umask)
+
+
 def export(model: PretrainMethod, fmt: str, out: Path) -> Path:
     """Write ``model`` in ``fmt`` to ``out`` (a folder for timm/open_clip, a file for safetensors)."""
-    metadata = {"langmim_config": json.dumps(to_dict(model.config)), "source_checkpoint": str(getattr(model, "checkpoint_path", ""))}
+    metadata = {"langmim_config": json.dumps(to_dict(model.config)), "source_checkpoint": str(getattr(model, "checkpoint_path", "")),
+                "step": str(getattr(model, "step", None) or "")}
     if fmt == "safetensors":
         out.parent.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
         save_file(state, str(out), metadata={**metadata, "preprocess_cfg": json.dumps(preprocess_cfg(model.config.model.img_size))})
+        with_umask_mode(out)
         return out
     if fmt == "timm":
         state, config = timm_export(model)
@@ -142,6 +153,7 @@ def export(model: PretrainMethod, fmt: str, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     (out / names[0]).write_text(json.dumps(config, indent=1))
     save_file(state, str(out / names[1]), metadata=metadata)
+    with_umask_mode(out / names[1])
     if fmt == "open_clip" and hasattr(model.tokenizer, "save_pretrained"):
         model.tokenizer.save_pretrained(out)  # open_clip's local-dir reads a Hugging Face tokenizer from the folder
     return out

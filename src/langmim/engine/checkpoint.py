@@ -12,6 +12,7 @@ import pickle
 import re
 import signal
 import subprocess
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -119,20 +120,69 @@ def is_torchscript(path: Path) -> bool:
         return any(name.endswith("/constants.pkl") for name in archive.namelist())
 
 
-def safe_torch_load(path: Path, map_location: str | torch.device = "cpu", what: str = "checkpoint") -> Any:
-    """``torch.load(weights_only=True)`` that refuses pickled code, and truncated or foreign
-    files, with one clear error naming the file."""
+FILE_KINDS = ((b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"GIF8", "a GIF image"),
+              (b"\x1f\x8b", "a gzip archive"), (b"{", "a JSON file"), (b"%PDF", "a PDF file"))
+
+
+def describe_foreign(head: bytes) -> str:
+    """What a file that is not a torch file looks like, from its first bytes."""
+    for magic, kind in FILE_KINDS:
+        if head.startswith(magic):
+            return kind
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return "unrecognised bytes"
+    return "a text file" if "".join(text.split()).isprintable() else "unrecognised bytes"
+
+
+def pickled_globals(path: Path) -> list[str]:
+    """The Python names a plain pickle file refers to, read from its opcodes without running it."""
+    import pickletools
+
+    names, strings = [], []
+    try:
+        with path.open("rb") as f:
+            for op, arg, _ in pickletools.genops(f):
+                if isinstance(arg, str) and "UNICODE" in op.name:
+                    strings.append(arg)
+                elif op.name == "GLOBAL":
+                    names.append(arg.replace(" ", "."))
+                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    names.append(f"{strings[-2]}.{strings[-1]}")
+    except Exception:  # a damaged pickle: what was read so far is all there is
+        pass
+    return names
+
+
+def safe_torch_load(path: Path, map_location: str | torch.device = "cpu", what: str = "checkpoint") -> Any:
+    """``torch.load(weights_only=True)`` whose refusals say in one line what the file is: not a
+    torch file, truncated, or holding code (which is never loaded, nor advised to be)."""
+    path = Path(path)
+    with path.open("rb") as f:
+        head = f.read(16)
+    is_zip = zipfile.is_zipfile(path)
+    if not is_zip and head.startswith(b"PK\x03\x04"):
+        raise CheckpointError(f"{what} '{path}' is truncated: a zip archive (as torch writes) cut short")
+    if not is_zip and not head.startswith(b"\x80"):  # torch files are zip archives (or, long ago, pickles)
+        raise CheckpointError(f"{what} '{path}' is not a torch file: it looks like {describe_foreign(head)}")
+    if is_zip and is_torchscript(path):
+        raise CheckpointError(f"{what} '{path}' is a TorchScript archive (like OpenAI's CLIP .pt release), which langmim does "
+                              "not load since it carries code; use the weights as a state dict (for OpenAI's CLIP: open_clip's "
+                              "Hub copy, open_clip_pytorch_model.bin beside its open_clip_config.json)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # torch's notes on legacy pickles; the errors below say more
+            return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else "disallowed content"
-        raise CheckpointError(f"{what} '{path}' holds objects that loading would have to run as code; refused ({first[:160]})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
-        if zipfile.is_zipfile(path) and is_torchscript(path):
-            raise CheckpointError(f"{what} '{path}' is a TorchScript archive (like OpenAI's CLIP .pt release), which langmim does "
-                                  "not load since it carries code; use the weights as a state dict (for OpenAI's CLIP: open_clip's "
-                                  "Hub copy, open_clip_pytorch_model.bin beside its open_clip_config.json)") from None
-        raise CheckpointError(f"{what} '{path}' is truncated or not a torch file ({type(err).__name__})") from None
+        code = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        found = code.group(1) if code else next(iter(pickled_globals(path)), None)
+        if found:
+            raise CheckpointError(f"{what} '{path}' holds a reference to {found}, which loading would run as code; refused") from None
+        raise CheckpointError(f"{what} '{path}' is not a torch file of tensors and containers (a foreign or damaged "
+                              "pickle)") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError) as err:
+        raise CheckpointError(f"{what} '{path}' is truncated or damaged ({type(err).__name__})") from None
 
 
 def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") -> dict[str, Any]:

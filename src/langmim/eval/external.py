@@ -17,6 +17,7 @@ from torch import nn
 from ..config import Config
 from ..errors import CheckpointError, ConfigError
 from ..models.open_clip_weights import create_open_clip
+from ..models.pretrained import read_weights
 from ..models.teacher import Renormalise
 from ..models.vit import MaskedVisionTransformer
 
@@ -76,20 +77,6 @@ class ExternalModel(nn.Module):
         return self.clip.encode_text(tokens, normalize=normalize)
 
 
-def load_weights(path: str) -> dict:
-    if not Path(path).is_file():
-        raise CheckpointError(f"weights file '{path}' not found")
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        return load_file(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # pickle errors come in many types; all mean "not plain weights"
-        raise CheckpointError(f"'{path}' is not a plain weights file that loads with weights_only=True ({type(err).__name__})") from None
-    return state.get("state_dict", state) if isinstance(state, dict) else state
-
-
 def load_external(spec: str) -> ExternalModel:
     """``timm:MODEL:WEIGHTS`` or ``openclip:MODEL:WEIGHTS`` -> an evaluable model (eval mode)."""
     kind, _, rest = spec.partition(":")
@@ -99,14 +86,20 @@ def load_external(spec: str) -> ExternalModel:
     if kind == "timm":
         import timm
 
-        try:
-            model = timm.create_model(name, pretrained=False, num_classes=0)
-        except RuntimeError as err:
-            raise ConfigError(f"unknown timm model {name!r} ({err})") from None
-        try:
-            model.load_state_dict(load_weights(weights), strict=True)
-        except RuntimeError as err:
-            raise CheckpointError(f"'{weights}' does not load into timm {name}: {str(err).splitlines()[0]}") from None
+        if name == "local-dir":  # a timm folder (config.json + weights), e.g. langmim's own timm export
+            if not (Path(weights) / "config.json").is_file():
+                raise CheckpointError(f"--checkpoint timm:local-dir:{weights}: no config.json in that folder")
+            model = timm.create_model(f"local-dir:{weights}", pretrained=True, num_classes=0)
+        else:
+            try:
+                model = timm.create_model(name, pretrained=False, num_classes=0)
+            except RuntimeError as err:
+                raise ConfigError(f"unknown timm model {name!r} ({err})") from None
+            state = {k: v for k, v in read_weights(weights).items() if not k.startswith("head.")}
+            try:
+                model.load_state_dict(state, strict=True)
+            except RuntimeError as err:
+                raise CheckpointError(f"'{weights}' does not load into timm {name}: {str(err).splitlines()[0]}") from None
         size = model.pretrained_cfg.get("input_size", (3, 224, 224))[-1]
         return ExternalModel(kind, name, weights, TimmTower(model), size).eval()
     import open_clip
