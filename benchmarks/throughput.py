@@ -10,7 +10,9 @@ backward and optimizer (``Trainer.phase_seconds``). Training FLOPs are counted b
 extra step; model FLOPs utilisation (MFU) is achieved FLOP/s over a 2048x2048 matmul's FLOP/s,
 measured in the same process and precision before and after the steps (a spread over 10% marks
 the setting contended: the host's other tenants took cycles). MILAN's teacher is a CLIP of the same shape (random
-weights, written once to /tmp), as in the built-in recipe; its forward is timed on its own.
+weights, written once to /tmp), as in the built-in recipe; its forward is timed on its own. The
+teacher rows time MILAN's paper teacher (OpenAI's CLIP ViT-B/16 shape, random weights) alone in
+fp32 and bf16.
 The data loader (fashion-scenes rendered at the shape's size, tokenised, masking noise drawn) is
 timed beside the step, as its median batch. One JSON line per setting goes to benchmarks/results/throughput.jsonl.
 """
@@ -40,6 +42,8 @@ DEFAULT_BATCH = {"demo": 128, "vit_s16": 16}
 TIMED_STEPS = {"demo": 10, "vit_s16": 3}
 METHODS = ("clip", "rils", "mae", "milan")
 TEACHER_DIR = Path("/tmp/langmim_throughput_teachers")
+TEACHER_MODEL = "openclip:ViT-B-16-quickgelu"  # MILAN's teacher (random weights: speed does not depend on them)
+TEACHER_STEPS = 3
 
 
 def settings(quick: bool) -> list[dict]:
@@ -52,6 +56,8 @@ def settings(quick: bool) -> list[dict]:
             for batch in batches:
                 out.append({"shape": shape, "method": method, "batch": batch, "precision": "fp32", "img_size": None})
             out.append({"shape": shape, "method": method, "batch": DEFAULT_BATCH[shape], "precision": "bf16", "img_size": None})
+    for precision in ("fp32", "bf16"):  # MILAN's paper teacher on its own, as a ViT-S/16 student's batch feeds it
+        out.append({"shape": "teacher", "method": TEACHER_MODEL, "batch": DEFAULT_BATCH["vit_s16"], "precision": precision, "img_size": None})
     if not quick:
         for size in (112, 160):
             out.append({"shape": "vit_s16", "method": "rils", "batch": DEFAULT_BATCH["vit_s16"], "precision": "fp32", "img_size": size})
@@ -103,8 +109,36 @@ def loader_images_per_s(cfg, method, min_seconds: float = 2.0, min_batches: int 
     return batch["image"].shape[0] / statistics.median(seconds)
 
 
+def measure_teacher(setting: dict) -> dict:
+    """Run in a fresh process: one frozen teacher forward of a batch at 224 px, in the trainer's
+    precision contexts (as MILAN's step runs it)."""
+    import logging
+
+    from langmim.engine.loop import autocast, cpu_attention_in_fp32
+    from langmim.models.teacher import OpenCLIPTeacher
+
+    logging.disable(logging.WARNING)  # open_clip's note that the weights are random
+    teacher = OpenCLIPTeacher(setting["method"].split(":", 1)[1], None)
+    images = torch.randn(setting["batch"], 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    cpu, precision = torch.device("cpu"), setting["precision"]
+    matmul_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    matmul_before = matmul_flops_per_s(matmul_dtype)
+    with torch.no_grad(), cpu_attention_in_fp32(cpu, precision), autocast(cpu, precision):
+        teacher(images)
+        start = time.perf_counter()
+        for _ in range(TEACHER_STEPS):
+            teacher(images)
+        seconds = (time.perf_counter() - start) / TEACHER_STEPS
+    matmul_after = matmul_flops_per_s(matmul_dtype)
+    return {"teacher_forward_s": round(seconds, 4), "images_per_s": round(setting["batch"] / seconds, 1),
+            "matmul_spread": round(max(matmul_before, matmul_after) / min(matmul_before, matmul_after) - 1, 3),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+
+
 def measure(setting: dict) -> dict:
     """Run in a fresh process: one setting's step time, phase split, FLOPs, memory and loader rate."""
+    if setting["shape"] == "teacher":
+        return measure_teacher(setting)
     from torch.utils.flop_counter import FlopCounterMode
 
     from langmim.config import load_config
@@ -198,12 +232,18 @@ def table(records: dict[tuple, dict]) -> str:
     rows = ["| shape | method | batch | precision | img/s | step ms | fwd / bwd / opt ms | GFLOP/img | MFU | peak RSS MB | loader img/s |",
             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for (shape, method, batch, precision, size), r in sorted(records.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][3], kv[0][4] or 0, kv[0][2])):
+        if shape == "teacher":
+            continue
         phases = " / ".join(f"{1000 * r[f'{p}_s']:.0f}" for p in ("forward", "backward", "optimizer"))
         name = shape if size is None else f"{shape} @{size}px"
         rows.append(f"| {name} | {method} | {batch} | {precision} | {r['images_per_s']} | {1000 * r['step_s']:.0f} | {phases} | "
                     f"{r['train_gflops_per_image']} | {r['mfu']:.2f}{' †' if contended(r) else ''} | {r['peak_rss_mb']:.0f} | {r['loader_images_per_s']:.0f} |")
+    teacher_rows = ["| teacher forward | batch | precision | s | img/s | peak RSS MB |", "|---|---|---|---|---|---|"]
+    teacher_rows += [f"| {method} | {batch} | {precision} | {r['teacher_forward_s']:.2f}{' †' if contended(r) else ''} | "
+                     f"{r['images_per_s']} | {r['peak_rss_mb']:.0f} |"
+                     for (shape, method, batch, precision, _), r in sorted(records.items(), key=lambda kv: kv[0][3]) if shape == "teacher"]
     note = f"† contended: the matmul reference moved more than {CONTENDED_SPREAD:.0%} during the setting"
-    return "\n".join(rows + ["", note, "", *targets(records)])
+    return "\n".join(rows + ["", *teacher_rows, "", note, "", *targets(records)])
 
 
 def check(figure: str, value: float, target: str, ok: bool, *records: dict | None) -> str:
@@ -227,6 +267,11 @@ def targets(records: dict[tuple, dict]) -> list[str]:
     if mae and milan:
         ratio = milan["step_s"] / (mae["step_s"] + milan["teacher_forward_s"])
         lines.append(check("MILAN step / (MAE step + one teacher forward)", ratio, "<= 1", ratio <= 1, mae, milan))
+    teacher = {p: records.get(("teacher", TEACHER_MODEL, DEFAULT_BATCH["vit_s16"], p, None)) for p in ("fp32", "bf16")}
+    if all(teacher.values()):
+        speedup = teacher["fp32"]["teacher_forward_s"] / teacher["bf16"]["teacher_forward_s"]
+        lines.append(check(f"MILAN's ViT-B/16 teacher forward, fp32 / bf16 time (batch {DEFAULT_BATCH['vit_s16']})", speedup, ">= 2",
+                           speedup >= 2, *teacher.values()))
     for method in METHODS:
         fp32, bf16 = get(method), get(method, "bf16")
         if fp32:

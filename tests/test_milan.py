@@ -208,3 +208,17 @@ def test_accumulation_and_bf16(tmp_path, clip_run):
     cfg = load_config(None, milan_overrides(tmp_path / "bf16", clip_run, steps=2, **{"train.precision": "bf16"}))
     pretrain(cfg, log_tensorboard=False)
     assert list_checkpoints(tmp_path / "bf16")
+
+
+def test_teacher_under_autocast_runs_in_its_dtype_once_cast(clip_run):
+    """Autocast re-casts weights that need no gradient on every call; the frozen teacher is cast
+    to the autocast dtype once instead and runs with autocast off, returning float32."""
+    teacher = build_teacher(f"langmim:{clip_run}")
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    reference = teacher(images)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = teacher(images)
+    assert {p.dtype for p in teacher.parameters()} == {torch.bfloat16}
+    assert out.tokens.dtype == out.cls_attention.dtype == torch.float32
+    assert torch.nn.functional.cosine_similarity(out.tokens, reference.tokens, dim=-1).min() > 0.99
+    assert (out.cls_attention - reference.cls_attention).abs().max() < 0.02

@@ -82,7 +82,19 @@ class Teacher(nn.Module, abc.ABC):
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> TeacherOutput:
-        return self.encode(self.prepare(images))
+        """Features in float32. Under autocast the frozen weights are cast to its dtype once, in
+        place (checkpoints never hold the teacher), and the tower runs with autocast off: autocast
+        casts weights that need no gradient anew on every call, which made a CPU bf16 teacher
+        slower than fp32 (benchmarks/throughput.py, teacher rows)."""
+        device = images.device.type
+        if not torch.is_autocast_enabled(device):
+            return self.encode(self.prepare(images))
+        dtype = torch.get_autocast_dtype(device)
+        if self.renormalise.scale.dtype != dtype:
+            self.to(dtype)
+        with torch.autocast(device, enabled=False):
+            out = self.encode(self.prepare(images.to(dtype)))
+        return TeacherOutput(tokens=out.tokens.float(), cls_attention=out.cls_attention.float(), embedding=out.embedding.float())
 
     @abc.abstractmethod
     def encode(self, pixels: torch.Tensor) -> TeacherOutput:
