@@ -68,7 +68,10 @@ def test_csv_run_completes_and_counts_every_planted_problem(tmp_path, capsys):
     pretrain(cfg, log_tensorboard=False)
     last = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
     assert last["data_problems"] == planned
-    assert "data problems in this run" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "data problems in this run" in out
+    assert f"{sum(planned.values())} distinct files: " in out  # each planted file named once, with its kind
+    assert "bomb.png: oversized_image" in out and "half.png: truncated_image" in out
 
 
 def test_samples_are_deterministic_and_rgb(tmp_path):

@@ -12,6 +12,7 @@ from langmim.cli import main
 from langmim.config import load_config
 from langmim.engine.loop import pretrain
 from langmim.eval.suite import TASKS, evaluate
+from langmim.report import write_report
 
 TINY_EVAL = [
     "eval.test_size=200", "eval.probe_train_size=300", "eval.knn_k=[10,20]", "eval.fewshot_shots=[1,2]",
@@ -183,3 +184,17 @@ def test_report_margins_over_a_floor_column():
     assert header == "| metric | rils | random-init | rils minus random-init |"
     assert zeroshot.endswith("| 65.00 | 10.00 | +55.00 |") and presence.endswith("| 45.50 | 39.00 | +6.50 |")
     assert "minus" not in comparison_table({"rils": results(65.0, 45.5)}, floor="random-init")
+
+
+def test_results_are_filed_by_run_name_and_report_columns_carry_the_step(runs, tmp_path, capsys):
+    out = tmp_path / "res"
+    assert main(["eval", "--checkpoint", str(runs["clip"]), "--tasks", "knn,linear", "--output", str(out)]) == 0
+    name = runs["clip"].name  # the run directory, whatever the method
+    assert {p.name for p in out.glob("*.json")} == {f"{name}_knn_fashion-mnist.json", f"{name}_linear_fashion-mnist.json"}
+    report = write_report([out], tmp_path / "report")
+    assert f"| {name} (step 2) |" in report.read_text()
+    linear = out / f"{name}_linear_fashion-mnist.json"
+    linear.write_text(linear.read_text().replace('"step": 2', '"step": 1'))  # as if re-evaluated on another checkpoint
+    text = write_report([out], tmp_path / "report").read_text()
+    assert f"{name} (steps 1, 2)" in text and "mixes results of checkpoint steps 1, 2" in text
+    assert "warning" in capsys.readouterr().out

@@ -86,11 +86,12 @@ def test_stop_signal_writes_a_checkpoint_at_that_step_and_resumes_exactly(tmp_pa
         return figures
 
     monkeypatch.setattr(Trainer, "step", step_then_signal)
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     cfg = load_config(None, tiny_overrides(tmp_path / "stopped", "rils", steps=8, **extra))
     with pytest.raises(StoppedBySignal, match="after step 3"):
         pretrain(cfg, log_tensorboard=False)
     assert [p.name for p in list_checkpoints(tmp_path / "stopped")] == ["checkpoint-00000003.pt"]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    assert {sig: signal.getsignal(sig) for sig in handlers} == handlers  # handlers restored
     monkeypatch.setattr(Trainer, "step", original_step)
     pretrain(cfg, resume="latest", log_tensorboard=False)
     assert "resumed from" in capsys.readouterr().out

@@ -35,3 +35,13 @@ def test_finetuning_learns_a_planted_task_and_leaves_the_encoder_alone():
     result = finetune(visual, data, data, num_classes=2, epochs=4, batch_size=16, lr=3e-3)
     assert result["top1"] == pytest.approx(100.0)
     assert all(torch.equal(v, before[k]) for k, v in visual.state_dict().items())
+
+
+def test_a_small_train_set_gets_enough_steps_and_a_batch_it_can_fill():
+    """40 images: the default batch of 128 would give no step at all (drop_last), and 2 epochs of
+    a small folder far fewer steps than the built-in data gets."""
+    g = torch.Generator().manual_seed(0)
+    data = TensorDataset(torch.randint(0, 255, (40, 3, 32, 32), generator=g, dtype=torch.uint8), torch.arange(2).repeat(20))
+    visual = MaskedVisionTransformer(32, 8, 32, depth=1, heads=2)
+    result = finetune(visual, data, data, num_classes=2, epochs=2, min_steps=12)
+    assert (result["steps"], result["epochs"]) == (12, 12)  # one full batch of 40 per epoch

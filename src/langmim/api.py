@@ -68,3 +68,9 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> PretrainMethod
     model.checkpoint_path = str(ckpt_path)
     model.step = step
     return attach_inference_api(model, cfg).to(device).eval()
+
+
+def run_name(model: PretrainMethod) -> str:
+    """The name results are filed under: the run directory's (or a safetensors export's) name."""
+    path = Path(model.checkpoint_path)
+    return path.stem if path.suffix == ".safetensors" else path.parent.name

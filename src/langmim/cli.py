@@ -119,7 +119,7 @@ def builtin_data_root(explicit: str | None, cfg) -> str | None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from .api import load
+    from .api import load, run_name
     from .config import apply_dict, parse_override
     from .errors import ConfigError
     from .eval.suite import TASKS, evaluate
@@ -136,7 +136,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
         name = model.config.method.replace(":", "-").replace("/", "-")
     else:
         model = load(args.checkpoint)
-        name = model.config.method
+        name = run_name(model)
     data_root = args.data_root
     for item in args.overrides:
         key, value = parse_override(item)

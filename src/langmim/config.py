@@ -145,6 +145,7 @@ class EvalConfig:
     shift_test_size: int = 2000  # test items rendered in each shifted style
     finetune_train_size: int = 20000  # Fashion-MNIST train images fine-tuning trains on (as the probes)
     finetune_epochs: int = 2
+    finetune_min_steps: int = 300  # a smaller train set gets more epochs (the built-in 20,000 images: 2 epochs, 312 steps)
     finetune_lr: float = 3e-3
     finetune_layer_decay: float = 0.75  # MAE uses 0.65 for ViT-B's 12 blocks; the demo has 6
     finetune_drop_path: float = 0.1

@@ -10,8 +10,9 @@ from pathlib import Path
 import torch
 
 from . import __version__
-from .api import attach_inference_api, load
+from .api import attach_inference_api, load, run_name
 from .config import Config, load_config
+from .engine import distributed
 from .engine.loop import pretrain
 from .eval.suite import evaluate
 from .methods import build_method
@@ -35,13 +36,14 @@ def run_demo(overrides: Sequence[str] = (), preset: str = "demo") -> Path:
     timings["pretrain"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    trained = load(run_dir)
+    device = distributed.pick_device(cfg.train.device)
+    trained = load(run_dir, device)
     results_dir = run_dir / "results"
     columns = {
         f"{cfg.method} (step {trained.step})": evaluate(
-            trained, list(DEMO_TASKS), cfg.eval, results_dir, cfg.method, cfg.data.root),
+            trained, list(DEMO_TASKS), cfg.eval, results_dir, run_name(trained), cfg.data.root),
         "random init": evaluate(
-            random_init_model(cfg), list(DEMO_TASKS), cfg.eval, results_dir, "random-init", cfg.data.root),
+            random_init_model(cfg).to(device), list(DEMO_TASKS), cfg.eval, results_dir, "random-init", cfg.data.root),
     }
     timings["evaluation"] = time.perf_counter() - t0
 

@@ -233,6 +233,8 @@ def write_report(run_dirs: list[Path], out_dir: Path, floor: str | None = None) 
     """Compile the result JSONs of several runs into ``out_dir/report.md`` and PNG figures."""
     columns: dict[str, dict[str, dict]] = {}
     has_text: dict[str, bool] = {}
+    labels: dict[str, str] = {}  # model name -> its column, which carries the checkpoint step
+    mixed: list[str] = []
     for run_dir in run_dirs:
         results_dir = run_dir / "results" if (run_dir / "results").is_dir() else run_dir
         if not results_dir.is_dir():
@@ -242,12 +244,20 @@ def write_report(run_dirs: list[Path], out_dir: Path, floor: str | None = None) 
             raise LangmimError(f"no result JSONs in '{results_dir}'; run langmim eval --checkpoint {run_dir} first")
         for model, results in found.items():
             label = model if model not in columns else f"{model} ({run_dir.name})"
+            steps = sorted({r["step"] for r in results.values() if r.get("step") is not None})
+            if len(steps) > 1:
+                mixed.append(f"column '{label}' mixes results of checkpoint steps {', '.join(map(str, steps))}")
+                print(f"report: warning: {mixed[-1]}")
+            label = f"{label} (step{'s' if len(steps) > 1 else ''} {', '.join(map(str, steps))})" if steps else label
+            labels.setdefault(model, label)
             columns[label] = results
             method = next(iter(results.values()))["config"]["method"] if model != "random-init" else None
             text_method = method in ("clip", "rils") or str(method).startswith("openclip:")
             has_text[label] = text_method if method else any(t in results for t in NO_TEXT_TASKS)
     out_dir.mkdir(parents=True, exist_ok=True)
-    lines = ["# langmim report", "", "Runs: " + ", ".join(f"`{d}`" for d in run_dirs), "", comparison_table(columns, has_text, floor), ""]
+    table = comparison_table(columns, has_text, labels.get(floor, floor))
+    lines = ["# langmim report", "", "Runs: " + ", ".join(f"`{d}`" for d in run_dirs), "", table, ""]
+    lines += [f"**Warning**: {m}: re-run `langmim eval` on one checkpoint for a comparable column." for m in mixed]
     if plot_fewshot(columns, out_dir / "fewshot.png"):
         lines += ["## Few-shot", "![few-shot](fewshot.png)", ""]
     if plot_retrieval(columns, out_dir / "retrieval.png"):

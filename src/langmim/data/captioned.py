@@ -134,5 +134,7 @@ class CaptionedImages(Dataset):
                 continue
             caption = text.strip() if self.classes is None else fill_template(CLASS_TEMPLATES[int(rng.integers(len(CLASS_TEMPLATES)))], text)
             counts = torch.tensor([problems[k] for k in PROBLEM_KINDS], dtype=torch.long)
-            return {"image": crop_uint8(image, self.size, rng, self.recipe), "caption": caption, "index": index, "data_problems": counts}
+            named = [f"{self._pair(index)[0]}: {kind}" for kind in problems]  # the sample's own pair, as counted
+            return {"image": crop_uint8(image, self.size, rng, self.recipe), "caption": caption, "index": index,
+                    "data_problems": counts, "data_problem_files": named}
         raise DataError(f"{MAX_REPLACEMENTS} pairs in a row were unusable around sample {index}; check data.root")

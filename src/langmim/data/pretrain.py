@@ -7,6 +7,7 @@ each taking a slice of every global batch, sees exactly what one uninterrupted p
 from __future__ import annotations
 
 import itertools
+import signal
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
@@ -63,7 +64,14 @@ class PretrainCollator:
             batch["text"] = self.tokenizer([s["caption"] for s in samples])
         if "data_problems" in samples[0]:
             batch["data_problems"] = torch.stack([s["data_problems"] for s in samples]).sum(dim=0)
+            batch["data_problem_files"] = [name for s in samples for name in s["data_problem_files"]]
         return batch
+
+
+def ignore_interrupts(worker_id: int) -> None:
+    """Loader workers leave a terminal's Ctrl-C to the main process, which stops after the step
+    with a checkpoint; a worker killed by it would break the stream first."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def build_pretrain_dataset(cfg: Config) -> Dataset:
@@ -95,7 +103,8 @@ def build_pretrain_loader(
     cfg: Config, tokenizer: Callable | None, num_patches: int, start_step: int, rank: int = 0, world_size: int = 1
 ) -> DataLoader | StepLimitedLoader:
     collator = PretrainCollator(tokenizer, num_patches, cfg.train.seed)
-    workers = {"num_workers": cfg.data.num_workers, "prefetch_factor": 4 if cfg.data.num_workers > 0 else None}
+    workers = {"num_workers": cfg.data.num_workers, "prefetch_factor": 4 if cfg.data.num_workers > 0 else None,
+               "worker_init_fn": ignore_interrupts if cfg.data.num_workers > 0 else None}
     if cfg.data.name == "webdataset":
         if cfg.train.batch_size % world_size:
             raise ConfigError(f"train.batch_size={cfg.train.batch_size} must be divisible by the number of ranks ({world_size})")

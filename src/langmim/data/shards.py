@@ -51,7 +51,8 @@ def read_tar(stream, url: str) -> Iterator[dict]:
 
 class ShardStream(IterableDataset):
     """Samples of this rank's (and worker's) shards: dicts with ``image`` (uint8), ``caption``,
-    ``index`` (unique over ranks and workers) and per-kind ``data_problems`` counts."""
+    ``index`` (unique over ranks and workers), per-kind ``data_problems`` counts and the
+    ``data_problem_files`` they came from."""
 
     def __init__(self, spec: str, size: int, seed: int, rank: int, world_size: int, resampled: bool, start_step: int = 0,
                  max_passes: int | None = None, recipe: CropRecipe = DEFAULT_CROP, max_pixels: int = MAX_IMAGE_PIXELS) -> None:
@@ -79,6 +80,7 @@ class ShardStream(IterableDataset):
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         rng = np.random.default_rng([self.seed, self.start_step, self.rank, worker])
         pending: Counter = Counter()
+        named: list[str] = []  # "shard/key: kind" of the samples counted in pending
         count = 0
         for url in self._shards(rng, worker, workers):
             with open(url, "rb") as stream:
@@ -90,37 +92,37 @@ class ShardStream(IterableDataset):
                         break
                     except (tarfile.TarError, OSError, EOFError, ValueError):  # a damaged tar: what it held so far was used
                         pending["bad_tar"] += 1
+                        named.append(f"{url}: bad_tar")
                         break
-                    item = self._decode(sample, rng, pending)
+                    item, kind = self._decode(sample, rng)
+                    if kind is not None:
+                        pending[kind] += 1
+                        named.append(f"{url}/{sample['__key__']}: {kind}")
                     if item is None:
                         continue
                     item["key"] = sample["__key__"]
                     item["index"] = (count * workers + worker) * self.world_size + self.rank
                     item["data_problems"] = torch.tensor([pending[k] for k in PROBLEM_KINDS], dtype=torch.long)
+                    item["data_problem_files"], named = named, []
                     pending.clear()
                     count += 1
                     yield item
         self.unreported = pending
 
-    def _decode(self, sample: dict, rng: np.random.Generator, pending: Counter) -> dict | None:
+    def _decode(self, sample: dict, rng: np.random.Generator) -> tuple[dict | None, str | None]:
+        """(training item or None, the kind of problem or conversion it had, if any)."""
         caption = (sample.get("txt") or b"").decode("utf-8", "replace").strip()
         data = next((sample[k] for k in IMAGE_KEYS if k in sample), None)
         if data is None:
-            pending["missing_image"] += 1
-            return None
+            return None, "missing_image"
         if not data:
-            pending["empty_file"] += 1
-            return None
+            return None, "empty_file"
         if not caption:
-            pending["empty_caption"] += 1
-            return None
+            return None, "empty_caption"
         image, kind = decode_rgb(data, self.max_pixels)
         if image is None:
-            pending[kind] += 1
-            return None
-        if kind is not None:
-            pending[kind] += 1
-        return {"image": crop_uint8(image, self.size, rng, self.recipe), "caption": caption}
+            return None, kind
+        return {"image": crop_uint8(image, self.size, rng, self.recipe), "caption": caption}, kind
 
 
 def write_scene_shards(out: Path, num_samples: int, shard_size: int, seed: int = 0, canvas: int = 64,

@@ -332,10 +332,12 @@ def pretrain(cfg: Config, resume: str | None = None, log_tensorboard: bool = Tru
     method.train()
     step = start_step
     data_problems = None  # per-kind counts of skipped or converted samples in this process's batches
+    problem_files: set[str] = set()  # "file: kind" behind those counts, each once
     with StopSignals() as stop, contextlib.closing(logger):
         fetch_start = time.perf_counter()
         for batch in loader:
             data_time = time.perf_counter() - fetch_start
+            problem_files.update(batch.pop("data_problem_files", []))
             problems = batch.pop("data_problems", None)
             if problems is not None:
                 data_problems = problems if data_problems is None else data_problems + problems
@@ -359,7 +361,10 @@ def pretrain(cfg: Config, resume: str | None = None, log_tensorboard: bool = Tru
             fetch_start = time.perf_counter()
     counts = problem_counts(data_problems, info.device)
     if counts and distributed.is_main():
-        print(f"data problems in this run (skipped or converted samples, all ranks): {counts}")
+        print(f"data problems in this run (skipped or converted samples, all ranks, each time drawn): {counts}")
+        share = " in rank 0's share" if distributed.world_size() > 1 else ""
+        shown = sorted(problem_files)
+        print(f"  {len(shown)} distinct files{share}: {'; '.join(shown[:10])}{' ...' if len(shown) > 10 else ''}")
     return run_dir
 
 

@@ -68,14 +68,18 @@ def finetune(
     visual: MaskedVisionTransformer, train: Dataset, test: Dataset, num_classes: int, *, epochs: int = 3,
     batch_size: int = 128, lr: float = 1e-3, layer_decay: float = 0.75, drop_path: float = 0.1,
     weight_decay: float = 0.05, warmup_fraction: float = 0.1, label_smoothing: float = 0.1, seed: int = 0,
+    min_steps: int = 0,
 ) -> dict:
-    """Fine-tune a copy of ``visual`` on ``train`` (uint8 image, label) pairs; top-1 on ``test``."""
+    """Fine-tune a copy of ``visual`` on ``train`` (uint8 image, label) pairs; top-1 on ``test``.
+    A small ``train`` gets more epochs, up to ``min_steps`` optimizer steps, and a batch no
+    larger than itself."""
     torch.manual_seed(seed)
     device = next(visual.parameters()).device
     model = FineTuneClassifier(visual, num_classes, drop_path).to(device).train()
     optimizer = torch.optim.AdamW(layer_decay_groups(model, weight_decay, layer_decay), lr=lr)
-    loader = DataLoader(train, batch_size=batch_size, shuffle=True, drop_last=True,
+    loader = DataLoader(train, batch_size=min(batch_size, len(train)), shuffle=True, drop_last=True,
                         generator=torch.Generator().manual_seed(seed))
+    epochs = max(epochs, math.ceil(min_steps / len(loader)))
     total = epochs * len(loader)
     warmup = max(1, int(warmup_fraction * total))
     step = 0
@@ -98,4 +102,5 @@ def finetune(
         for images, labels in DataLoader(test, batch_size=256):
             logits.append(model(to_float(images.to(device))).float().cpu())
             targets.append(labels)
-    return {"top1": accuracy(torch.cat(logits), torch.cat(targets)), "steps": total, "final_loss": float(loss.detach())}
+    return {"top1": accuracy(torch.cat(logits), torch.cat(targets)), "steps": total, "epochs": epochs,
+            "final_loss": float(loss.detach())}

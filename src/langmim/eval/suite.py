@@ -278,9 +278,9 @@ def finetune_task(ctx: EvalContext) -> dict[str, Any]:
     cfg, data = ctx.cfg, ctx.classification
     train = Subset(data.train, seeded_subset(len(data.train), cfg.finetune_train_size, cfg.seed))
     settings = {"epochs": cfg.finetune_epochs, "lr": cfg.finetune_lr, "layer_decay": cfg.finetune_layer_decay,
-                "drop_path": cfg.finetune_drop_path}
+                "drop_path": cfg.finetune_drop_path, "min_steps": cfg.finetune_min_steps}
     result = finetune(ctx.model.visual, train, data.test, len(data.classnames), seed=cfg.seed, **settings)
-    return {"metrics": {"top1": result["top1"]}, "details": {**settings, "steps": result["steps"]},
+    return {"metrics": {"top1": result["top1"]}, "details": {**settings, "steps": result["steps"], "epochs_run": result["epochs"]},
             "split_sizes": {"train": len(train), "test": len(data.test)}}
 
 
@@ -311,6 +311,7 @@ def retrieval_task(ctx: EvalContext) -> dict[str, Any]:
     result = {"metrics": metrics, "details": {"distinct_captions": len(set(captions))}, "split_sizes": {"test": len(captions)}}
     if ctx.table:
         result["dataset"] = Path(ctx.dataset).stem
+        result["details"]["skipped"] = pairs.skipped  # unusable images and empty captions, named
     return result
 
 
