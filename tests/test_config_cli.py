@@ -187,3 +187,16 @@ def test_every_checkpoint_reader_says_what_a_bad_file_is(tmp_path, capsys, comma
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and words in err and name in err, err
         assert "weights_only=False" not in err and "Traceback" not in err
+
+
+def test_help_and_config_errors_start_without_torch():
+    """`langmim --help` and a config mistake answer before torch, open_clip or timm are imported."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from langmim.cli import build_parser, main; build_parser(); "
+            "rc = main(['pretrain', 'train.lrr=1']); "
+            "print(rc, sorted(m for m in ('torch', 'open_clip', 'timm', 'matplotlib') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip() == "2 []", result.stdout + result.stderr
+    assert "unknown config key 'train.lrr'" in result.stderr

@@ -169,16 +169,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "pretrain":
             from .config import load_config
+
+            cfg = load_config(args.config, args.overrides)  # config mistakes surface before torch is imported
             from .engine import distributed
             from .engine.loop import pretrain
 
             if args.dry_run:
                 from .engine.dryrun import dry_run
 
-                dry_run(load_config(args.config, args.overrides))
+                dry_run(cfg)
                 return 0
-            run_dir = pretrain(load_config(args.config, args.overrides), resume=args.resume,
-                               log_tensorboard=not args.no_tensorboard, stop_after=args.stop_after)
+            run_dir = pretrain(cfg, resume=args.resume, log_tensorboard=not args.no_tensorboard, stop_after=args.stop_after)
             if distributed.is_main():
                 print(f"run directory: {run_dir}")
         elif args.command == "eval":
