@@ -106,3 +106,29 @@ def test_open_clip_export_of_mae_is_a_clear_error(tmp_path, capsys):
     pretrain(load_config(None, tiny_overrides(tmp_path, "mae", steps=1)), log_tensorboard=False)
     assert main(["export", str(tmp_path), "--format", "open_clip"]) == 2
     assert "CLIP or RILS" in capsys.readouterr().err
+
+
+def test_exports_carry_a_model_card_with_the_runs_own_figures(rils_run, tmp_path):
+    import dataclasses
+
+    import yaml
+
+    from langmim.api import run_name
+    from langmim.eval.suite import evaluate
+
+    model = load(rils_run)
+    small = dataclasses.replace(model.config.eval, test_size=60, probe_train_size=80, knn_k=[5])
+    evaluate(model, ["knn", "linear"], small, rils_run / "results", run_name(model), log=lambda _: None)
+    expected = {}
+    for path in (rils_run / "results").glob("*.json"):
+        result = json.loads(path.read_text())
+        expected.update({(result["task"], result["dataset"], k): v for k, v in result["metrics"].items()})
+    for fmt in ("timm", "open_clip"):
+        assert main(["export", str(rils_run), "--format", fmt, "--out", str(tmp_path / fmt)]) == 0
+        text = (tmp_path / fmt / "README.md").read_text()
+        meta = yaml.safe_load(text.split("---\n")[1])
+        assert meta["library_name"] == fmt and meta["license"] == "apache-2.0" and "rils" in meta["tags"]
+        (index,) = meta["model-index"]
+        found = {(r["task"]["name"], r["dataset"]["name"], m["type"]): m["value"] for r in index["results"] for m in r["metrics"]}
+        assert found == expected and index["name"] == rils_run.name  # every figure, exactly, and nothing else
+        assert "Steps: 2 of 2 planned, batch 16: 32 images seen" in text and "```yaml" in text

@@ -25,6 +25,7 @@ from .config import to_dict
 from .data.scenes import IMAGE_MEAN, IMAGE_STD
 from .errors import LangmimError
 from .methods.base import PretrainMethod
+from .model_card import write_model_card
 from .models.pretrained import sentence_transformer_parts
 from .models.text import sentence_transformer_folder
 
@@ -156,4 +157,5 @@ def export(model: PretrainMethod, fmt: str, out: Path) -> Path:
     with_umask_mode(out / names[1])
     if fmt == "open_clip" and hasattr(model.tokenizer, "save_pretrained"):
         model.tokenizer.save_pretrained(out)  # open_clip's local-dir reads a Hugging Face tokenizer from the folder
+    write_model_card(model, fmt, out)
     return out
