@@ -24,7 +24,9 @@ def test_demo_writes_report_results_and_figures(tmp_path):
     assert {"demo_zeroshot_fashion-mnist.json", "random-init_linear_fashion-mnist.json"} <= set(results)  # by run name
     zs = results["demo_zeroshot_fashion-mnist.json"]
     assert zs["task"] == "zeroshot" and zs["split_sizes"]["test"] == 300 and zs["checkpoint"].endswith(".pt")
-    assert 0.0 <= zs["metrics"]["top1"] <= 100.0
+    correct = zs["metrics"]["top1"] * 300 / 100  # a share of 300 test images, as written
+    assert abs(correct - round(correct)) < 1e-6
+    assert f"| zero-shot top-1 (%) | {zs['metrics']['top1']:.2f} |" in report  # the report shows this result
     # a second call finds the finished run and only re-evaluates
     mtime = next(run.glob("checkpoint-*.pt")).stat().st_mtime_ns
     run_demo(tiny_overrides(run, "rils", steps=3) + SMALL_EVAL)

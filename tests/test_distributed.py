@@ -1,4 +1,6 @@
 """Real multi-process runs: torchrun with the Gloo backend on CPU."""
+import json
+import math
 import os
 import subprocess
 import sys
@@ -11,6 +13,7 @@ import torch
 
 from conftest import tiny_overrides
 from langmim.config import load_config
+from langmim.engine.checkpoint import load_checkpoint
 from langmim.engine.loop import pretrain
 
 HERE = Path(__file__).parent
@@ -69,7 +72,10 @@ def test_two_ranks_equal_one_process(tmp_path, teacher_run, method, sharding):
 def test_milan_trains_under_torchrun(tmp_path, teacher_run):
     overrides = tiny_overrides(tmp_path, "milan", steps=3, **{"teacher.source": f"langmim:{teacher_run}"})
     torchrun(["-m", "langmim.cli", "pretrain", "--no-tensorboard", *overrides])
-    assert (tmp_path / "checkpoint-00000003.pt").is_file()
+    state = load_checkpoint(tmp_path / "checkpoint-00000003.pt")
+    assert state["step"] == 3 and state["config"]["teacher"]["embed_dim"] == 32  # the teacher was built and used
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert len(losses) == 3 and all(math.isfinite(v) for v in losses)
 
 
 def test_srun_tasks_map_to_torch_distributed_variables():

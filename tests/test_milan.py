@@ -1,20 +1,23 @@
 """MILAN: teacher, semantic-aware masking, prompting decoder, loss, and real training runs."""
 import json
 import logging
+import math
 
 import open_clip
 import pytest
 import torch
 
 from conftest import tiny_overrides
+from langmim.api import load
 from langmim.config import load_config
 from langmim.data.pretrain import build_pretrain_loader
 from langmim.engine.checkpoint import list_checkpoints, load_checkpoint
 from langmim.engine.loop import Trainer, move, pretrain
 from langmim.errors import ConfigError
 from langmim.methods import build_method
-from langmim.methods.milan import MILAN, feature_distillation_loss, semantic_masking
+from langmim.methods.milan import feature_distillation_loss, semantic_masking
 from langmim.models import prompt_decoder
+from langmim.models.decoder import MaskTokenDecoder
 from langmim.models.masking import mask_from_noise
 from langmim.models.prompt_decoder import PromptingDecoder
 from langmim.models.teacher import build_teacher
@@ -190,8 +193,12 @@ def test_teacher_is_bit_identical_after_training_steps(tmp_path, clip_run):
 @pytest.mark.parametrize("overrides", [{"loss.masking": "random"}, {"model.decoder_type": "mae"}])
 def test_paper_ablations_train(tmp_path, clip_run, overrides):
     cfg = load_config(None, milan_overrides(tmp_path, clip_run, steps=2, **overrides))
-    pretrain(cfg, log_tensorboard=False)
-    assert isinstance(build_method(cfg), MILAN)
+    run = pretrain(cfg, log_tensorboard=False)
+    model = load(run)
+    expected = MaskTokenDecoder if overrides.get("model.decoder_type") == "mae" else PromptingDecoder
+    assert type(model.decoder) is expected and model.config.loss.masking == cfg.loss.masking
+    losses = [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
 
 
 def test_accumulation_and_bf16(tmp_path, clip_run):
