@@ -1,6 +1,7 @@
 """The whole evaluation suite on tiny trained models: every task's JSON, the skips, the report."""
 import io
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -198,3 +199,38 @@ def test_results_are_filed_by_run_name_and_report_columns_carry_the_step(runs, t
     text = write_report([out], tmp_path / "report").read_text()
     assert f"{name} (steps 1, 2)" in text and "mixes results of checkpoint steps 1, 2" in text
     assert "warning" in capsys.readouterr().out
+
+
+def test_clip_benchmark_results_merge_with_published_ones(runs, tmp_path):
+    """langmim writes CLIP_benchmark's schema beside its own; the real `clip_benchmark build` merges
+    it with a CLIP_benchmark result file, and `langmim report` reads that file too."""
+    import csv
+    import subprocess
+    import sys
+
+    pytest.importorskip("clip_benchmark")
+    model = load(runs["clip"])
+    out = tmp_path / "res"
+    ours = evaluate(model, ["zeroshot", "retrieval", "linear", "knn"], model.config.eval, out, "clip-tiny", log=lambda _: None)
+    files = sorted((out / "clip_benchmark").glob("*.json"))
+    assert [json.loads(f.read_text())["task"] for f in files] == ["linear_probe", "zeroshot_classification", "zeroshot_retrieval"]
+    zeroshot = json.loads((out / "clip_benchmark" / f"fashion-mnist_{Path(model.checkpoint_path).stem}_clip-tiny_en_zeroshot_classification.json").read_text())
+    assert set(zeroshot) == {"dataset", "model", "pretrained", "task", "metrics", "language"}
+    assert zeroshot["metrics"]["acc1"] == pytest.approx(ours["zeroshot"]["metrics"]["top1"] / 100)  # fractions, as CLIP_benchmark
+    retrieval = json.loads(next(f for f in files if f.name.endswith("retrieval.json")).read_text())["metrics"]
+    assert retrieval["image_retrieval_recall@5"] == pytest.approx(ours["retrieval"]["metrics"]["text_to_image_R@5"] / 100)
+
+    published = tmp_path / "published" / "cifar10_openai_ViT-B-32_en_zeroshot_classification.json"
+    published.parent.mkdir()
+    published.write_text(json.dumps({"dataset": "cifar10", "model": "ViT-B-32", "pretrained": "openai", "task": "zeroshot_classification",
+                                     "metrics": {"acc1": 0.8983, "acc5": 0.9954, "mean_per_class_recall": 0.8983}, "language": "en"}))
+    table = tmp_path / "benchmark.csv"
+    result = subprocess.run([sys.executable, "-m", "clip_benchmark.cli", "build", *map(str, files), str(published), "--output", str(table)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = list(csv.DictReader(table.open()))
+    assert {r["model"] for r in rows} == {"clip-tiny", "ViT-B-32"} and len(rows) == 4
+    ours_row = next(r for r in rows if r["task"] == "zeroshot_classification" and r["model"] == "clip-tiny")
+    assert float(ours_row["acc1"]) == pytest.approx(zeroshot["metrics"]["acc1"])
+    report = write_report([out / "clip_benchmark", published.parent], tmp_path / "report").read_text()
+    assert "ViT-B-32 openai" in report and "| 89.83 |" in report.replace(" | n/a", "")

@@ -14,6 +14,7 @@ import torch  # noqa: E402
 from .data.fashion_mnist import CLASS_NAMES  # noqa: E402
 from .data.scenes import ZEROSHOT_TEMPLATES, FashionScenes, fill_template, to_float  # noqa: E402
 from .errors import LangmimError  # noqa: E402
+from .eval.clip_benchmark import from_clip_benchmark  # noqa: E402
 from .eval.zeroshot import zeroshot_classifier  # noqa: E402
 from .methods.base import ImageTextMethod  # noqa: E402
 
@@ -166,13 +167,15 @@ def comparison_table(columns: dict[str, dict[str, dict]], has_text: dict[str, bo
 
 
 def read_results(results_dir: Path) -> dict[str, dict[str, dict]]:
-    """{model name: {task: result}} from the result JSONs of a directory."""
+    """{model name: {task: result}} from the result JSONs of a directory: langmim's own, and
+    CLIP_benchmark's (its ``clip_benchmark/`` sub-folder of a run, or anyone's published files)."""
     found: dict[str, dict[str, dict]] = {}
     for path in sorted(results_dir.glob("*.json")):
         try:
             result = json.loads(path.read_text())
         except json.JSONDecodeError:
             raise LangmimError(f"result file '{path}' is not valid JSON") from None
+        result = from_clip_benchmark(result) or result
         if {"model", "task", "metrics"} <= set(result):
             found.setdefault(result["model"], {})[result["task"]] = result
     return found
@@ -252,7 +255,7 @@ def write_report(run_dirs: list[Path], out_dir: Path, floor: str | None = None) 
             labels.setdefault(model, label)
             columns[label] = results
             method = next(iter(results.values()))["config"]["method"] if model != "random-init" else None
-            text_method = method in ("clip", "rils") or str(method).startswith("openclip:")
+            text_method = method in ("clip", "rils") or str(method).startswith(("openclip:", "clip_benchmark:"))
             has_text[label] = text_method if method else any(t in results for t in NO_TEXT_TASKS)
     out_dir.mkdir(parents=True, exist_ok=True)
     table = comparison_table(columns, has_text, labels.get(floor, floor))

@@ -39,6 +39,7 @@ from ..data.shifted import SHIFT_STYLES, FashionMNISTShifted
 from ..engine.checkpoint import atomic_save
 from ..errors import DataError
 from ..methods.base import PretrainMethod
+from .clip_benchmark import write_clip_benchmark
 from .compositional import compositional_scores
 from .detection import detection_probe
 from .features import extract_features
@@ -446,4 +447,5 @@ def evaluate(
         if out_dir is not None:
             out_dir.mkdir(parents=True, exist_ok=True)
             (out_dir / f"{model_name}_{name}_{result['dataset']}.json").write_text(json.dumps(result, indent=1))
+            write_clip_benchmark(result, out_dir)
     return results
