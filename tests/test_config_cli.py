@@ -200,3 +200,15 @@ def test_help_and_config_errors_start_without_torch():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.stdout.strip() == "2 []", result.stdout + result.stderr
     assert "unknown config key 'train.lrr'" in result.stderr
+
+
+def test_configs_saved_before_a_key_existed_load_with_what_those_runs_did():
+    """Runs saved before train.no_weight_decay existed spared cls_token, mask_token and the text
+    positions from weight decay; their configs load that way, so their optimizer state fits."""
+    from langmim.config import config_from_dict
+
+    saved = to_dict(load_config("demo"))
+    del saved["train"]["no_weight_decay"]
+    assert config_from_dict(saved).train.no_weight_decay == ["cls_token", "mask_token", "positional_embedding"]
+    saved["train"]["no_weight_decay"] = []
+    assert config_from_dict(saved).train.no_weight_decay == []

@@ -263,3 +263,30 @@ def test_torchscript_archives_get_their_own_message(tmp_path):
     cfg, method = build([*TINY_MODEL, f"init.vision={path}"], "mae")
     with pytest.raises(CheckpointError, match="TorchScript archive"):
         method.load_pretrained(cfg)
+
+
+def test_locked_text_tower_runs_from_a_low_precision_copy_under_autocast(tmp_path):
+    """Under autocast a locked tower's frozen part runs from a bf16 copy outside autocast; the saved
+    weights stay fp32 and untouched, and only the projection trains."""
+    from conftest import tiny_overrides
+
+    cfg = load_config(None, tiny_overrides(tmp_path, "clip", **{"init.lock_text": "true", "train.precision": "bf16"}))
+    torch.manual_seed(0)
+    method = build_method(cfg)
+    trainer = Trainer(cfg, method, torch.device("cpu"))  # applies the lock
+    keys = set(method.state_dict())
+    frozen = {n: p.detach().clone() for n, p in method.text.named_parameters() if not p.requires_grad}
+    projection = method.text.text_projection.detach().clone()
+    tokens = torch.randint(1, 400, (4, 24), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        reference = method.encode_text(tokens)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = method.encode_text(tokens)
+    assert torch.nn.functional.cosine_similarity(low.float(), reference, dim=-1).min() > 0.99
+    copy = method.__dict__["_frozen_text_copy"][1]
+    assert {p.dtype for p in copy.parameters()} == {torch.bfloat16} and set(method.state_dict()) == keys
+    g = torch.Generator().manual_seed(1)
+    trainer.step({"image": torch.rand(16, 3, 32, 32, generator=g) * 2 - 1, "noise": torch.rand(16, 16, generator=g),
+                  "text": torch.randint(1, 400, (16, 24), generator=g), "index": torch.arange(16)})
+    assert all(torch.equal(p, frozen[n]) and p.dtype == torch.float32 for n, p in method.text.named_parameters() if n in frozen)
+    assert not torch.equal(method.text.text_projection, projection)  # the projection still trains

@@ -197,3 +197,59 @@ def test_readme_python_api_snippet_runs(tmp_path, capsys, monkeypatch):
     exec(compile(code.replace('"runs/demo"', '"run"'), "README.md", "exec"), {})
     probabilities = [float(x) for x in re.findall(r"[\d.]+(?:e-?\d+)?", capsys.readouterr().out.split("tensor(")[-1])]
     assert len(probabilities) == 2 and abs(sum(probabilities) - 1) < 1e-4
+
+
+def wandb_history(run_dir):
+    """The history rows of an offline W&B run, read from its transaction log (LevelDB-style records
+    of wandb's own protobuf ``Record``), without wandb's service."""
+    from pathlib import Path
+
+    from wandb.proto import wandb_internal_pb2
+
+    (path,) = Path(run_dir).glob("wandb/offline-run-*/run-*.wandb")
+    data, pos, block, chunk, rows = path.read_bytes(), 7, 32768, b"", []
+    assert data[:4] == b":W&B"
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # a block's tail too short for a header is padding
+            pos += block - pos % block
+            continue
+        length, kind = int.from_bytes(data[pos + 4:pos + 6], "little"), data[pos + 6]
+        payload, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
+        if kind == 0:
+            break
+        chunk = payload if kind in (1, 2) else chunk + payload
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(chunk)
+            if record.WhichOneof("record_type") == "history":
+                rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item})
+    return rows
+
+
+def test_tensorboard_and_wandb_get_the_same_scalars(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    cfg = load_config(None, tiny_overrides(tmp_path, "rils", steps=3, **{"train.report_to": "[tensorboard,wandb]"}))
+    pretrain(cfg)
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    board = {(tag, e.step): e.value for tag in events.Tags()["scalars"] for e in events.Scalars(tag)}
+    wandb_rows = {(key, row["_step"]): value for row in wandb_history(tmp_path) for key, value in row.items() if key.startswith("train/")}
+    assert set(board) == set(wandb_rows) and {step for _, step in board} == {1, 2, 3}
+    assert all(board[k] == pytest.approx(wandb_rows[k], rel=1e-6) for k in board)  # float32 events, float64 in W&B
+    assert {"train/loss", "train/loss_rec", "train/match_rate", "train/lr"} <= {tag for tag, _ in board}
+
+
+def test_report_to_wandb_without_the_package_is_a_clear_error(tmp_path, monkeypatch):
+    import sys
+
+    from langmim.errors import ConfigError
+
+    monkeypatch.setitem(sys.modules, "wandb", None)  # as if not installed
+    with pytest.raises(ConfigError, match="pip install wandb"):
+        pretrain(load_config(None, tiny_overrides(tmp_path, "mae", steps=1, **{"train.report_to": "[wandb]"})))
+    with pytest.raises(ConfigError, match="train.report_to"):
+        load_config(None, ["train.report_to=[mlflow]"])

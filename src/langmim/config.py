@@ -27,6 +27,7 @@ DATASETS = ("fashion-scenes", "csv", "imagefolder", "webdataset")
 PRECISIONS = ("fp32", "bf16", "auto")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 INTERPOLATIONS = ("bicubic", "bilinear")
+REPORT_SINKS = ("tensorboard", "wandb")
 
 
 @dataclass
@@ -122,6 +123,7 @@ class TrainConfig:
     device: str = "auto"
     seed: int = 0
     log_every: int = 10
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])  # scalars beside metrics.jsonl: tensorboard, wandb
     ckpt_every: int = 100
     keep_checkpoints: int = 2
 
@@ -179,7 +181,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
 # Keys a resumed run may change without invalidating its checkpoint.
 RESUMABLE_CHANGES = (
     "output_dir", "train.steps", "train.log_every", "train.ckpt_every", "train.keep_checkpoints",
-    "train.device", "data.num_workers", "data.root", "eval.",
+    "train.device", "train.report_to", "data.num_workers", "data.root", "eval.",
 )
 
 
@@ -336,6 +338,9 @@ def resolve(cfg: Config) -> Config:
             raise ConfigError(f"train.{key} must be at least 1, got {getattr(t, key)}")
     if t.batch_size % t.accum_freq:
         raise ConfigError(f"train.batch_size={t.batch_size} must be divisible by train.accum_freq={t.accum_freq}")
+    unknown = [sink for sink in t.report_to if sink not in REPORT_SINKS]
+    if unknown:
+        raise ConfigError(f"train.report_to: unknown {', '.join(unknown)}; choose from {', '.join(REPORT_SINKS)}")
     if len(t.betas) != 2:
         raise ConfigError(f"train.betas expects two numbers, got {t.betas}")
     return cfg
@@ -357,10 +362,15 @@ def load_config(preset: str | None = None, overrides: typing.Sequence[str] = ())
 RENAMED_KEYS = {"eval.segmentation_train_size": "eval.scene_train_size", "eval.segmentation_test_size": "eval.scene_test_size"}
 
 
+# Keys added since runs were saved, with the value that reproduces what those runs did.
+LEGACY_VALUES = {"train.no_weight_decay": ["cls_token", "mask_token", "positional_embedding"]}
+
+
 def config_from_dict(data: dict) -> Config:
     """Rebuild a config saved in a checkpoint or ``config.yaml``."""
     cfg = Config()
-    apply_dict(cfg, {RENAMED_KEYS.get(k, k): v for k, v in _flatten(data).items()}, "saved config")
+    flat = {RENAMED_KEYS.get(k, k): v for k, v in _flatten(data).items()}
+    apply_dict(cfg, {**LEGACY_VALUES, **flat}, "saved config")
     return resolve(cfg)
 
 

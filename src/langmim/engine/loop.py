@@ -269,7 +269,11 @@ class Trainer:
             set_optimizer_state_dict(self.method, self.optimizer, state["optimizer"], options=options)
         else:
             self.method.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
+            try:
+                self.optimizer.load_state_dict(state["optimizer"])
+            except ValueError as err:
+                raise CheckpointError(f"the checkpoint's optimizer state does not fit this config's parameter groups "
+                                      f"({err}); resume with the run's own config.yaml") from None
         self.scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
         return int(state["step"])
@@ -328,7 +332,8 @@ def pretrain(cfg: Config, resume: str | None = None, log_tensorboard: bool = Tru
 
     tokenizer = build_tokenizer(cfg.model.context_length, cfg.init.text) if method.has_text else None
     loader = build_pretrain_loader(cfg, tokenizer, method.visual.num_patches, start_step, info.rank, info.world_size)
-    logger = MetricLogger(run_dir, cfg.train.steps, start_step, distributed.is_main(), log_tensorboard)
+    report_to = [sink for sink in cfg.train.report_to if log_tensorboard or sink != "tensorboard"]
+    logger = MetricLogger(run_dir, cfg.train.steps, start_step, distributed.is_main(), report_to, to_dict(cfg))
     method.train()
     step = start_step
     data_problems = None  # per-kind counts of skipped or converted samples in this process's batches

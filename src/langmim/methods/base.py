@@ -3,6 +3,7 @@ and the inference API (``encode_image`` / ``encode_text``)."""
 from __future__ import annotations
 
 import abc
+import copy
 import math
 
 import torch
@@ -137,8 +138,28 @@ class ImageTextMethod(PretrainMethod):
         return F.normalize(tokens[:, 1:] @ self.image_projection, dim=-1)
 
     def encode_text(self, tokens: torch.Tensor, normalize: bool = True) -> torch.Tensor:
-        emb = self.text(tokens)
+        locked_under_autocast = self.text_locked and torch.is_autocast_enabled(tokens.device.type)
+        emb = self.locked_text(tokens) if locked_under_autocast else self.text(tokens)
         return F.normalize(emb, dim=-1) if normalize else emb
+
+    def locked_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        """A locked tower under autocast: its frozen part runs from a copy in the autocast dtype
+        with autocast off, then its trainable projection runs live. Autocast would re-cast every
+        frozen weight on each call, and on a CPU send ``nn.MultiheadAttention``'s in-projection
+        down an unfolded batched matmul (14x slower); the copy, kept out of the state dict,
+        leaves the saved weights untouched."""
+        device, dtype = tokens.device, torch.get_autocast_dtype(tokens.device.type)
+        name = "text_projection" if hasattr(self.text, "text_projection") else "proj"
+        cached = self.__dict__.get("_frozen_text_copy")
+        if cached is None or cached[0] != (dtype, device):
+            tower = copy.deepcopy(self.text)
+            setattr(tower, name, None if name == "text_projection" else nn.Identity())
+            self.__dict__["_frozen_text_copy"] = ((dtype, device), tower.to(device=device, dtype=dtype).requires_grad_(False))
+        tower = self.__dict__["_frozen_text_copy"][1].train(self.text.training)
+        with torch.no_grad(), torch.autocast(device.type, enabled=False):
+            pooled = tower(tokens)
+        projection = getattr(self.text, name)
+        return pooled @ projection if isinstance(projection, nn.Parameter) else projection(pooled)
 
     def after_optimizer_step(self) -> None:
         """Clamp the logit scale to [0, ln 100] in place, as SLIP and open_clip do. A clamp in the
