@@ -229,3 +229,14 @@ def test_teacher_under_autocast_runs_in_its_dtype_once_cast(clip_run):
     assert out.tokens.dtype == out.cls_attention.dtype == torch.float32
     assert torch.nn.functional.cosine_similarity(out.tokens, reference.tokens, dim=-1).min() > 0.99
     assert (out.cls_attention - reference.cls_attention).abs().max() < 0.02
+
+
+def test_cls_attention_beside_the_block_equals_torchs_own_weights():
+    from langmim.models.teacher import mha_cls_attention
+
+    torch.manual_seed(0)
+    attn = torch.nn.MultiheadAttention(64, 4, batch_first=True).eval()
+    x = torch.randn(3, 17, 64)
+    with torch.no_grad():
+        _, weights = attn(x, x, x, need_weights=True, average_attn_weights=True)
+        assert torch.allclose(mha_cls_attention(attn, x), weights[:, 0, 1:], atol=1e-6)

@@ -148,12 +148,27 @@ class OpenCLIPTeacher(Teacher):
         for block in blocks:
             x = block(x)
         h = last.ln_1(x)
-        attended, weights = last.attn(h, h, h, need_weights=True, average_attn_weights=True)
-        x = x + last.ls_1(attended)
+        weights = mha_cls_attention(last.attn, h)
+        x = x + last.ls_1(last.attn(h, h, h, need_weights=False)[0])
         x = x + last.ls_2(last.mlp(last.ln_2(x)))
         tokens = v.ln_post(x) @ v.proj
         pooled = tokens[:, 1:].mean(dim=1) if v.pool_type == "avg" else tokens[:, 0]
-        return TeacherOutput(tokens=tokens, cls_attention=weights[:, 0, 1:], embedding=pooled)
+        return TeacherOutput(tokens=tokens, cls_attention=weights, embedding=pooled)
+
+
+def mha_cls_attention(attn: nn.MultiheadAttention, x: torch.Tensor) -> torch.Tensor:
+    """Attention of a batch-first ``nn.MultiheadAttention`` from the CLS query (token 0) to the
+    other tokens, averaged over heads: (B, N). Computed beside the block (the CLS query and the
+    keys only) so that the block itself keeps torch's fused path, which ``need_weights`` leaves:
+    its unfused in-projection of frozen weights is many times slower on a CPU in bf16."""
+    batch, length, width = x.shape
+    heads = attn.num_heads
+    dim = width // heads
+    weight, bias = attn.in_proj_weight, attn.in_proj_bias
+    q = F.linear(x[:, :1], weight[:width], bias[:width]).view(batch, 1, heads, dim).transpose(1, 2)
+    k = F.linear(x, weight[width:2 * width], bias[width:2 * width]).view(batch, length, heads, dim).transpose(1, 2)
+    weights = ((q * dim**-0.5) @ k.transpose(-2, -1)).softmax(dim=-1)
+    return weights.mean(dim=1)[:, 0, 1:]
 
 
 class TimmTeacher(Teacher):
