@@ -22,6 +22,27 @@ def tiny_overrides(run_dir, method: str, steps: int = 4, **extra) -> list[str]:
     return base + [f"{k}={v}" for k, v in extra.items()]
 
 
+# Evaluation sizes that keep every task to seconds.
+TINY_EVAL = [
+    "eval.test_size=200", "eval.probe_train_size=300", "eval.knn_k=[10,20]", "eval.fewshot_shots=[1,2]",
+    "eval.fewshot_seeds=2", "eval.retrieval_size=100", "eval.scene_train_size=120",
+    "eval.scene_test_size=50", "eval.segmentation_epochs=2", "eval.detection_epochs=2", "eval.finetune_train_size=256",
+    "eval.finetune_epochs=1", "eval.lowshot_shots=[1,4]", "eval.shift_test_size=40",
+]
+
+
+@pytest.fixture(scope="session")
+def clip_run(tmp_path_factory):
+    """One tiny CLIP run (3 steps on the built-in scenes) shared by the modules that need a trained
+    checkpoint: a MILAN teacher, an evaluation subject, a checkpoint to read."""
+    from langmim.config import load_config
+    from langmim.engine.loop import pretrain
+
+    run = tmp_path_factory.mktemp("clip_run")
+    pretrain(load_config(None, tiny_overrides(run, "clip", steps=3) + TINY_EVAL), log_tensorboard=False)
+    return run
+
+
 @pytest.fixture
 def tiny():
     return tiny_overrides

@@ -33,21 +33,14 @@ def torchrun(args: list[str], nproc: int = 2) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
 
 
-@pytest.fixture(scope="module")
-def teacher_run(tmp_path_factory):
-    run = tmp_path_factory.mktemp("teacher")
-    pretrain(load_config(None, tiny_overrides(run, "clip", steps=2)), log_tensorboard=False)
-    return run
-
-
 @pytest.mark.parametrize("method, sharding", [("clip", "ddp"), ("rils", "ddp"), ("milan", "ddp"), ("rils", "fsdp")])
-def test_two_ranks_equal_one_process(tmp_path, teacher_run, method, sharding):
+def test_two_ranks_equal_one_process(tmp_path, clip_run, method, sharding):
     """Two ranks with B/2 images each give the loss and gradients of one process with B images,
     at the first step and after resuming at step 2 (so data position and state carry over);
     with FSDP the checkpoint written at step 2 is the full state, which every rank re-shards."""
     from distributed_step import one_step
 
-    extra = {"teacher.source": f"langmim:{teacher_run}"} if method == "milan" else {}
+    extra = {"teacher.source": f"langmim:{clip_run}"} if method == "milan" else {}
     extra["train.fsdp"] = str(sharding == "fsdp").lower()
     extra["train.no_weight_decay"] = "[]"  # the CLI run below starts from the demo preset, which exempts more
     for start in (0, 2):
@@ -69,8 +62,8 @@ def test_two_ranks_equal_one_process(tmp_path, teacher_run, method, sharding):
             assert (ranks["grads"][name] - grad).abs().max().item() <= 1e-4 * scale + 1e-7, name
 
 
-def test_milan_trains_under_torchrun(tmp_path, teacher_run):
-    overrides = tiny_overrides(tmp_path, "milan", steps=3, **{"teacher.source": f"langmim:{teacher_run}"})
+def test_milan_trains_under_torchrun(tmp_path, clip_run):
+    overrides = tiny_overrides(tmp_path, "milan", steps=3, **{"teacher.source": f"langmim:{clip_run}"})
     torchrun(["-m", "langmim.cli", "pretrain", "--no-tensorboard", *overrides])
     state = load_checkpoint(tmp_path / "checkpoint-00000003.pt")
     assert state["step"] == 3 and state["config"]["teacher"]["embed_dim"] == 32  # the teacher was built and used

@@ -23,14 +23,6 @@ from langmim.models.prompt_decoder import PromptingDecoder
 from langmim.models.teacher import build_teacher
 
 
-@pytest.fixture(scope="module")
-def clip_run(tmp_path_factory):
-    """A tiny CLIP checkpoint on the built-in scenes: the language-supervised teacher."""
-    run = tmp_path_factory.mktemp("clip_teacher")
-    pretrain(load_config(None, tiny_overrides(run, "clip", steps=3)), log_tensorboard=False)
-    return run
-
-
 def milan_overrides(run_dir, teacher_run, steps=4, **extra):
     return tiny_overrides(run_dir, "milan", steps, **{"teacher.source": f"langmim:{teacher_run}", **extra})
 
