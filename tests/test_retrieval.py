@@ -33,3 +33,13 @@ def test_a_caption_with_the_same_text_counts_as_a_hit():
     ])
     r = recall_at_k(sim, relevant, ks=(1,))
     assert r["image_to_text_R@1"] == pytest.approx(200 / 3)
+
+
+def test_an_image_with_several_captions_matches_each_of_them():
+    relevant = relevance_from_captions([["a red bag.", "a bag."], ["a blue coat."], ["a bag."]])
+    # texts in order: "a red bag.", "a bag.", "a blue coat.", "a bag."
+    assert relevant.tolist() == [[True, True, False, True], [False, False, True, False], [False, True, False, True]]
+    sim = torch.tensor([[0.0, 0.3, 0.9, 0.1], [0.9, 0.0, 0.2, 0.0], [0.0, 0.5, 0.0, 1.0]])
+    r = recall_at_k(sim, relevant, ks=(1,))
+    assert r["image_to_text_R@1"] == pytest.approx(100 / 3)  # only image 2 finds one of its own first
+    assert r["text_to_image_R@1"] == pytest.approx(50.0)  # texts 1 and 3 find an owner first; 0 and 2 do not

@@ -51,9 +51,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--checkpoint", required=True,
                    help="a langmim checkpoint file or run directory (newest checkpoint), or an external model "
                    "with weights on disk: timm:MODEL:WEIGHTS or openclip:MODEL:WEIGHTS")
-    e.add_argument("--dataset", default=None, metavar="PATH",
-                   help="an image folder with train/ and val/ class sub-folders (classification tasks) or a "
-                   "CSV/TSV with image-path and caption columns (retrieval); default: the built-in data")
+    e.add_argument("--dataset", default=None, metavar="PATH|wds/NAME",
+                   help="an image folder with train/ and val/ class sub-folders (classification tasks), a "
+                   "CSV/TSV with image-path and caption columns (retrieval), or wds/NAME: a CLIP_benchmark "
+                   "WebDataset set in --dataset-root (classification or retrieval); default: the built-in data")
+    e.add_argument("--dataset-root", default=None, metavar="DIR",
+                   help="the folder of a wds/NAME set (train/ and test/ shards, classnames.txt, "
+                   "zeroshot_classification_templates.txt); {dataset} and {dataset_cleaned} are filled as "
+                   "CLIP_benchmark fills them")
     e.add_argument("--tasks", default="zeroshot,knn,linear",
                    help="comma-separated: zeroshot, knn, linear, fewshot, finetune, retrieval, presence, cells, binding, "
                    "counting, compositional, detection, segmentation, shift, or 'all'")
@@ -84,17 +89,27 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--out", default=None, metavar="PATH",
                    help="output folder (timm, open_clip) or file (safetensors); default: RUN/export-FORMAT[.safetensors]")
 
-    g = sub.add_parser("data", help="write fashion-scenes as WebDataset shards (img2dataset layout)",
-                       description="Render built-in fashion-scenes (train-split items) into tar shards with "
-                       "{key}.png, {key}.txt and {key}.json per sample, the layout img2dataset writes; train on them "
-                       "with data.name=webdataset data.root='OUT/{00000..NNNNN}.tar'.")
-    g.add_argument("action", choices=("shards",), help="what to write")
-    g.add_argument("--out", required=True, help="output folder for the .tar shards")
-    g.add_argument("--num-samples", type=int, default=10000, help="scenes to write (default 10000)")
-    g.add_argument("--shard-size", type=int, default=1000, help="samples per shard (default 1000)")
-    g.add_argument("--seed", type=int, default=0, help="scene seed (default 0)")
+    g = sub.add_parser("data", help="write the built-in data as WebDataset shards: training scenes (img2dataset "
+                       "layout) or the evaluation sets (CLIP_benchmark layout)",
+                       description="shards: render fashion-scenes (train-split items) into tar shards with {key}.png, "
+                       "{key}.txt and {key}.json per sample, the layout img2dataset writes; train on them with "
+                       "data.name=webdataset data.root='OUT/{00000..NNNNN}.tar'. clip-benchmark: write the built-in "
+                       "evaluation sets as CLIP_benchmark WebDataset sets, OUT/fashion-mnist (classification: train/ and "
+                       "test/) and OUT/fashion-scenes-captions (retrieval), read by `langmim eval --dataset wds/NAME "
+                       "--dataset-root OUT/NAME` and by `clip_benchmark eval` alike.")
+    g.add_argument("action", choices=("shards", "clip-benchmark"), help="what to write")
+    g.add_argument("--out", required=True, help="output folder")
+    g.add_argument("--shard-size", type=int, default=None, help="samples per shard (default 1000 for shards, 10000 for clip-benchmark)")
+    g.add_argument("--seed", type=int, default=0, help="shards: scene seed; clip-benchmark: the eval.seed whose train rows to write (default 0)")
     g.add_argument("--canvas", type=int, default=64, help="image side in pixels (default 64)")
-    g.add_argument("--plain-share", type=float, default=0.3, help="share of plain single-item scenes (default 0.3)")
+    g.add_argument("--num-samples", type=int, default=10000, help="shards: scenes to write (default 10000)")
+    g.add_argument("--plain-share", type=float, default=0.3, help="shards: share of plain single-item scenes (default 0.3)")
+    g.add_argument("--train-size", type=int, default=60000,
+                   help="clip-benchmark: Fashion-MNIST train rows, the ones the probes take at eval.probe_train_size=N (default all 60000)")
+    g.add_argument("--test-size", type=int, default=10000, help="clip-benchmark: the first N test images, as eval.test_size=N (default all 10000)")
+    g.add_argument("--retrieval-size", type=int, default=1000, help="clip-benchmark: held-out captioned scenes, as eval.retrieval_size=N (default 1000)")
+    g.add_argument("--image-format", default="webp", choices=("webp", "png"), help="clip-benchmark: lossless image format (default webp, as CLIP_benchmark)")
+    g.add_argument("--data-root", default=None, metavar="DIR", help="where the Fashion-MNIST files are (default: the standard places)")
 
     d = sub.add_parser("demo", help="pre-train RILS on the built-in scenes, evaluate, write runs/demo/report.md",
                        description="The laptop demo: pre-trains with the 'demo' preset (resuming an interrupted "
@@ -148,8 +163,27 @@ def cmd_eval(args: argparse.Namespace) -> None:
         apply_dict(model.config, {key: value}, "command line")
     default_out = Path("runs/external") / name / "results" if external else Path(model.checkpoint_path).parent / "results"
     out = Path(args.output) if args.output else default_out
-    results = evaluate(model, tasks, model.config.eval, out, name, builtin_data_root(data_root, model.config), dataset=args.dataset)
+    if args.dataset_root and not (args.dataset or "").startswith("wds/"):
+        raise ConfigError(f"--dataset-root is the folder of a --dataset wds/NAME set; --dataset is {args.dataset!r}")
+    results = evaluate(model, tasks, model.config.eval, out, name, builtin_data_root(data_root, model.config),
+                       dataset=args.dataset, dataset_root=args.dataset_root)
     print(json.dumps({t: r["metrics"] for t, r in results.items()}, indent=1))
+
+
+def cmd_data(args: argparse.Namespace) -> None:
+    if args.action == "shards":
+        from .data.shards import write_scene_shards
+
+        shards = write_scene_shards(Path(args.out), args.num_samples, args.shard_size or 1000, args.seed, args.canvas,
+                                    args.plain_share, root=args.data_root)
+        print(f"wrote {len(shards)} shards: {shards[0].parent}/{{{shards[0].stem}..{shards[-1].stem}}}.tar")
+        return
+    from .data.benchmark_sets import write_builtin_sets
+
+    counts = write_builtin_sets(Path(args.out), args.canvas, args.train_size, args.test_size, args.retrieval_size, args.seed,
+                                args.data_root, args.image_format, args.shard_size or 10000)
+    for split, count in counts.items():
+        print(f"wrote {count} samples: {Path(args.out) / split}")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -196,10 +230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             default = Path(model.checkpoint_path).parent / f"export-{args.format}{'.safetensors' if args.format == 'safetensors' else ''}"
             print(f"exported: {export(model, args.format, Path(args.out) if args.out else default)}")
         elif args.command == "data":
-            from .data.shards import write_scene_shards
-
-            shards = write_scene_shards(Path(args.out), args.num_samples, args.shard_size, args.seed, args.canvas, args.plain_share)
-            print(f"wrote {len(shards)} shards: {shards[0].parent}/{{{shards[0].stem}..{shards[-1].stem}}}.tar")
+            cmd_data(args)
         elif args.command == "demo":
             from .demo import run_demo
 

@@ -1,8 +1,9 @@
 """Image-text retrieval: recall@k in both directions (open_clip ``metrics``, CLIP_benchmark).
 
 Generated captions repeat ("a white bag in the centre." describes many scenes), so a retrieved
-caption counts as a hit when its text equals the query image's caption, and a retrieved image
-counts as a hit when its caption equals the query text.
+caption counts as a hit when its text equals one of the query image's captions, and a retrieved
+image counts as a hit when one of its captions equals the query text. An image may have several
+captions (CLIP_benchmark's retrieval sets); the texts are all images' captions in order.
 """
 from __future__ import annotations
 
@@ -14,11 +15,17 @@ from torch import Tensor
 DEFAULT_KS = (1, 5, 10)
 
 
-def relevance_from_captions(captions: Sequence[str]) -> Tensor:
-    """(n, n) bool: image i and caption j match where caption j's text equals caption i's."""
-    ids = {text: i for i, text in enumerate(dict.fromkeys(captions))}
-    codes = torch.tensor([ids[c] for c in captions])
-    return codes[:, None] == codes[None, :]
+def relevance_from_captions(captions: Sequence[str] | Sequence[Sequence[str]]) -> Tensor:
+    """(images, texts) bool: image i and text j match where text j equals one of image i's
+    captions. ``captions`` has one caption per image, or a list of them per image; the texts
+    are every caption in that order."""
+    per_image = [[c] if isinstance(c, str) else list(c) for c in captions]
+    texts = [c for image in per_image for c in image]
+    ids = {text: i for i, text in enumerate(dict.fromkeys(texts))}
+    owns = torch.zeros(len(per_image), len(ids), dtype=torch.bool)  # image i has a caption with text id k
+    for i, image in enumerate(per_image):
+        owns[i, [ids[c] for c in image]] = True
+    return owns[:, torch.tensor([ids[t] for t in texts])]
 
 
 def recall_at_k(similarity: Tensor, relevant: Tensor, ks: Sequence[int] = DEFAULT_KS) -> dict[str, float]:

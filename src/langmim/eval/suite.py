@@ -31,7 +31,9 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..config import EvalConfig, to_dict
+from ..data.benchmark_sets import BenchmarkSet, open_benchmark_set
 from ..data.compositional import CompositionalScenes
+from ..data.eval_rows import EVAL_SCENE_SEED, seeded_subset
 from ..data.fashion_mnist import CLASS_NAMES
 from ..data.folders import CaptionTable, ImageFolderSplit
 from ..data.scenes import ZEROSHOT_TEMPLATES, FashionMNISTCentred, FashionScenes, fill_template, to_float
@@ -53,13 +55,7 @@ from .scene_probes import POOLS, binding_probe, cell_probe, counting_probe, pres
 from .segmentation import segmentation_probe
 from .zeroshot import zeroshot_classifier, zeroshot_scores
 
-EVAL_SCENE_SEED = 1  # held-out scenes are drawn from test-split items with their own seed
 FOLDER_TEMPLATES = ("a photo of a {}.", "a {}.", "an image of a {}.", "a picture of a {}.")
-
-
-def seeded_subset(pool: int, size: int, seed: int) -> np.ndarray:
-    """A fixed, seeded subset of ``size`` of ``pool`` rows (all of them if size >= pool), sorted."""
-    return np.sort(np.random.default_rng([seed, pool]).permutation(pool)[:size])
 
 
 def rows_key(dataset: Dataset) -> str:
@@ -72,18 +68,24 @@ class ClassificationData:
     """Where the classification tasks take their images from."""
 
     name: str
-    train: Dataset  # the pool the probes and fine-tuning draw their seeded subsets from
+    train: Dataset | None  # the pool the probes and fine-tuning draw their seeded subsets from
     test: Dataset
     classnames: list[str]
     templates: tuple[str, ...]
+    fill: Callable[[str, str], str] = fill_template  # puts a class name into a template
 
 
-def classification_data(dataset: str | None, canvas: int, cfg: EvalConfig, data_root: str | None) -> ClassificationData:
-    """Built-in Fashion-MNIST (centred scenes), or an image folder with train/ and val/."""
+def classification_data(dataset: str | BenchmarkSet | None, canvas: int, cfg: EvalConfig, data_root: str | None) -> ClassificationData:
+    """Built-in Fashion-MNIST (centred scenes), an image folder with train/ and val/, or a
+    CLIP_benchmark classification set (its test split; its train split where present)."""
     if dataset is None:
         return ClassificationData("fashion-mnist", FashionMNISTCentred("train", canvas, root=data_root),
                                   Subset(FashionMNISTCentred("test", canvas, root=data_root), range(cfg.test_size)),
                                   list(CLASS_NAMES), ZEROSHOT_TEMPLATES)
+    if isinstance(dataset, BenchmarkSet):
+        test_rows = seeded_subset(len(dataset.test), cfg.test_size, cfg.seed)
+        return ClassificationData(dataset.name, dataset.train, Subset(dataset.test, test_rows), dataset.classnames,
+                                  dataset.templates, dataset.fill)
     train = ImageFolderSplit(dataset, "train", canvas)
     test = ImageFolderSplit(dataset, "val", canvas, classes=train.classes)
     test_rows = seeded_subset(len(test), cfg.test_size, cfg.seed)
@@ -110,7 +112,8 @@ class EvalContext:
     cfg: EvalConfig
     out_dir: Path | None = None
     data_root: str | None = None
-    dataset: str | None = None  # the user's image folder or CSV/TSV table, replacing built-in data where it can
+    dataset: str | None = None  # the user's image folder, CSV/TSV table or wds/NAME, replacing built-in data where it can
+    dataset_root: str | None = None  # the folder of a wds/NAME set (CLIP_benchmark's --dataset_root)
     log: Callable[[str], None] = print
     model_name: str = "model"
     memo: dict[str, Any] = field(default_factory=dict)
@@ -124,7 +127,19 @@ class EvalContext:
         return self.dataset is not None and Path(self.dataset).suffix.lower() in (".csv", ".tsv")
 
     @functools.cached_property
+    def benchmark_set(self) -> BenchmarkSet | None:
+        """The CLIP_benchmark set named by ``--dataset wds/NAME``, if that is what was given."""
+        if self.dataset is None or not self.dataset.startswith("wds/"):
+            return None
+        if self.dataset_root is None:
+            raise DataError(f"--dataset {self.dataset} needs --dataset-root DIR: the folder of the CLIP_benchmark set")
+        return open_benchmark_set(self.dataset, self.dataset_root, self.canvas)
+
+    @functools.cached_property
     def classification(self) -> ClassificationData:
+        benchmark = self.benchmark_set
+        if benchmark is not None:
+            return classification_data(benchmark if benchmark.kind == "classification" else None, self.canvas, self.cfg, self.data_root)
         return classification_data(None if self.table else self.dataset, self.canvas, self.cfg, self.data_root)
 
     @functools.cached_property
@@ -171,6 +186,8 @@ class EvalContext:
         data = self.classification
         if split == "test":
             return self.image_features(data.test, f"{data.name}|test")
+        if data.train is None:
+            raise DataError(f"{data.name} has no train split, which the probes and fine-tuning fit on; zero-shot runs on its test split alone")
         pool = Subset(data.train, seeded_subset(len(data.train), self.cfg.probe_train_size, self.cfg.seed))
         return self.image_features(pool, f"{data.name}|train")
 
@@ -196,7 +213,7 @@ class EvalContext:
     def zeroshot_classifier(self) -> torch.Tensor:
         data = self.classification
         return self.remember(f"zeroshot-classifier|{data.name}",
-                             lambda: zeroshot_classifier(self.model, data.classnames, data.templates, fill=fill_template))
+                             lambda: zeroshot_classifier(self.model, data.classnames, data.templates, fill=data.fill))
 
 
 @dataclass(frozen=True)
@@ -277,6 +294,8 @@ def fewshot_task(ctx: EvalContext) -> dict[str, Any]:
 def finetune_task(ctx: EvalContext) -> dict[str, Any]:
     """Whole encoder + linear head with layer-wise lr decay, on a seeded train subset."""
     cfg, data = ctx.cfg, ctx.classification
+    if data.train is None:
+        raise DataError(f"{data.name} has no train split, which fine-tuning trains on")
     train = Subset(data.train, seeded_subset(len(data.train), cfg.finetune_train_size, cfg.seed))
     settings = {"epochs": cfg.finetune_epochs, "lr": cfg.finetune_lr, "layer_decay": cfg.finetune_layer_decay,
                 "drop_path": cfg.finetune_drop_path, "min_steps": cfg.finetune_min_steps}
@@ -285,34 +304,52 @@ def finetune_task(ctx: EvalContext) -> dict[str, Any]:
             "split_sizes": {"train": len(train), "test": len(data.test)}}
 
 
-def image_caption_batch(samples: list[dict]) -> dict[str, Any]:
-    return {"image": torch.stack([s["image"] for s in samples]), "caption": [s["caption"] for s in samples]}
+def image_captions_batch(samples: list[dict]) -> dict[str, Any]:
+    """Images and, per image, its captions (one for the built-in scenes and tables, several in
+    a CLIP_benchmark retrieval set)."""
+    return {"image": torch.stack([s["image"] for s in samples]),
+            "captions": [s["captions"] if "captions" in s else [s["caption"]] for s in samples]}
+
+
+def retrieval_pairs(ctx: EvalContext) -> tuple[Dataset, str | None, list[str]]:
+    """(image-caption data set, its name where not the built-in one, the samples it skipped)."""
+    benchmark = ctx.benchmark_set
+    if benchmark is not None and benchmark.kind == "retrieval":
+        return benchmark.test, benchmark.name, benchmark.test.skipped
+    if ctx.table:
+        table = CaptionTable(ctx.dataset, ctx.canvas)
+        return table, Path(ctx.dataset).stem, table.skipped
+    return ctx.scenes("test", ctx.cfg.retrieval_size), None, []
 
 
 @task("retrieval", dataset="fashion-scenes-captions", needs_text=True)
 @torch.no_grad()
 def retrieval_task(ctx: EvalContext) -> dict[str, Any]:
-    """Recall@1/5/10 both ways on image-caption pairs (a caption with the same text is a hit)."""
+    """Recall@1/5/10 both ways on image-caption pairs (a caption whose text is one of the image's
+    captions is a hit)."""
     model = ctx.model
-    pairs = CaptionTable(ctx.dataset, ctx.canvas) if ctx.table else ctx.scenes("test", ctx.cfg.retrieval_size)
+    pairs, name, skipped = retrieval_pairs(ctx)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    images, texts, captions = [], [], []
+    images, texts, image_captions = [], [], []
     try:
-        for batch in DataLoader(pairs, batch_size=ctx.cfg.batch_size, collate_fn=image_caption_batch):
+        for batch in DataLoader(pairs, batch_size=ctx.cfg.batch_size, collate_fn=image_captions_batch):
             images.append(model.encode_image(to_float(batch["image"].to(device))).float().cpu())
-            texts.append(model.encode_text(model.tokenizer(batch["caption"]).to(device)).float().cpu())
-            captions += batch["caption"]
+            flat = [c for captions in batch["captions"] for c in captions]
+            texts.append(model.encode_text(model.tokenizer(flat).to(device)).float().cpu())
+            image_captions += batch["captions"]
     finally:
         model.train(was_training)
     similarity = F.normalize(torch.cat(images), dim=-1) @ F.normalize(torch.cat(texts), dim=-1).T
-    metrics = recall_at_k(similarity, relevance_from_captions(captions))
+    metrics = recall_at_k(similarity, relevance_from_captions(image_captions))
     metrics["top1"] = metrics["image_to_text_R@1"]
-    result = {"metrics": metrics, "details": {"distinct_captions": len(set(captions))}, "split_sizes": {"test": len(captions)}}
-    if ctx.table:
-        result["dataset"] = Path(ctx.dataset).stem
-        result["details"]["skipped"] = pairs.skipped  # unusable images and empty captions, named
+    captions = [c for per_image in image_captions for c in per_image]
+    result = {"metrics": metrics, "details": {"captions": len(captions), "distinct_captions": len(set(captions))},
+              "split_sizes": {"test": len(image_captions)}}
+    if name is not None:
+        result["dataset"] = name
+        result["details"]["skipped"] = skipped  # unusable images and empty captions, named
     return result
 
 
@@ -419,11 +456,13 @@ def shift_task(ctx: EvalContext) -> dict[str, Any]:
 def evaluate(
     model: PretrainMethod, tasks: list[str], cfg: EvalConfig, out_dir: Path | None,
     model_name: str, data_root: str | None = None, log: Callable[[str], None] = print, dataset: str | None = None,
+    dataset_root: str | None = None,
 ) -> dict[str, dict]:
     """Run ``tasks``; write one JSON per task to ``out_dir``. ``dataset`` (an image folder with
-    train/ and val/, or a CSV/TSV of image paths and captions) replaces the built-in data of the
-    tasks that can use it; the others keep theirs."""
-    ctx = EvalContext(model, cfg, out_dir, data_root, dataset, log, model_name)
+    train/ and val/, a CSV/TSV of image paths and captions, or ``wds/NAME``: the CLIP_benchmark
+    set in ``dataset_root``) replaces the built-in data of the tasks that can use it; the others
+    keep theirs."""
+    ctx = EvalContext(model, cfg, out_dir, data_root, dataset, dataset_root, log, model_name)
     results = {}
     for name in tasks:
         spec = TASKS[name]
@@ -446,6 +485,6 @@ def evaluate(
         log(f"{name}: {result['metrics']['top1']:.2f} ({result['seconds']:.1f}s)")
         if out_dir is not None:
             out_dir.mkdir(parents=True, exist_ok=True)
-            (out_dir / f"{model_name}_{name}_{result['dataset']}.json").write_text(json.dumps(result, indent=1))
+            (out_dir / f"{model_name}_{name}_{result['dataset'].replace('/', '-')}.json").write_text(json.dumps(result, indent=1))
             write_clip_benchmark(result, out_dir)
     return results
