@@ -12,11 +12,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from .data.fashion_mnist import CLASS_NAMES  # noqa: E402
-from .data.scenes import ZEROSHOT_TEMPLATES, FashionScenes, fill_template, to_float  # noqa: E402
+from .data.scenes import FashionScenes  # noqa: E402
 from .errors import LangmimError  # noqa: E402
 from .eval.clip_benchmark import from_clip_benchmark  # noqa: E402
 from .eval.zeroshot import zeroshot_classifier  # noqa: E402
 from .methods.base import ImageTextMethod  # noqa: E402
+from .transforms import ZEROSHOT_TEMPLATES, fill_template, to_float  # noqa: E402
 
 CLASS_COLOURS = plt.get_cmap("tab10")(np.arange(10))[:, :3]
 

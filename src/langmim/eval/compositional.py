@@ -14,8 +14,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from ..data.compositional import KINDS, CompositionalScenes
-from ..data.scenes import to_float
 from ..methods.base import PretrainMethod
+from ..transforms import to_float
 
 
 def compositional_accuracy(true_scores: Tensor, negative_scores: list[Tensor]) -> tuple[float, float]:

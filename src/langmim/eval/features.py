@@ -4,8 +4,8 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..data.scenes import to_float
 from ..methods.base import PretrainMethod
+from ..transforms import to_float
 
 
 @torch.no_grad()

@@ -16,8 +16,8 @@ from timm.layers import DropPath
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..data.scenes import to_float
 from ..models.vit import MaskedVisionTransformer
+from ..transforms import to_float
 from .linear import accuracy
 
 

@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from ..data.scenes import COLOURS, POSITIONS, SIZES, collate_scenes, to_float
+from ..data.scenes import COLOURS, POSITIONS, SIZES, collate_scenes
+from ..transforms import to_float
 
 MAX_ITEMS = 3  # scenes hold 1 to 3 items; per-item annotations are padded to this with -1
 

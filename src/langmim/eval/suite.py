@@ -34,11 +34,12 @@ from ..config import EvalConfig, to_dict
 from ..data.compositional import CompositionalScenes
 from ..data.fashion_mnist import CLASS_NAMES
 from ..data.folders import CaptionTable, ImageFolderSplit
-from ..data.scenes import ZEROSHOT_TEMPLATES, FashionMNISTCentred, FashionScenes, fill_template, to_float
+from ..data.scenes import FashionMNISTCentred, FashionScenes
 from ..data.shifted import SHIFT_STYLES, FashionMNISTShifted
-from ..engine.checkpoint import atomic_save
 from ..errors import DataError
+from ..io import atomic_save, safe_torch_load
 from ..methods.base import PretrainMethod
+from ..transforms import ZEROSHOT_TEMPLATES, fill_template, to_float
 from .clip_benchmark import write_clip_benchmark
 from .compositional import compositional_scores
 from .detection import detection_probe
@@ -152,7 +153,7 @@ class EvalContext:
             digest = hashlib.sha1(f"{identity}|{key}".encode()).hexdigest()[:16]
             path = self.out_dir / "feature_cache" / f"{digest}.pt"
         if path is not None and path.is_file():
-            value = torch.load(path, weights_only=True)
+            value = safe_torch_load(path, map_location=None, what="feature cache")  # tensors back where they were computed
         else:
             start = time.perf_counter()
             value = compute()
