@@ -13,9 +13,10 @@ from . import __version__, dist
 from .api import attach_inference_api, load, run_name
 from .config import Config, load_config
 from .engine.loop import pretrain
+from .eval.figures import plot_patch_classes
 from .eval.suite import evaluate
 from .methods import build_method
-from .report import comparison_table, plot_loss_curves, plot_patch_classes
+from .report import comparison_table, plot_loss_curves
 
 # The old headline (centred items) and what separates methods: scene probes, compositional
 # zero-shot, detection, segmentation, shifted renders; fine-tuning and few-shot are left to `langmim eval`.

@@ -36,7 +36,7 @@ from langmim.transforms import fix_articles
 
 __all__ = [
     "CLASS_NAMES", "COLOURS", "SIZES", "POSITIONS", "NOUNS", "CAPTION_TEMPLATES",
-    "ITEM_THRESHOLD", "FashionScenes", "FashionMNISTCentred", "collate_scenes", "render_centred",
+    "ITEM_THRESHOLD", "EVAL_SCENE_SEED", "FashionScenes", "FashionMNISTCentred", "collate_scenes", "render_centred",
 ]
 
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -102,6 +102,7 @@ CAPTION_TEMPLATES: tuple[str, ...] = (
     "a scene with {items}.",
     "a black background with {items}.",
 )
+EVAL_SCENE_SEED = 1  # held-out scenes are drawn from test-split items with their own seed
 _SPLIT_IDS = {"train": 0, "test": 1}
 _SCENE_LENGTHS = {"train": 60000, "test": 10000}
 _LEFT_RIGHT = re.compile(r"\b(left|right)\b")

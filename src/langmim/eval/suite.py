@@ -34,7 +34,7 @@ from ..config import EvalConfig, to_dict
 from ..data.compositional import CompositionalScenes
 from ..data.fashion_mnist import CLASS_NAMES
 from ..data.folders import CaptionTable, ImageFolderSplit
-from ..data.scenes import FashionMNISTCentred, FashionScenes
+from ..data.scenes import EVAL_SCENE_SEED, FashionMNISTCentred, FashionScenes
 from ..data.shifted import SHIFT_STYLES, FashionMNISTShifted
 from ..errors import DataError
 from ..io import atomic_save, safe_torch_load
@@ -46,6 +46,7 @@ from .detection import detection_probe
 from .features import extract_features
 from .fewshot import fewshot_evaluate
 from .finetune import finetune
+from .inference import evaluating
 from .knn import knn_classify
 from .linear import LinearProbe, accuracy, fit_linear_probe
 from .retrieval import recall_at_k, relevance_from_captions
@@ -54,7 +55,6 @@ from .scene_probes import POOLS, binding_probe, cell_probe, counting_probe, pres
 from .segmentation import segmentation_probe
 from .zeroshot import zeroshot_classifier, zeroshot_scores
 
-EVAL_SCENE_SEED = 1  # held-out scenes are drawn from test-split items with their own seed
 FOLDER_TEMPLATES = ("a photo of a {}.", "a {}.", "an image of a {}.", "a picture of a {}.")
 
 
@@ -296,17 +296,12 @@ def retrieval_task(ctx: EvalContext) -> dict[str, Any]:
     """Recall@1/5/10 both ways on image-caption pairs (a caption with the same text is a hit)."""
     model = ctx.model
     pairs = CaptionTable(ctx.dataset, ctx.canvas) if ctx.table else ctx.scenes("test", ctx.cfg.retrieval_size)
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
     images, texts, captions = [], [], []
-    try:
+    with evaluating(model) as device:
         for batch in DataLoader(pairs, batch_size=ctx.cfg.batch_size, collate_fn=image_caption_batch):
             images.append(model.encode_image(to_float(batch["image"].to(device))).float().cpu())
             texts.append(model.encode_text(model.tokenizer(batch["caption"]).to(device)).float().cpu())
             captions += batch["caption"]
-    finally:
-        model.train(was_training)
     similarity = F.normalize(torch.cat(images), dim=-1) @ F.normalize(torch.cat(texts), dim=-1).T
     metrics = recall_at_k(similarity, relevance_from_captions(captions))
     metrics["top1"] = metrics["image_to_text_R@1"]
@@ -374,7 +369,7 @@ def segmentation_task(ctx: EvalContext) -> dict[str, Any]:
                                 batch_size=ctx.cfg.batch_size, epochs=ctx.cfg.segmentation_epochs, seed=ctx.cfg.seed)
     predictions = scores.pop("example_predictions")
     if ctx.out_dir is not None:
-        from ..report import plot_segmentation_examples
+        from .figures import plot_segmentation_examples
 
         ctx.out_dir.mkdir(parents=True, exist_ok=True)
         scenes = ctx.scenes("test")
