@@ -58,8 +58,8 @@ def nccl_worker(out: Path, device: str) -> None:
     """Run by torchrun: the process group, two collectives, and a tiny training run inside it."""
     import torch.distributed as dist
 
+    from langmim import dist as distributed
     from langmim.config import load_config
-    from langmim.engine import distributed
     from langmim.engine.loop import pretrain
 
     local = int(os.environ["LOCAL_RANK"])

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import torch
 
+from langmim import dist
 from langmim.config import load_config
 from langmim.data.pretrain import build_pretrain_loader
-from langmim.engine import distributed
-from langmim.engine.checkpoint import list_checkpoints, load_checkpoint
 from langmim.engine.loop import Trainer, move
+from langmim.io import list_checkpoints, load_checkpoint
 from langmim.methods import build_method
 from langmim.models.text import build_tokenizer
 
@@ -26,7 +26,7 @@ def full(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def one_step(out_path: str, overrides: list[str]) -> None:
-    info = distributed.setup("cpu")
+    info = dist.setup("cpu")
     cfg = load_config(None, overrides)
     torch.manual_seed(cfg.train.seed)
     method = build_method(cfg, with_teacher=True)
@@ -39,7 +39,7 @@ def one_step(out_path: str, overrides: list[str]) -> None:
     loader = build_pretrain_loader(cfg, tokenizer, method.visual.num_patches, start, info.rank, info.world_size)
     figures = trainer.step(move(next(iter(loader)), info.device))
     grads = {k: full(p.grad) for k, p in method.named_parameters() if p.grad is not None}  # collective under FSDP
-    if distributed.is_main():
+    if dist.is_main():
         torch.save({"grads": grads, "figures": figures, "start": start}, out_path)
 
 

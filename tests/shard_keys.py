@@ -5,12 +5,12 @@
 import json
 import sys
 
+from langmim import dist
 from langmim.data.shards import ShardStream
-from langmim.engine import distributed
 
 
 def main(out: str, shards: str) -> None:
-    info = distributed.setup("cpu")
+    info = dist.setup("cpu")
     stream = ShardStream(shards, 32, seed=0, rank=info.rank, world_size=info.world_size, resampled=False, max_passes=1)
     keys = [item["key"] for item in stream]
     with open(f"{out}_{info.rank}.json", "w") as f:

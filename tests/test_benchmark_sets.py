@@ -13,9 +13,9 @@ from langmim.api import load
 from langmim.cli import main
 from langmim.data.benchmark_sets import open_benchmark_set, template_filler
 from langmim.data.fashion_mnist import CLASS_NAMES
-from langmim.data.scenes import ZEROSHOT_TEMPLATES, fill_template
 from langmim.eval.suite import evaluate
 from langmim.eval.zeroshot import zeroshot_classifier
+from langmim.transforms import ZEROSHOT_TEMPLATES, fill_template
 
 CLASSIFICATION = ["zeroshot", "knn", "linear", "fewshot"]
 

@@ -212,3 +212,22 @@ def test_configs_saved_before_a_key_existed_load_with_what_those_runs_did():
     assert config_from_dict(saved).train.no_weight_decay == ["cls_token", "mask_token", "positional_embedding"]
     saved["train"]["no_weight_decay"] = []
     assert config_from_dict(saved).train.no_weight_decay == []
+
+
+def test_report_over_result_files_starts_without_torch(tmp_path):
+    """`langmim report` reads result JSONs and draws: neither torch nor the model libraries load."""
+    import json
+    import subprocess
+    import sys
+
+    results = tmp_path / "run" / "results"
+    results.mkdir(parents=True)
+    metrics = {f"{d}_R@{k}": 10.0 * k for d in ("image_to_text", "text_to_image") for k in (1, 5, 10)}
+    result = {"model": "run", "task": "retrieval", "step": 4, "config": {"method": "clip"}, "metrics": {**metrics, "top1": 10.0}}
+    (results / "run_retrieval_fashion-scenes-captions.json").write_text(json.dumps(result))
+    code = ("import sys; from langmim.cli import main; "
+            f"rc = main(['report', {str(tmp_path / 'run')!r}, '--output', {str(tmp_path / 'report')!r}]); "
+            "print(rc, sorted(m for m in ('torch', 'open_clip', 'timm', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip().splitlines()[-1] == "0 []", out.stdout + out.stderr
+    assert (tmp_path / "report" / "retrieval.png").is_file() and "retrieval R@1" in (tmp_path / "report" / "report.md").read_text()

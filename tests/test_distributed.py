@@ -13,8 +13,8 @@ import torch
 
 from conftest import tiny_overrides
 from langmim.config import load_config
-from langmim.engine.checkpoint import load_checkpoint
 from langmim.engine.loop import pretrain
+from langmim.io import load_checkpoint
 
 HERE = Path(__file__).parent
 
@@ -72,7 +72,7 @@ def test_milan_trains_under_torchrun(tmp_path, clip_run):
 
 
 def test_srun_tasks_map_to_torch_distributed_variables():
-    from langmim.engine.distributed import slurm_environment
+    from langmim.dist import slurm_environment
     from langmim.errors import LangmimError
 
     env = {"SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1", "MASTER_ADDR": "node01", "MASTER_PORT": "29500"}

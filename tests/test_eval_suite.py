@@ -160,7 +160,7 @@ def test_evaluation_scenes_and_renders_use_test_split_items_only(runs, monkeypat
     assert {b[0] for b in shifted} == {"sketch", "inverted", "small-offcentre", "noisy", "blurred"}
     assert all(split == "test" and n == 40 for _, split, n in shifted)
     test_items = scene_data.load_fashion_mnist("test")[1]
-    sample = real_scenes("test", 32, seed=suite.EVAL_SCENE_SEED, length=5)[3]
+    sample = real_scenes("test", 32, seed=scene_data.EVAL_SCENE_SEED, length=5)[3]
     assert torch.equal(sample["labels"], torch.from_numpy(test_items[sample["item_indices"].numpy()]).long())
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import tiny_overrides
-from langmim.engine.checkpoint import KILL_IN_SAVE_ENV, list_checkpoints, load_checkpoint
+from langmim.io import KILL_IN_SAVE_ENV, list_checkpoints, load_checkpoint
 
 STEPS = 200
 KILLS = 10

@@ -11,16 +11,15 @@ from conftest import tiny_overrides
 from langmim.api import load
 from langmim.config import load_config
 from langmim.data.pretrain import build_pretrain_loader
-from langmim.engine.checkpoint import list_checkpoints, load_checkpoint
 from langmim.engine.loop import Trainer, move, pretrain
 from langmim.errors import ConfigError
-from langmim.methods import build_method
+from langmim.io import list_checkpoints, load_checkpoint
+from langmim.methods import build_method, build_teacher
 from langmim.methods.milan import feature_distillation_loss, semantic_masking
 from langmim.models import prompt_decoder
 from langmim.models.decoder import MaskTokenDecoder
 from langmim.models.masking import mask_from_noise
 from langmim.models.prompt_decoder import PromptingDecoder
-from langmim.models.teacher import build_teacher
 
 
 def milan_overrides(run_dir, teacher_run, steps=4, **extra):

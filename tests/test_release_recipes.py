@@ -12,20 +12,19 @@ import torch
 from safetensors.torch import save_file
 
 from conftest import TINY_MODEL, tiny_overrides
-from langmim.config import load_config
+from langmim.config import ARCHS, load_config
 from langmim.data.captioned import CropRecipe, crop_uint8
 from langmim.data.pretrain import build_pretrain_dataset
-from langmim.engine.checkpoint import checkpoint_path, load_checkpoint
 from langmim.engine.loop import Trainer, pretrain
 from langmim.engine.optim import param_groups
 from langmim.errors import CheckpointError, ConfigError
 from langmim.eval.external import load_external
-from langmim.methods import build_method
+from langmim.io import checkpoint_path, load_checkpoint
+from langmim.methods import build_method, build_teacher
 from langmim.methods.base import LOGIT_SCALE_MAX
-from langmim.models import ARCHS
 from langmim.models.open_clip_weights import OPENAI_ONLY_KEYS, TrainedActivation, choose_quick_gelu, create_open_clip
 from langmim.models.pos_embed import sincos_2d
-from langmim.models.teacher import TimmTeacher, build_teacher
+from langmim.models.teacher import TimmTeacher
 from langmim.models.vit import MaskedVisionTransformer
 
 TINY_CLIP = {

@@ -23,11 +23,10 @@ from langmim.data.scenes import (
     _resize,
     _resize_items,
     collate_scenes,
-    fill_template,
     render_centred,
-    to_float,
 )
 from langmim.errors import DataError
+from langmim.transforms import fill_template, to_float
 
 CANVAS = 64
 LARGE = 32

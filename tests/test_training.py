@@ -9,8 +9,8 @@ import langmim
 from conftest import tiny_overrides
 from langmim.config import load_config
 from langmim.data.pretrain import build_pretrain_loader
-from langmim.engine.checkpoint import list_checkpoints, load_checkpoint
 from langmim.engine.loop import Trainer, move, pretrain
+from langmim.io import list_checkpoints, load_checkpoint
 from langmim.methods import build_method
 from langmim.models.text import build_tokenizer
 

@@ -205,7 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .config import load_config
 
             cfg = load_config(args.config, args.overrides)  # config mistakes surface before torch is imported
-            from .engine import distributed
+            from . import dist
             from .engine.loop import pretrain
 
             if args.dry_run:
@@ -214,7 +214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 dry_run(cfg)
                 return 0
             run_dir = pretrain(cfg, resume=args.resume, log_tensorboard=not args.no_tensorboard, stop_after=args.stop_after)
-            if distributed.is_main():
+            if dist.is_main():
                 print(f"run directory: {run_dir}")
         elif args.command == "eval":
             cmd_eval(args)

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import torch
 
-from . import __version__
+from . import __version__, dist
 from .api import attach_inference_api, load, run_name
 from .config import Config, load_config
-from .engine import distributed
 from .engine.loop import pretrain
+from .eval.figures import plot_patch_classes
 from .eval.suite import evaluate
 from .methods import build_method
-from .report import comparison_table, plot_loss_curves, plot_patch_classes
+from .report import comparison_table, plot_loss_curves
 
 # The old headline (centred items) and what separates methods: scene probes, compositional
 # zero-shot, detection, segmentation, shifted renders; fine-tuning and few-shot are left to `langmim eval`.
@@ -36,7 +36,7 @@ def run_demo(overrides: Sequence[str] = (), preset: str = "demo") -> Path:
     timings["pretrain"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    device = distributed.pick_device(cfg.train.device)
+    device = dist.pick_device(cfg.train.device)
     trained = load(run_dir, device)
     results_dir = run_dir / "results"
     columns = {

@@ -22,12 +22,12 @@ import torch
 from safetensors.torch import save_file
 
 from .config import to_dict
-from .data.scenes import IMAGE_MEAN, IMAGE_STD
 from .errors import LangmimError
 from .methods.base import PretrainMethod
 from .model_card import write_model_card
 from .models.pretrained import sentence_transformer_parts
 from .models.text import sentence_transformer_folder
+from .transforms import IMAGE_MEAN, IMAGE_STD
 
 FORMATS = ("timm", "open_clip", "safetensors")
 TIMM_ARCHITECTURE = "vit_base_patch16_224"  # its constructor, sized by model_args

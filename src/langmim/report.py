@@ -1,24 +1,23 @@
-"""Human-readable reports: markdown tables and PNG figures from a run's metrics and results."""
+"""Human-readable reports: markdown tables and PNG figures from a run's metrics and result
+files. It reads files only (no model runs here), so ``langmim report`` starts without torch;
+matplotlib is imported when a figure is drawn."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-import matplotlib
+from .errors import LangmimError
+from .eval.clip_benchmark import from_clip_benchmark
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
-from .data.fashion_mnist import CLASS_NAMES  # noqa: E402
-from .data.scenes import ZEROSHOT_TEMPLATES, FashionScenes, fill_template, to_float  # noqa: E402
-from .errors import LangmimError  # noqa: E402
-from .eval.clip_benchmark import from_clip_benchmark  # noqa: E402
-from .eval.zeroshot import zeroshot_classifier  # noqa: E402
-from .methods.base import ImageTextMethod  # noqa: E402
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend, imported on first use."""
+    import matplotlib
 
-CLASS_COLOURS = plt.get_cmap("tab10")(np.arange(10))[:, :3]
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -27,6 +26,7 @@ def read_metrics(path: Path) -> list[dict]:
 
 def plot_loss_curves(metrics_path: Path, png: Path) -> None:
     """One panel per logged loss term (and RILS's share of samples with c_i = 1)."""
+    plt = pyplot()
     records = read_metrics(metrics_path)
     keys = [k for k in ("loss", "loss_clip", "loss_rec", "match_rate") if k in records[0]]
     fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False)
@@ -40,78 +40,6 @@ def plot_loss_curves(metrics_path: Path, png: Path) -> None:
     fig.tight_layout()
     fig.savefig(png, dpi=110)
     plt.close(fig)
-
-
-@torch.no_grad()
-def plot_patch_classes(model: ImageTextMethod, png: Path, num_scenes: int = 6, data_root: str | None = None) -> None:
-    """For held-out scenes: the image, each patch coloured by the class prompt its projected
-    feature is most similar to, and the ground-truth mask at patch resolution."""
-    model.eval()
-    canvas, patch = model.config.model.img_size, model.config.model.patch_size
-    scenes = FashionScenes("test", canvas=canvas, seed=1, root=data_root)
-    samples = [scenes[i] for i in range(num_scenes)]
-    images = torch.stack([s["image"] for s in samples])
-    device = next(model.parameters()).device
-    classifier = zeroshot_classifier(model, CLASS_NAMES, ZEROSHOT_TEMPLATES, fill=fill_template)
-    tokens = model.visual.forward_features(to_float(images.to(device)))
-    grid = canvas // patch
-    pred = (model.patch_embeddings(tokens).float() @ classifier).argmax(-1).reshape(-1, grid, grid).cpu().numpy()
-    fig, axes = plt.subplots(3, num_scenes, figsize=(2.1 * num_scenes, 7.2))
-    for j, sample in enumerate(samples):
-        mask = sample["mask"].numpy()
-        item_patches = mask.reshape(grid, patch, grid, patch).max(axis=(1, 3))
-        truth = mask_colours(item_patches)
-        predicted = CLASS_COLOURS[pred[j]] * np.where(item_patches > 0, 1.0, 0.35)[..., None]
-        for row, (picture, title) in enumerate([
-            (sample["image"].permute(1, 2, 0).numpy(), sample["caption"]),
-            (predicted, "patch -> class prompt"),
-            (truth, "ground truth"),
-        ]):
-            ax = axes[row, j]
-            ax.imshow(picture, interpolation="nearest")
-            ax.set_xticks([]), ax.set_yticks([])
-            ax.set_title(_wrap(title, 24), fontsize=7)
-    handles = [plt.Rectangle((0, 0), 1, 1, color=CLASS_COLOURS[c]) for c in range(10)]
-    fig.legend(handles, CLASS_NAMES, loc="lower center", ncol=5, fontsize=8)
-    fig.text(0.01, 0.5, "dimmed: patches with no item (ground truth)", rotation=90, va="center", fontsize=7)
-    fig.tight_layout(rect=(0.02, 0.07, 1, 1))
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
-
-
-def mask_colours(mask: np.ndarray) -> np.ndarray:
-    """(H, W) class mask (0 = background, 1 + label) -> RGB in the class palette, black background."""
-    return np.where(mask[..., None] > 0, CLASS_COLOURS[np.maximum(mask - 1, 0)], 0.0)
-
-
-def plot_segmentation_examples(samples: list[dict], predictions: torch.Tensor, png: Path) -> None:
-    """Columns of held-out scenes: the image, the true mask, the linear probe's mask."""
-    fig, axes = plt.subplots(3, len(samples), figsize=(2.0 * len(samples), 6.4), squeeze=False)
-    for j, (sample, pred) in enumerate(zip(samples, predictions)):
-        for row, (picture, title) in enumerate([
-            (sample["image"].permute(1, 2, 0).numpy(), "image"),
-            (mask_colours(sample["mask"].numpy()), "truth"),
-            (mask_colours(pred.numpy()), "prediction"),
-        ]):
-            axes[row, j].imshow(picture, interpolation="nearest")
-            axes[row, j].set_xticks([]), axes[row, j].set_yticks([])
-            axes[row, j].set_title(title, fontsize=8)
-    handles = [plt.Rectangle((0, 0), 1, 1, color=CLASS_COLOURS[c]) for c in range(10)]
-    fig.legend(handles, CLASS_NAMES, loc="lower center", ncol=5, fontsize=8)
-    fig.tight_layout(rect=(0, 0.08, 1, 1))
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
-
-
-def _wrap(text: str, width: int) -> str:
-    words, lines, line = text.split(), [], ""
-    for word in words:
-        if len(line) + len(word) + 1 > width and line:
-            lines.append(line)
-            line = word
-        else:
-            line = f"{line} {word}".strip()
-    return "\n".join(lines + [line])
 
 
 # (label, task, metric key) of the summary table, in reading order.
@@ -183,18 +111,18 @@ def read_results(results_dir: Path) -> dict[str, dict[str, dict]]:
 
 def plot_fewshot(columns: dict[str, dict[str, dict]], png: Path) -> bool:
     """Few-shot top-1 against shots per class, one line per model (mean +- std over seeds)."""
+    curves = {name: results.get("fewshot", {}).get("details", {}).get("mean") for name, results in columns.items()}
+    curves = {name: details for name, details in curves.items() if details}
+    if not curves:
+        return False
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), sharey=True)
-    drawn = False
-    for name, results in columns.items():
-        details = results.get("fewshot", {}).get("details", {}).get("mean")
-        if not details:
-            continue
+    for name, details in curves.items():
         shots = sorted(details, key=int)
         for ax, classifier in zip(axes, ("prototype", "logistic")):
             means = [details[n][classifier]["mean"] for n in shots]
             stds = [details[n][classifier]["std"] for n in shots]
             ax.errorbar([int(n) for n in shots], means, yerr=stds, marker="o", capsize=3, label=name)
-            drawn = True
     for ax, classifier in zip(axes, ("prototype", "logistic")):
         ax.set_xscale("log", base=2)
         ax.set_xlabel("labelled images per class")
@@ -203,10 +131,9 @@ def plot_fewshot(columns: dict[str, dict[str, dict]], png: Path) -> bool:
     axes[0].set_ylabel("top-1 (%)")
     axes[1].legend(fontsize=8)
     fig.tight_layout()
-    if drawn:
-        fig.savefig(png, dpi=110)
+    fig.savefig(png, dpi=110)
     plt.close(fig)
-    return drawn
+    return True
 
 
 def plot_retrieval(columns: dict[str, dict[str, dict]], png: Path) -> bool:
@@ -214,6 +141,9 @@ def plot_retrieval(columns: dict[str, dict[str, dict]], png: Path) -> bool:
     models = [n for n, r in columns.items() if "retrieval" in r]
     if not models:
         return False
+    import numpy as np
+
+    plt = pyplot()
     keys = [f"{d}_R@{k}" for d in ("image_to_text", "text_to_image") for k in (1, 5, 10)]
     fig, ax = plt.subplots(figsize=(9, 3.4))
     width = 0.8 / len(models)

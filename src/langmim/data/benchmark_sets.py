@@ -35,9 +35,9 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ..errors import DataError
+from ..transforms import fill_template
 from .folders import uint8_transform
 from .images import decode_rgb
-from .scenes import fill_template
 
 IMAGE_EXTENSIONS = ("webp", "png", "jpg", "jpeg")
 LABEL_EXTENSION = {"classification": "cls", "retrieval": "txt"}
@@ -258,9 +258,10 @@ def write_builtin_sets(out: Path, canvas: int = 64, train_size: int = 60000, tes
     ``test_size`` test images and the seeded ``train_size`` train rows the probes draw at
     ``eval.probe_train_size=train_size``, ``eval.seed=seed``), and ``out/fashion-scenes-captions``
     (the held-out captioned scenes retrieval scores). Sample counts per split."""
-    from .eval_rows import EVAL_SCENE_SEED, seeded_subset
+    from ..transforms import ZEROSHOT_TEMPLATES
+    from .eval_rows import seeded_subset
     from .fashion_mnist import CLASS_NAMES
-    from .scenes import ZEROSHOT_TEMPLATES, FashionMNISTCentred, FashionScenes
+    from .scenes import EVAL_SCENE_SEED, FashionMNISTCentred, FashionScenes
 
     if image_format not in SAVE_OPTIONS:
         raise DataError(f"--image-format must be one of {', '.join(SAVE_OPTIONS)} (lossless), got {image_format!r}")

@@ -27,9 +27,9 @@ from torchvision.transforms import v2
 
 from ..config import DataConfig
 from ..errors import DataError
+from ..transforms import fill_template
 from .folders import IMAGE_SUFFIXES, read_caption_table
 from .images import MAX_IMAGE_PIXELS, load_rgb
-from .scenes import fill_template
 
 CLASS_TEMPLATES = ("a photo of a {}.", "a {}.", "an image of a {}.", "a picture of a {}.")
 PROBLEM_KINDS = (

@@ -37,9 +37,9 @@ from langmim.data.scenes import (
     FashionScenes,
     _join,
     _relations,
-    fix_articles,
     item_phrase,
 )
+from langmim.transforms import fix_articles
 
 __all__ = ["KINDS", "OPPOSITE_RELATIONS", "CompositionalScenes", "describe", "hard_negatives"]
 

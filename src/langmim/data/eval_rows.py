@@ -1,10 +1,8 @@
-"""Which rows of the built-in data an evaluation takes, shared by the evaluation suite and the
-writer of its CLIP_benchmark copy (``langmim data clip-benchmark``), so both pick the same images."""
+"""Which rows of a data set an evaluation takes, shared by the evaluation suite and the writer of
+the built-in sets' CLIP_benchmark copy (``langmim data clip-benchmark``), so both pick the same images."""
 from __future__ import annotations
 
 import numpy as np
-
-EVAL_SCENE_SEED = 1  # held-out scenes are drawn from test-split items with their own seed
 
 
 def seeded_subset(pool: int, size: int, seed: int) -> np.ndarray:

@@ -32,15 +32,12 @@ from torch.utils.data import Dataset
 
 from langmim.data.fashion_mnist import CLASS_NAMES, load_fashion_mnist
 from langmim.errors import ConfigError, DataError
+from langmim.transforms import fix_articles
 
 __all__ = [
     "CLASS_NAMES", "COLOURS", "SIZES", "POSITIONS", "NOUNS", "CAPTION_TEMPLATES",
-    "ZEROSHOT_TEMPLATES", "IMAGE_MEAN", "IMAGE_STD", "ITEM_THRESHOLD", "FashionScenes",
-    "FashionMNISTCentred", "collate_scenes", "render_centred", "fill_template", "fix_articles", "to_float",
+    "ITEM_THRESHOLD", "EVAL_SCENE_SEED", "FashionScenes", "FashionMNISTCentred", "collate_scenes", "render_centred",
 ]
-
-IMAGE_MEAN: tuple[float, float, float] = (0.5, 0.5, 0.5)
-IMAGE_STD: tuple[float, float, float] = (0.5, 0.5, 0.5)
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (230, 30, 30),
@@ -105,20 +102,9 @@ CAPTION_TEMPLATES: tuple[str, ...] = (
     "a scene with {items}.",
     "a black background with {items}.",
 )
-ZEROSHOT_TEMPLATES: tuple[str, ...] = (
-    "a photo of a {}.",
-    "a {} in the centre.",
-    "a large white {} in the middle.",
-    "a white {} in the centre.",
-    "a grey {} in the middle.",
-    "an image showing a large {} in the centre.",
-    "a picture with a {} in the centre.",
-    "there is a {} in the middle.",
-)
-
+EVAL_SCENE_SEED = 1  # held-out scenes are drawn from test-split items with their own seed
 _SPLIT_IDS = {"train": 0, "test": 1}
 _SCENE_LENGTHS = {"train": 60000, "test": 10000}
-_ARTICLE = re.compile(r"\b(an?) (?=(\w))")
 _LEFT_RIGHT = re.compile(r"\b(left|right)\b")
 
 
@@ -281,16 +267,6 @@ def _randint(rng: np.random.Generator, high: int, size: int | tuple[int, ...] | 
     if size is None:
         return int(rng.random() * high)
     return (rng.random(size) * high).astype(np.int64)
-
-
-def fill_template(template: str, name: str) -> str:
-    """Put a class name into a zero-shot template, fixing "a"/"an" ("an ankle boot")."""
-    return fix_articles(template.format(name))
-
-
-def fix_articles(text: str) -> str:
-    """Make every article "an" before a vowel and "a" before anything else."""
-    return _ARTICLE.sub(lambda m: ("an " if m.group(2) in "aeiou" else "a "), text)
 
 
 def _pick(options: Sequence[str], rng: np.random.Generator) -> str:
@@ -564,10 +540,3 @@ class FashionMNISTCentred(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         image = render_centred(self.images[self.indices[i]], self.canvas)
         return _to_chw(image), int(self.labels[i])
-
-
-def to_float(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (3,H,W) or (B,3,H,W) -> float normalised with IMAGE_MEAN and IMAGE_STD."""
-    mean = torch.tensor(IMAGE_MEAN, device=images.device).view(-1, 1, 1)
-    std = torch.tensor(IMAGE_STD, device=images.device).view(-1, 1, 1)
-    return (images.float() / 255 - mean) / std

@@ -14,7 +14,8 @@ from ..config import Config
 from ..data.pretrain import masking_noise
 from ..errors import LangmimError
 from ..methods import build_method
-from ..models.teacher import OpenCLIPTeacher, TimmTeacher
+from ..methods.milan import MILAN
+from ..models.teacher import build_library_teacher, parse_teacher_source
 from ..models.text import build_tokenizer
 from .loop import Trainer
 from .optim import decays
@@ -23,14 +24,10 @@ DRY_BATCH = 2
 
 
 def build_for_dry_run(cfg: Config) -> torch.nn.Module:
-    kind, _, rest = (cfg.teacher.source or "").partition(":")
-    model_name, _, weights = rest.partition(":")
-    if cfg.method == "milan" and kind in ("openclip", "timm") and weights and not Path(weights).exists():
-        from ..methods.milan import MILAN
-
-        print(f"teacher weights '{weights}' not on disk: random {model_name} teacher for the dry run")
-        grid = cfg.model.img_size // cfg.model.patch_size
-        teacher = OpenCLIPTeacher(model_name, None) if kind == "openclip" else TimmTeacher.from_source(model_name, None, grid)
+    source = parse_teacher_source(cfg.teacher.source) if cfg.method == "milan" else None
+    if source is not None and source.kind in ("openclip", "timm") and not Path(source.location).exists():
+        print(f"teacher weights '{source.location}' not on disk: random {source.model} teacher for the dry run")
+        teacher = build_library_teacher(source, cfg.model.img_size // cfg.model.patch_size, random_weights=True)
         cfg.teacher.embed_dim = teacher.embed_dim
         return MILAN(cfg, teacher)
     return build_method(cfg, with_teacher=True)

@@ -11,7 +11,7 @@ import threading
 
 import torch
 
-from . import distributed
+from .. import dist
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -46,7 +46,7 @@ class StopSignals:
     def requested(self, device: torch.device) -> bool:
         """Whether any rank received a stop signal; all ranks agree, so they stop at the same step."""
         flag = torch.tensor([0.0 if self.received is None else 1.0], device=device)
-        return bool(distributed.all_reduce_sum(flag).item() > 0)
+        return bool(dist.all_reduce_sum(flag).item() > 0)
 
     def name(self) -> str:
         return signal.Signals(self.received).name if self.received is not None else "a signal on another rank"

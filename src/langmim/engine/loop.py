@@ -21,27 +21,17 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.distributed.fsdp import fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
+from .. import dist
 from ..config import Config, config_differences, config_from_dict, save_config, to_dict
 from ..data.captioned import PROBLEM_KINDS
 from ..data.pretrain import build_pretrain_loader
-from ..data.scenes import to_float
 from ..errors import CheckpointError, LangmimError
+from ..io import SCHEMA_VERSION, atomic_save, checkpoint_path, list_checkpoints, load_checkpoint
 from ..methods import build_method
 from ..methods.base import PretrainMethod
 from ..models.text import build_tokenizer
-from . import distributed
-from .checkpoint import (
-    SCHEMA_VERSION,
-    atomic_save,
-    checkpoint_path,
-    list_checkpoints,
-    load_checkpoint,
-    prune_checkpoints,
-    remove_stale_temporaries,
-    rng_state,
-    set_rng_state,
-    versions,
-)
+from ..transforms import to_float
+from .checkpoint import prune_checkpoints, remove_stale_temporaries, rng_state, set_rng_state, versions
 from .interrupt import StoppedBySignal, StopSignals
 from .logger import MetricLogger
 from .optim import build_optimizer, build_scheduler
@@ -188,11 +178,11 @@ class Trainer:
         self.precision = effective_precision(cfg.train.precision, device)
         method.lock_towers(cfg)
         self.model: nn.Module = method
-        self.sharded = cfg.train.fsdp and distributed.world_size() > 1
+        self.sharded = cfg.train.fsdp and dist.world_size() > 1
         self.replicated: list[nn.Parameter] = []
         if self.sharded:
             self.replicated = shard_model(method)
-        elif distributed.world_size() > 1:
+        elif dist.world_size() > 1:
             ids = [device.index] if device.type == "cuda" else None
             self.model = DistributedDataParallel(method, device_ids=ids)
         self.optimizer = build_optimizer(method, cfg.train)
@@ -227,10 +217,10 @@ class Trainer:
             clock.lap("backward")
             for key, value in out.items():
                 figures[key] = figures.get(key, 0.0) + float(value.detach()) / parts
-        figures = distributed.mean_over_ranks(figures)
+        figures = dist.mean_over_ranks(figures)
         for param in self.replicated:  # FSDP leaves these to us: average their gradients over ranks
             if param.grad is not None:
-                param.grad = distributed.all_reduce_sum(param.grad) / distributed.world_size()
+                param.grad = dist.all_reduce_sum(param.grad) / dist.world_size()
         if cfg.grad_clip > 0:
             figures["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.method.parameters(), cfg.grad_clip))
         self.optimizer.step()
@@ -299,10 +289,10 @@ def pretrain(cfg: Config, resume: str | None = None, log_tensorboard: bool = Tru
     ``stop_after`` ends this invocation after that global step (with a checkpoint), leaving the
     schedule of ``train.steps`` intact: a time-boxed job continues later with ``resume``.
     """
-    info = distributed.setup(cfg.train.device)
+    info = dist.setup(cfg.train.device)
     run_dir = Path(cfg.output_dir)
     resume_path = find_resume_checkpoint(resume, run_dir)
-    if distributed.is_main():
+    if dist.is_main():
         prepare_run_dir(run_dir, resuming=resume is not None)
         for stale in remove_stale_temporaries(run_dir):
             print(f"removed {stale.name}, left by a run killed while writing a checkpoint")
@@ -316,14 +306,14 @@ def pretrain(cfg: Config, resume: str | None = None, log_tensorboard: bool = Tru
         check_resumable(state, cfg, resume_path)
     else:
         for loaded in method.load_pretrained(cfg):
-            if distributed.is_main():
+            if dist.is_main():
                 print(f"initialised {loaded}")
 
     trainer = Trainer(cfg, method, info.device)
-    if distributed.is_main() and cfg.train.precision == "auto":
+    if dist.is_main() and cfg.train.precision == "auto":
         print(f"train.precision=auto: {trainer.precision} on {info.device.type}")
     start_step = trainer.load_state_dict(state) if state is not None else 0
-    if distributed.is_main():
+    if dist.is_main():
         save_config(cfg, run_dir / "config.yaml")
         if resume_path is not None:
             print(f"resumed from '{resume_path}' at step {start_step} of {cfg.train.steps}")
@@ -333,7 +323,7 @@ def pretrain(cfg: Config, resume: str | None = None, log_tensorboard: bool = Tru
     tokenizer = build_tokenizer(cfg.model.context_length, cfg.init.text) if method.has_text else None
     loader = build_pretrain_loader(cfg, tokenizer, method.visual.num_patches, start_step, info.rank, info.world_size)
     report_to = [sink for sink in cfg.train.report_to if log_tensorboard or sink != "tensorboard"]
-    logger = MetricLogger(run_dir, cfg.train.steps, start_step, distributed.is_main(), report_to, to_dict(cfg))
+    logger = MetricLogger(run_dir, cfg.train.steps, start_step, dist.is_main(), report_to, to_dict(cfg))
     method.train()
     step = start_step
     data_problems = None  # per-kind counts of skipped or converted samples in this process's batches
@@ -365,9 +355,9 @@ def pretrain(cfg: Config, resume: str | None = None, log_tensorboard: bool = Tru
                                       "continue with --resume latest")
             fetch_start = time.perf_counter()
     counts = problem_counts(data_problems, info.device)
-    if counts and distributed.is_main():
+    if counts and dist.is_main():
         print(f"data problems in this run (skipped or converted samples, all ranks, each time drawn): {counts}")
-        share = " in rank 0's share" if distributed.world_size() > 1 else ""
+        share = " in rank 0's share" if dist.world_size() > 1 else ""
         shown = sorted(problem_files)
         print(f"  {len(shown)} distinct files{share}: {'; '.join(shown[:10])}{' ...' if len(shown) > 10 else ''}")
     return run_dir
@@ -377,13 +367,13 @@ def problem_counts(local: torch.Tensor | None, device: torch.device) -> dict[str
     """Nonzero per-kind counts of bad samples summed over ranks."""
     if local is None:
         return {}
-    total = distributed.all_reduce_sum(local.to(device)).cpu()
+    total = dist.all_reduce_sum(local.to(device)).cpu()
     return {kind: int(n) for kind, n in zip(PROBLEM_KINDS, total.tolist()) if n}
 
 
 def save_checkpoint(trainer: Trainer, run_dir: Path, step: int, keep: int) -> None:
-    state = trainer.state_dict(step) if distributed.is_main() or trainer.sharded else None
-    if distributed.is_main():
+    state = trainer.state_dict(step) if dist.is_main() or trainer.sharded else None
+    if dist.is_main():
         atomic_save(state, checkpoint_path(run_dir, step))
         prune_checkpoints(run_dir, keep)
-    distributed.barrier()
+    dist.barrier()

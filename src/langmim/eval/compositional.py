@@ -14,8 +14,9 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from ..data.compositional import KINDS, CompositionalScenes
-from ..data.scenes import to_float
 from ..methods.base import PretrainMethod
+from ..transforms import to_float
+from .inference import evaluating
 
 
 def compositional_accuracy(true_scores: Tensor, negative_scores: list[Tensor]) -> tuple[float, float]:
@@ -41,11 +42,8 @@ def compositional_scores(model: PretrainMethod, scenes: CompositionalScenes, bat
     and each distinct caption is encoded once."""
     if len(scenes) == 0:
         raise ValueError("compositional_scores needs at least one scene")
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
     images, captions, negatives = [], [], []
-    try:
+    with evaluating(model) as device:
         for batch in DataLoader(scenes, batch_size=batch_size, collate_fn=_batch):
             images.append(model.encode_image(to_float(batch["image"].to(device))).float().cpu())
             captions += batch["caption"]
@@ -53,8 +51,6 @@ def compositional_scores(model: PretrainMethod, scenes: CompositionalScenes, bat
         texts = list(dict.fromkeys([*captions, *(t for negs in negatives for kind in KINDS for t in negs[kind])]))
         text_embeds = torch.cat([model.encode_text(model.tokenizer(texts[i:i + batch_size]).to(device)).float().cpu()
                                  for i in range(0, len(texts), batch_size)])
-    finally:
-        model.train(was_training)
     row = {text: i for i, text in enumerate(texts)}
     similarity = F.normalize(torch.cat(images), dim=-1) @ F.normalize(text_embeds, dim=-1).T
     metrics, chance, counts = {}, {}, {}

@@ -16,8 +16,9 @@ from torch import nn
 
 from ..config import Config
 from ..errors import CheckpointError, ConfigError
+from ..io import read_weights
 from ..models.open_clip_weights import create_open_clip
-from ..models.pretrained import read_weights
+from ..models.pretrained import TIMM_FILES
 from ..models.teacher import Renormalise
 from ..models.vit import MaskedVisionTransformer
 
@@ -95,7 +96,7 @@ def load_external(spec: str) -> ExternalModel:
                 model = timm.create_model(name, pretrained=False, num_classes=0)
             except RuntimeError as err:
                 raise ConfigError(f"unknown timm model {name!r} ({err})") from None
-            state = {k: v for k, v in read_weights(weights).items() if not k.startswith("head.")}
+            state = {k: v for k, v in read_weights(weights, TIMM_FILES).items() if not k.startswith("head.")}
             try:
                 model.load_state_dict(state, strict=True)
             except RuntimeError as err:

@@ -4,8 +4,9 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..data.scenes import to_float
 from ..methods.base import PretrainMethod
+from ..transforms import to_float
+from .inference import evaluating
 
 
 @torch.no_grad()
@@ -16,17 +17,12 @@ def extract_features(model: PretrainMethod, dataset: Dataset, batch_size: int = 
     ``cls`` (the CLS token, MAE's), ``embed`` (the normalised image embedding used for
     zero-shot) and ``labels``.
     """
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
     out: dict[str, list[torch.Tensor]] = {"mean": [], "cls": [], "embed": [], "labels": []}
-    try:
+    with evaluating(model) as device:
         for images, labels in DataLoader(dataset, batch_size=batch_size, num_workers=num_workers):
             tokens = model.visual.forward_features(to_float(images.to(device)))
             out["mean"].append(model.visual.pool(tokens, "mean").float().cpu())
             out["cls"].append(model.visual.pool(tokens, "cls").float().cpu())
             out["embed"].append(torch.nn.functional.normalize(model.image_embedding(tokens).float(), dim=-1).cpu())
             out["labels"].append(labels)
-    finally:
-        model.train(was_training)
     return {k: torch.cat(v) for k, v in out.items()}

@@ -16,8 +16,9 @@ from timm.layers import DropPath
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..data.scenes import to_float
+from ..engine.optim import lr_factor
 from ..models.vit import MaskedVisionTransformer
+from ..transforms import to_float
 from .linear import accuracy
 
 
@@ -85,7 +86,7 @@ def finetune(
     step = 0
     for _ in range(epochs):
         for images, labels in loader:
-            factor = (step + 1) / warmup if step < warmup else 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+            factor = lr_factor(step, warmup, total, min_ratio=0.0)
             for group in optimizer.param_groups:
                 group["lr"] = lr * factor * group["lr_scale"]
             images = to_float(images.to(device))

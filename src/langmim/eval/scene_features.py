@@ -16,7 +16,9 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from ..data.scenes import COLOURS, POSITIONS, SIZES, collate_scenes, to_float
+from ..data.scenes import COLOURS, POSITIONS, SIZES, collate_scenes
+from ..transforms import to_float
+from .inference import evaluating
 
 MAX_ITEMS = 3  # scenes hold 1 to 3 items; per-item annotations are padded to this with -1
 
@@ -59,17 +61,12 @@ def dense_patch_tokens(model: torch.nn.Module, images: Tensor, patch: int, refin
 def scene_tokens(model: torch.nn.Module, scenes: Dataset, patch: int, refine: int, batch_size: int = 256) -> dict[str, Tensor]:
     """Encoder tokens of every scene, the encoder in eval mode: ``tokens`` (n, 1 + N, D) of the
     plain forward (CLS first) and ``dense`` (n, G * refine, G * refine, D) of `dense_patch_tokens`."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
     tokens, dense = [], []
-    try:
+    with evaluating(model) as device:
         for batch in DataLoader(scenes, batch_size=batch_size, collate_fn=collate_scenes):
             images = batch["image"].to(device)
             tokens.append(model.visual.forward_features(to_float(images)).float().cpu())
             dense.append(dense_patch_tokens(model, images, patch, refine).cpu())
-    finally:
-        model.train(was_training)
     return {"tokens": torch.cat(tokens), "dense": torch.cat(dense)}
 
 

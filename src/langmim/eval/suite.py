@@ -33,20 +33,22 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from ..config import EvalConfig, to_dict
 from ..data.benchmark_sets import BenchmarkSet, open_benchmark_set
 from ..data.compositional import CompositionalScenes
-from ..data.eval_rows import EVAL_SCENE_SEED, seeded_subset
+from ..data.eval_rows import seeded_subset
 from ..data.fashion_mnist import CLASS_NAMES
 from ..data.folders import CaptionTable, ImageFolderSplit
-from ..data.scenes import ZEROSHOT_TEMPLATES, FashionMNISTCentred, FashionScenes, fill_template, to_float
+from ..data.scenes import EVAL_SCENE_SEED, FashionMNISTCentred, FashionScenes
 from ..data.shifted import SHIFT_STYLES, FashionMNISTShifted
-from ..engine.checkpoint import atomic_save
 from ..errors import DataError
+from ..io import atomic_save, safe_torch_load
 from ..methods.base import PretrainMethod
+from ..transforms import ZEROSHOT_TEMPLATES, fill_template, to_float
 from .clip_benchmark import write_clip_benchmark
 from .compositional import compositional_scores
 from .detection import detection_probe
 from .features import extract_features
 from .fewshot import fewshot_evaluate
 from .finetune import finetune
+from .inference import evaluating
 from .knn import knn_classify
 from .linear import LinearProbe, accuracy, fit_linear_probe
 from .retrieval import recall_at_k, relevance_from_captions
@@ -167,7 +169,7 @@ class EvalContext:
             digest = hashlib.sha1(f"{identity}|{key}".encode()).hexdigest()[:16]
             path = self.out_dir / "feature_cache" / f"{digest}.pt"
         if path is not None and path.is_file():
-            value = torch.load(path, weights_only=True)
+            value = safe_torch_load(path, map_location=None, what="feature cache")  # tensors back where they were computed
         else:
             start = time.perf_counter()
             value = compute()
@@ -329,18 +331,13 @@ def retrieval_task(ctx: EvalContext) -> dict[str, Any]:
     captions is a hit)."""
     model = ctx.model
     pairs, name, skipped = retrieval_pairs(ctx)
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
     images, texts, image_captions = [], [], []
-    try:
+    with evaluating(model) as device:
         for batch in DataLoader(pairs, batch_size=ctx.cfg.batch_size, collate_fn=image_captions_batch):
             images.append(model.encode_image(to_float(batch["image"].to(device))).float().cpu())
             flat = [c for captions in batch["captions"] for c in captions]
             texts.append(model.encode_text(model.tokenizer(flat).to(device)).float().cpu())
             image_captions += batch["captions"]
-    finally:
-        model.train(was_training)
     similarity = F.normalize(torch.cat(images), dim=-1) @ F.normalize(torch.cat(texts), dim=-1).T
     metrics = recall_at_k(similarity, relevance_from_captions(image_captions))
     metrics["top1"] = metrics["image_to_text_R@1"]
@@ -410,7 +407,7 @@ def segmentation_task(ctx: EvalContext) -> dict[str, Any]:
                                 batch_size=ctx.cfg.batch_size, epochs=ctx.cfg.segmentation_epochs, seed=ctx.cfg.seed)
     predictions = scores.pop("example_predictions")
     if ctx.out_dir is not None:
-        from ..report import plot_segmentation_examples
+        from .figures import plot_segmentation_examples
 
         ctx.out_dir.mkdir(parents=True, exist_ok=True)
         scenes = ctx.scenes("test")

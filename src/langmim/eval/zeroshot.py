@@ -8,6 +8,8 @@ from torch import Tensor, nn
 
 from langmim.eval.metrics import mean_per_class_recall, topk_accuracy
 
+from .inference import evaluating
+
 
 @torch.no_grad()
 def zeroshot_classifier(
@@ -23,17 +25,12 @@ def zeroshot_classifier(
     A template is filled with `fill(template, name)` if given, else `template.format(name)`.
     The model runs in eval mode; its previous mode is restored afterwards.
     """
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    try:
+    with evaluating(model) as device:
         columns = []
         for name in classnames:
             texts = [fill(t, name) if fill else t.format(name) for t in templates]
             embeddings = model.encode_text(model.tokenizer(texts).to(device)).float()
             columns.append(F.normalize(F.normalize(embeddings, dim=-1).mean(dim=0), dim=0))
-    finally:
-        model.train(was_training)
     return torch.stack(columns, dim=1)
 
 

@@ -1,9 +1,13 @@
-"""Registry of pre-training methods, picked by ``method=NAME``."""
+"""Registry of pre-training methods, picked by ``method=NAME``; building one fresh or from a
+saved model, and MILAN's frozen teacher."""
 from __future__ import annotations
 
-from ..config import Config
+from pathlib import Path
+
+from ..config import Config, config_from_dict
 from ..errors import ConfigError
-from ..models.teacher import build_teacher
+from ..io import read_saved_model
+from ..models.teacher import LangmimTeacher, Teacher, build_library_teacher, parse_teacher_source
 from .base import PretrainMethod
 from .clip import CLIP
 from .mae import MAE
@@ -26,3 +30,24 @@ def build_method(cfg: Config, with_teacher: bool = False) -> PretrainMethod:
     if cfg.teacher.embed_dim is None:
         raise ConfigError("method=milan needs the teacher's feature width: set teacher.source (or teacher.embed_dim)")
     return MILAN(cfg, teacher)
+
+
+def load_method(path: str | Path) -> PretrainMethod:
+    """A saved model (checkpoint file, run directory or safetensors export) rebuilt from its
+    saved config, in eval mode, with ``config``, ``checkpoint_path`` and ``step`` set."""
+    saved = read_saved_model(path)
+    cfg = config_from_dict(saved.config)
+    model = build_method(cfg)
+    model.load_state_dict(saved.weights)
+    model.config, model.checkpoint_path, model.step = cfg, str(saved.path), saved.step
+    return model.eval()
+
+
+def build_teacher(source: str | None, grid_size: int | None = None, random_weights: bool = False) -> Teacher:
+    """The frozen tower ``teacher.source`` names: ``openclip:MODEL:WEIGHTS``, ``timm:MODEL:WEIGHTS``
+    (built for the student's ``grid_size``; without weights when ``random_weights``, for dry
+    runs) or ``langmim:RUN_OR_CHECKPOINT`` (a CLIP or RILS model saved by langmim)."""
+    parsed = parse_teacher_source(source)
+    if parsed.kind == "langmim":
+        return LangmimTeacher(load_method(parsed.location), parsed.location)
+    return build_library_teacher(parsed, grid_size, random_weights)

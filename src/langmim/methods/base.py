@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from open_clip.loss import ClipLoss
 from torch import nn
 
+from .. import dist
 from ..config import Config
-from ..engine import distributed
 from ..errors import LangmimError
 from ..models.masking import Masking, mask_from_noise, num_visible
 from ..models.open_clip_weights import load_open_clip_text
@@ -178,5 +178,5 @@ class ImageTextMethod(PretrainMethod):
     @staticmethod
     def contrastive_loss(image_embed: torch.Tensor, text_embed: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         """Symmetric InfoNCE over all ranks' features, gathered with gradient (open_clip local loss)."""
-        loss_fn = ClipLoss(local_loss=True, gather_with_grad=True, rank=distributed.rank(), world_size=distributed.world_size())
+        loss_fn = ClipLoss(local_loss=True, gather_with_grad=True, rank=dist.rank(), world_size=dist.world_size())
         return loss_fn(image_embed, text_embed, scale.mean())

@@ -17,8 +17,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .. import dist
 from ..config import Config
-from ..engine import distributed
 from ..models.decoder import MaskTokenDecoder
 from .base import ImageTextMethod
 
@@ -39,7 +39,7 @@ def reconstruction_kl(
 
 def retrieval_hits(image_embed: torch.Tensor, all_text_embed: torch.Tensor) -> torch.Tensor:
     """c_i: 1 where image i's most similar caption (over the global batch) is its own."""
-    offset = distributed.rank() * image_embed.shape[0]
+    offset = dist.rank() * image_embed.shape[0]
     own = torch.arange(image_embed.shape[0], device=image_embed.device) + offset
     return ((image_embed @ all_text_embed.T).argmax(dim=-1) == own).float()
 
@@ -76,22 +76,22 @@ class RILS(ImageTextMethod):
         scale = feats["logit_scale"]
         loss_clip = self.contrastive_loss(image_embed, text_embed, scale)
 
-        prototypes = distributed.gather_with_grad(text_embed).detach()
+        prototypes = dist.gather_with_grad(text_embed).detach()
         kl = reconstruction_kl(
             feats["student"].float(), feats["teacher"].float(), prototypes,
             self.student_temperature, self.teacher_temperature,
         )
         hits = retrieval_hits(image_embed.detach(), prototypes)
         weights = feats["mask"] * hits[:, None]
-        global_count = distributed.all_reduce_sum(weights.sum())
+        global_count = dist.all_reduce_sum(weights.sum())
         # DDP averages gradients over ranks, so each rank's share is scaled back by world size.
-        loss_rec = (weights * kl).sum() * distributed.world_size() / (global_count + 1e-6)
+        loss_rec = (weights * kl).sum() * dist.world_size() / (global_count + 1e-6)
 
         loss = loss_clip + self.rec_weight * loss_rec
         return {
             "loss": loss,
             "loss_clip": loss_clip.detach(),
             "loss_rec": loss_rec.detach(),
-            "match_rate": distributed.all_reduce_sum(hits.sum()) / (hits.numel() * distributed.world_size()),
+            "match_rate": dist.all_reduce_sum(hits.sum()) / (hits.numel() * dist.world_size()),
             "logit_scale": scale.mean().detach(),
         }

@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError
-from .pretrained import OPEN_CLIP_FILES, load_strictly, read_weights
+from ..io import read_weights
+from .pretrained import OPEN_CLIP_FILES, load_strictly
 
 OPENAI_ONLY_KEYS = ("input_resolution", "context_length", "vocab_size")
 

@@ -1,7 +1,7 @@
 """Start from other libraries' weights: a timm ViT for the vision tower, an open_clip text
 tower, or a sentence-transformers model (e.g. all-MiniLM-L6-v2) on disk as the text tower.
 
-Weight files are read without unpickling code: safetensors, or ``torch.load(weights_only=True)``.
+Weight files are read by ``io.read_weights``, which never unpickles code.
 """
 from __future__ import annotations
 
@@ -11,47 +11,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..engine.checkpoint import safe_torch_load
 from ..errors import CheckpointError, ConfigError
+from ..io import read_weights
 
 # Files a weights folder may hold, in the order each kind of source looks for them.
 TIMM_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 OPEN_CLIP_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
-WRAPPER_KEYS = ("state_dict", "model", "module")  # MAE's and many trainers' checkpoints nest the weights
 MAE_PRETRAINING_KEYS = ("mask_token", "decoder_")  # MAE's pixel decoder, left in its pre-training checkpoints
 TEXT_SOURCES = ("openclip", "sentence-transformers")
-
-
-def read_weights(path: str | Path, folder_files: tuple[str, ...] = TIMM_FILES) -> dict[str, torch.Tensor]:
-    """A flat state dict from a weights file, or a folder holding one of ``folder_files``
-    (``module.`` prefixes and ``model`` / ``state_dict`` wrappers removed)."""
-    path = Path(path)
-    if path.is_dir():
-        found = [path / name for name in folder_files if (path / name).is_file()]
-        if not found:
-            raise CheckpointError(f"folder '{path}' holds none of the weight files {', '.join(folder_files)}")
-        path = found[0]
-    if not path.is_file():
-        raise CheckpointError(f"weights '{path}' do not exist")
-    if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            state: object = load_file(str(path))
-        except (SafetensorError, OSError) as err:
-            raise CheckpointError(f"'{path}' is not a readable safetensors file ({err})") from None
-    else:
-        import argparse
-
-        # MAE's and timm's training scripts store their argparse.Namespace beside the weights: data, not code
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            state = safe_torch_load(path, what="weights")
-    while isinstance(state, dict) and any(isinstance(state.get(k), dict) for k in WRAPPER_KEYS):
-        state = next(state[k] for k in WRAPPER_KEYS if isinstance(state.get(k), dict))
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"'{path}' is not a state dict of tensors")
-    return {k.removeprefix("module."): v for k, v in state.items()}
 
 
 def load_strictly(module: nn.Module, state: dict[str, torch.Tensor], source: str, what: str) -> None:
@@ -79,7 +46,7 @@ def load_timm_vision(visual: nn.Module, path: str | Path, what: str = "vision to
     """
     from timm.layers import resample_abs_pos_embed, resample_patch_embed
 
-    state = {k: v for k, v in read_weights(path).items() if not k.startswith(("head.", *MAE_PRETRAINING_KEYS))}
+    state = {k: v for k, v in read_weights(path, TIMM_FILES).items() if not k.startswith(("head.", *MAE_PRETRAINING_KEYS))}
     own = visual.state_dict()
     kernel = state.get("patch_embed.proj.weight")
     if kernel is not None and kernel.shape[-2:] != own["patch_embed.proj.weight"].shape[-2:]:

@@ -22,11 +22,10 @@ from torch import nn
 
 from ..config import IMPORTANCES
 from ..errors import ConfigError
+from ..transforms import IMAGE_MEAN, IMAGE_STD
 from .open_clip_weights import create_open_clip
 from .pretrained import load_timm_vision
 from .vit import cls_attention
-
-LANGMIM_NORMALISATION = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # data.scenes.IMAGE_MEAN / IMAGE_STD
 
 
 @dataclass
@@ -41,7 +40,7 @@ class Renormalise(nn.Module):
 
     def __init__(self, mean: tuple, std: tuple) -> None:
         super().__init__()
-        in_mean, in_std = LANGMIM_NORMALISATION
+        in_mean, in_std = IMAGE_MEAN, IMAGE_STD
         self.register_buffer("scale", (torch.tensor(in_std) / torch.tensor(std)).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("shift", ((torch.tensor(in_mean) - torch.tensor(mean)) / torch.tensor(std)).view(1, 3, 1, 1), persistent=False)
 
@@ -215,16 +214,13 @@ class TimmTeacher(Teacher):
 
 
 class LangmimTeacher(Teacher):
-    """The vision tower and image projection W of a langmim CLIP or RILS checkpoint."""
+    """The vision tower and image projection W of a loaded langmim CLIP or RILS model."""
 
-    def __init__(self, path: str) -> None:
-        from ..api import load
-
-        model = load(path)
+    def __init__(self, model: nn.Module, path: str) -> None:
         if not model.has_text:
             raise ConfigError(f"teacher.source: '{path}' is a {model.config.method} checkpoint; a teacher must be language-supervised (clip or rils)")
         visual = model.visual
-        super().__init__(visual.grid_size, visual.patch_size, model.image_projection.shape[1], *LANGMIM_NORMALISATION)
+        super().__init__(visual.grid_size, visual.patch_size, model.image_projection.shape[1], IMAGE_MEAN, IMAGE_STD)
         self.visual = visual
         self.image_projection = model.image_projection
         self.freeze()
@@ -236,24 +232,40 @@ class LangmimTeacher(Teacher):
 
 
 SOURCES = "openclip:MODEL:WEIGHTS, timm:MODEL:WEIGHTS or langmim:RUN_OR_CHECKPOINT"
+EXAMPLES = {"openclip": "ViT-B-16-quickgelu:/data/openai_vit_b16.pt", "timm": "vit_base_patch16_224.dino:/data/dino_vitb16.pth"}
 
 
-def build_teacher(source: str | None, grid_size: int | None = None) -> Teacher:
-    """``openclip:MODEL:WEIGHTS``, ``timm:MODEL:WEIGHTS`` or ``langmim:RUN_OR_CHECKPOINT``;
-    a timm teacher is built for the student's ``grid_size``."""
+@dataclass(frozen=True)
+class TeacherSource:
+    """``teacher.source`` read: its kind, the open_clip or timm model name (empty for langmim),
+    and the weights file or folder (for langmim: the run directory or checkpoint)."""
+
+    kind: str
+    model: str
+    location: str
+
+
+def parse_teacher_source(source: str | None) -> TeacherSource:
+    """``openclip:MODEL:WEIGHTS``, ``timm:MODEL:WEIGHTS`` or ``langmim:RUN_OR_CHECKPOINT``, with clear errors."""
     if not source:
         raise ConfigError(f"method=milan needs teacher.source, one of {SOURCES}")
     kind, _, rest = source.partition(":")
     if kind in ("openclip", "timm"):
         model_name, _, weights = rest.partition(":")
         if not model_name or not weights:
-            example = {"openclip": "ViT-B-16-quickgelu:/data/openai_vit_b16.pt", "timm": "vit_base_patch16_224.dino:/data/dino_vitb16.pth"}
-            raise ConfigError(f"teacher.source={source!r}: expected {kind}:MODEL:WEIGHTS, e.g. {kind}:{example[kind]}")
-        if kind == "openclip":
-            return OpenCLIPTeacher(model_name, weights)
-        if grid_size is None:
-            raise ConfigError("a timm teacher needs the student's patch grid")
-        return TimmTeacher.from_source(model_name, weights, grid_size)
+            raise ConfigError(f"teacher.source={source!r}: expected {kind}:MODEL:WEIGHTS, e.g. {kind}:{EXAMPLES[kind]}")
+        return TeacherSource(kind, model_name, weights)
     if kind == "langmim" and rest:
-        return LangmimTeacher(rest)
+        return TeacherSource(kind, "", rest)
     raise ConfigError(f"teacher.source={source!r} must be one of {SOURCES}")
+
+
+def build_library_teacher(source: TeacherSource, grid_size: int | None = None, random_weights: bool = False) -> Teacher:
+    """An open_clip or timm teacher (a timm one built for the student's ``grid_size``), with its
+    weights from disk or, for dry runs, ``random_weights``."""
+    weights = None if random_weights else source.location
+    if source.kind == "openclip":
+        return OpenCLIPTeacher(source.model, weights)
+    if grid_size is None:
+        raise ConfigError("a timm teacher needs the student's patch grid")
+    return TimmTeacher.from_source(source.model, weights, grid_size)

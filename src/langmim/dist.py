@@ -1,4 +1,5 @@
-"""torch.distributed helpers that degrade to no-ops in a single process."""
+"""torch.distributed helpers that degrade to no-ops in a single process: rank and world size,
+collectives (gather with gradient, sums, means of logged figures), and process-group setup."""
 from __future__ import annotations
 
 import os
@@ -8,7 +9,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as dist_fn
 
-from ..errors import LangmimError
+from .errors import LangmimError
 
 
 def is_distributed() -> bool:

@@ -1,0 +1,234 @@
+"""Weights and checkpoints on disk: one safe reader, one atomic writer, one checkpoint resolver.
+
+Nothing here unpickles code: torch files load with ``torch.load(weights_only=True)`` and refuse
+TorchScript and pickled references with a one-line reason; safetensors files are read as such.
+A langmim checkpoint (``checkpoint-<step>.pt`` in a run directory) holds plain containers and
+tensors only; a write goes to a temporary file that is fsynced and then renamed, so a killed
+process leaves either the old file or the new one, never half a file.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import re
+import signal
+import warnings
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import CheckpointError
+
+SCHEMA_VERSION = 1  # of langmim checkpoints: the newest layout this version reads and writes
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)\.pt$")
+WRAPPER_KEYS = ("state_dict", "model", "module")  # MAE's and many trainers' checkpoints nest the weights
+FILE_KINDS = ((b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"GIF8", "a GIF image"),
+              (b"\x1f\x8b", "a gzip archive"), (b"{", "a JSON file"), (b"%PDF", "a PDF file"))
+
+# Test-only fault injection: SIGKILL this process inside its N-th atomic write (after the
+# temporary file is written, before it is renamed), a moment too short to hit from outside.
+KILL_IN_SAVE_ENV = "LANGMIM_TEST_KILL_IN_SAVE"
+_saves_started = 0
+
+
+def _fault_point() -> None:
+    global _saves_started
+    target = os.environ.get(KILL_IN_SAVE_ENV)
+    if target is None:
+        return
+    _saves_started += 1
+    if _saves_started == int(target):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """torch.save to a temporary file in the same directory, fsync, then rename over ``path``."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            _fault_point()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def is_torchscript(path: Path) -> bool:
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith("/constants.pkl") for name in archive.namelist())
+
+
+def describe_foreign(head: bytes) -> str:
+    """What a file that is not a torch file looks like, from its first bytes."""
+    for magic, kind in FILE_KINDS:
+        if head.startswith(magic):
+            return kind
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return "unrecognised bytes"
+    return "a text file" if "".join(text.split()).isprintable() else "unrecognised bytes"
+
+
+def pickled_globals(path: Path) -> list[str]:
+    """The Python names a plain pickle file refers to, read from its opcodes without running it."""
+    import pickletools
+
+    names, strings = [], []
+    try:
+        with path.open("rb") as f:
+            for op, arg, _ in pickletools.genops(f):
+                if isinstance(arg, str) and "UNICODE" in op.name:
+                    strings.append(arg)
+                elif op.name == "GLOBAL":
+                    names.append(arg.replace(" ", "."))
+                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    names.append(f"{strings[-2]}.{strings[-1]}")
+    except Exception:  # a damaged pickle: what was read so far is all there is
+        pass
+    return names
+
+
+def safe_torch_load(path: Path, map_location: str | torch.device | None = "cpu", what: str = "checkpoint") -> Any:
+    """``torch.load(weights_only=True)`` whose refusals say in one line what the file is: not a
+    torch file, truncated, or holding code (which is never loaded, nor advised to be)."""
+    path = Path(path)
+    with path.open("rb") as f:
+        head = f.read(16)
+    is_zip = zipfile.is_zipfile(path)
+    if not is_zip and head.startswith(b"PK\x03\x04"):
+        raise CheckpointError(f"{what} '{path}' is truncated: a zip archive (as torch writes) cut short")
+    if not is_zip and not head.startswith(b"\x80"):  # torch files are zip archives (or, long ago, pickles)
+        raise CheckpointError(f"{what} '{path}' is not a torch file: it looks like {describe_foreign(head)}")
+    if is_zip and is_torchscript(path):
+        raise CheckpointError(f"{what} '{path}' is a TorchScript archive (like OpenAI's CLIP .pt release), which langmim does "
+                              "not load since it carries code; use the weights as a state dict (for OpenAI's CLIP: open_clip's "
+                              "Hub copy, open_clip_pytorch_model.bin beside its open_clip_config.json)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # torch's notes on legacy pickles; the errors below say more
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        code = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        found = code.group(1) if code else next(iter(pickled_globals(path)), None)
+        if found:
+            raise CheckpointError(f"{what} '{path}' holds a reference to {found}, which loading would run as code; refused") from None
+        raise CheckpointError(f"{what} '{path}' is not a torch file of tensors and containers (a foreign or damaged "
+                              "pickle)") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError) as err:
+        raise CheckpointError(f"{what} '{path}' is truncated or damaged ({type(err).__name__})") from None
+
+
+def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(tensors, metadata) of a safetensors file, with a clear error for anything else."""
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            metadata = f.metadata() or {}
+        return load_file(str(path)), metadata
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"'{path}' is not a readable safetensors file ({err})") from None
+
+
+def read_weights(path: str | Path, folder_files: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """A flat state dict from a weights file, or a folder holding one of ``folder_files``
+    (``module.`` prefixes and ``model`` / ``state_dict`` wrappers removed)."""
+    path = Path(path)
+    if path.is_dir():
+        found = [path / name for name in folder_files if (path / name).is_file()]
+        if not found:
+            raise CheckpointError(f"folder '{path}' holds none of the weight files {', '.join(folder_files)}")
+        path = found[0]
+    if not path.is_file():
+        raise CheckpointError(f"weights '{path}' do not exist")
+    if path.suffix == ".safetensors":
+        state: object = read_safetensors(path)[0]
+    else:
+        import argparse
+
+        # MAE's and timm's training scripts store their argparse.Namespace beside the weights: data, not code
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            state = safe_torch_load(path, what="weights")
+    while isinstance(state, dict) and any(isinstance(state.get(k), dict) for k in WRAPPER_KEYS):
+        state = next(state[k] for k in WRAPPER_KEYS if isinstance(state.get(k), dict))
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"'{path}' is not a state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def checkpoint_path(run_dir: Path, step: int) -> Path:
+    return run_dir / f"checkpoint-{step:08d}.pt"
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoints in ``run_dir``, oldest first (temporary files are ignored)."""
+    if not run_dir.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in run_dir.iterdir() if (m := CHECKPOINT_RE.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def resolve_checkpoint(path_or_run: Path | str) -> Path:
+    """A checkpoint file, or the newest checkpoint in a run directory."""
+    path = Path(path_or_run)
+    if path.is_dir():
+        found = list_checkpoints(path)
+        if not found:
+            raise CheckpointError(f"run directory '{path}' holds no checkpoint-*.pt file")
+        return found[-1]
+    if not path.exists():
+        raise CheckpointError(f"checkpoint '{path}' does not exist")
+    return path
+
+
+def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a langmim checkpoint, refusing truncated, foreign or code-carrying files clearly."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint '{path}' does not exist")
+    state = safe_torch_load(path, map_location)
+    if not isinstance(state, dict) or state.get("format") != "langmim" or "model" not in state:
+        raise CheckpointError(f"checkpoint '{path}' is not a langmim checkpoint (no 'format: langmim' entry)")
+    if state.get("schema_version", 0) > SCHEMA_VERSION:
+        raise CheckpointError(
+            f"checkpoint '{path}' has schema version {state['schema_version']}; this langmim reads up to {SCHEMA_VERSION}"
+        )
+    return state
+
+
+@dataclass
+class SavedModel:
+    """A trained langmim model as saved: where, its config (a plain dict), weights and step."""
+
+    path: Path
+    config: dict[str, Any]
+    weights: dict[str, torch.Tensor]
+    step: int | None
+
+
+def read_saved_model(path: str | Path) -> SavedModel:
+    """A checkpoint file, the newest checkpoint of a run directory, or a safetensors export
+    (``langmim export --format safetensors``), read without building anything."""
+    if Path(path).suffix == ".safetensors" and Path(path).is_file():
+        file = Path(path)
+        weights, metadata = read_safetensors(file)
+        if "langmim_config" not in metadata:
+            raise CheckpointError(f"'{file}' has no langmim_config metadata: not written by `langmim export --format safetensors`")
+        step = metadata.get("step")
+        return SavedModel(file, json.loads(metadata["langmim_config"]), weights, int(step) if step else None)
+    file = resolve_checkpoint(path)
+    state = load_checkpoint(file)
+    return SavedModel(file, state["config"], state["model"], int(state["step"]))
