@@ -11,7 +11,6 @@ import yaml
 from safetensors import safe_open
 
 from conftest import tiny_overrides
-from langmim.api import attach_inference_api
 from langmim.config import load_config
 from langmim.export import export
 from langmim.methods import build_method
@@ -42,7 +41,7 @@ def exported_files(method: str, tmp_path: Path) -> dict:
     extra = {"teacher.embed_dim": 32} if method == "milan" else {}
     cfg = load_config(None, tiny_overrides(tmp_path / method, method, **extra))
     torch.manual_seed(0)
-    model = attach_inference_api(build_method(cfg), cfg).eval()
+    model = build_method(cfg).eval()
     model.checkpoint_path, model.step = str(tmp_path / method / "checkpoint-00000004.pt"), 4
     summary = {}
     for fmt in FORMATS[method]:

@@ -135,7 +135,7 @@ def builtin_data_root(explicit: str | None, cfg) -> str | None:
 
 def cmd_eval(args: argparse.Namespace) -> None:
     from .api import load, run_name
-    from .config import apply_dict, parse_override
+    from .config import Config, apply_dict, parse_override
     from .errors import ConfigError
     from .eval.suite import TASKS, evaluate
 
@@ -148,10 +148,11 @@ def cmd_eval(args: argparse.Namespace) -> None:
         from .eval.external import load_external
 
         model = load_external(args.checkpoint)
-        name = model.config.method.replace(":", "-").replace("/", "-")
+        name = model.source.replace(":", "-").replace("/", "-")
     else:
         model = load(args.checkpoint)
         name = run_name(model)
+    settings = model.config if model.config is not None else Config()  # an external model: the default eval.*
     data_root = args.data_root
     for item in args.overrides:
         key, value = parse_override(item)
@@ -160,12 +161,12 @@ def cmd_eval(args: argparse.Namespace) -> None:
             continue
         if not key.startswith("eval."):
             raise ConfigError(f"eval accepts eval.* overrides and data.root=DIR (the built-in data), got '{key}'")
-        apply_dict(model.config, {key: value}, "command line")
+        apply_dict(settings, {key: value}, "command line")
     default_out = Path("runs/external") / name / "results" if external else Path(model.checkpoint_path).parent / "results"
     out = Path(args.output) if args.output else default_out
     if args.dataset_root and not (args.dataset or "").startswith("wds/"):
         raise ConfigError(f"--dataset-root is the folder of a --dataset wds/NAME set; --dataset is {args.dataset!r}")
-    results = evaluate(model, tasks, model.config.eval, out, name, builtin_data_root(data_root, model.config),
+    results = evaluate(model, tasks, settings.eval, out, name, builtin_data_root(data_root, settings),
                        dataset=args.dataset, dataset_root=args.dataset_root)
     print(json.dumps({t: r["metrics"] for t, r in results.items()}, indent=1))
 
@@ -203,8 +204,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "pretrain":
             from .config import load_config
+            from .methods.registry import check_method_name
 
             cfg = load_config(args.config, args.overrides)  # config mistakes surface before torch is imported
+            check_method_name(cfg.method)
             from . import dist
             from .engine.loop import pretrain
 

@@ -18,7 +18,6 @@ import yaml
 
 from .errors import ConfigError
 
-METHODS = ("mae", "clip", "rils", "milan")
 DECODER_TYPES = ("prompting", "mae")
 MASKINGS = ("semantic", "random")
 IMPORTANCES = ("attention", "similarity")
@@ -193,7 +192,6 @@ class Config:
 
 
 CHOICES: dict[str, tuple[str, ...]] = {
-    "method": METHODS,
     "model.arch": tuple(ARCHS),
     "data.name": DATASETS,
     "train.precision": PRECISIONS,
@@ -349,15 +347,11 @@ def resolve(cfg: Config) -> Config:
                           "itself under data.augment, swapping left and right in the caption: set data.hflip=false")
     if not 0.0 <= cfg.loss.mask_ratio < 1.0:
         raise ConfigError(f"loss.mask_ratio must be in [0, 1), got {cfg.loss.mask_ratio}")
-    if (cfg.init.text or cfg.init.lock_text) and cfg.method not in ("clip", "rils"):
-        raise ConfigError(f"init.text and init.lock_text need a text tower (method clip or rils); method is {cfg.method}")
     if cfg.train.fsdp and (cfg.init.lock_vision or cfg.init.lock_text or str(cfg.init.text).startswith("sentence-transformers:")):
         raise ConfigError("train.fsdp is not supported with locked towers or a sentence-transformers text tower yet; use DDP")
     if str(cfg.init.text).startswith("sentence-transformers:"):
         kind, _, folder = cfg.init.text.partition(":")
         cfg.init.text = f"{kind}:{Path(folder).resolve()}"  # runs and exports refer to it from anywhere
-    if cfg.init.lock_vision and cfg.method != "clip":
-        raise ConfigError(f"init.lock_vision freezes the encoder that method {cfg.method} trains; it is for clip (LiT)")
     t = cfg.train
     for key in ("steps", "batch_size", "accum_freq", "log_every", "ckpt_every", "keep_checkpoints"):
         if getattr(t, key) < 1:

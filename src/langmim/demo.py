@@ -10,11 +10,12 @@ from pathlib import Path
 import torch
 
 from . import __version__, dist
-from .api import attach_inference_api, load, run_name
+from .api import load, run_name
 from .config import Config, load_config
 from .engine.loop import pretrain
 from .eval.figures import plot_patch_classes
 from .eval.suite import evaluate
+from .interface import LoadedModel
 from .methods import build_method
 from .report import comparison_table, plot_loss_curves
 
@@ -23,9 +24,9 @@ from .report import comparison_table, plot_loss_curves
 DEMO_TASKS = ("zeroshot", "knn", "linear", "presence", "cells", "binding", "counting", "compositional", "detection", "segmentation", "shift")
 
 
-def random_init_model(cfg: Config) -> torch.nn.Module:
+def random_init_model(cfg: Config) -> LoadedModel:
     torch.manual_seed(cfg.train.seed)
-    return attach_inference_api(build_method(cfg), cfg).eval()
+    return build_method(cfg).eval()
 
 
 def run_demo(overrides: Sequence[str] = (), preset: str = "demo") -> Path:

@@ -21,7 +21,6 @@ LICENSE = "apache-2.0"  # langmim's own; the weights are the user's, trained on 
 PIPELINES = {"timm": "image-feature-extraction", "open_clip": "zero-shot-image-classification"}
 TASK_TYPES = {"zeroshot": "zero-shot-image-classification", "retrieval": "image-to-text", "detection": "object-detection",
               "segmentation": "image-segmentation"}
-METHOD_NAMES = {"rils": "RILS", "milan": "MILAN", "mae": "MAE", "clip": "CLIP"}
 
 
 def checkpoint_results(model: PretrainMethod) -> list[dict]:
@@ -64,7 +63,7 @@ def front_matter(model: PretrainMethod, fmt: str, name: str, results: list[dict]
     return {
         "license": LICENSE,
         "library_name": fmt,
-        "tags": ["langmim", cfg.method, "vision-transformer", "masked-image-modeling" if cfg.method in ("mae", "milan", "rils") else "contrastive"],
+        "tags": ["langmim", cfg.method, "vision-transformer", *model.tags],
         "pipeline_tag": PIPELINES[fmt],
         "datasets": datasets,
         "model-index": model_index(name, results),
@@ -80,8 +79,8 @@ def card_text(model: PretrainMethod, fmt: str, name: str) -> str:
             if cfg.data.name == "fashion-scenes" else f"{cfg.data.name} at `{cfg.data.root}`")
     lines = [
         "---", yaml.safe_dump(front_matter(model, fmt, name, results), sort_keys=False).strip(), "---", "",
-        f"# {name}: {METHOD_NAMES.get(cfg.method, cfg.method)} ViT ({m.arch}), exported by langmim", "",
-        f"A vision transformer pre-trained with **{METHOD_NAMES.get(cfg.method, cfg.method)}** by "
+        f"# {name}: {model.title} ViT ({m.arch}), exported by langmim", "",
+        f"A vision transformer pre-trained with **{model.title}** by "
         "langmim (masked image modelling in a language semantic space). "
         f"Encoder: {m.img_size} px, patch {m.patch_size}, width {m.width}, depth {m.depth}, {m.heads} heads, "
         f"{params / 1e6:.2f}M parameters; pixels normalised with mean = std = 0.5.", "",

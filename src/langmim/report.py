@@ -184,9 +184,8 @@ def write_report(run_dirs: list[Path], out_dir: Path, floor: str | None = None) 
             label = f"{label} (step{'s' if len(steps) > 1 else ''} {', '.join(map(str, steps))})" if steps else label
             labels.setdefault(model, label)
             columns[label] = results
-            method = next(iter(results.values()))["config"]["method"] if model != "random-init" else None
-            text_method = method in ("clip", "rils") or str(method).startswith(("openclip:", "clip_benchmark:"))
-            has_text[label] = text_method if method else any(t in results for t in NO_TEXT_TASKS)
+            first = next(iter(results.values()))  # result files older than "has_text": judged by the tasks they have
+            has_text[label] = first["has_text"] if "has_text" in first else any(t in results for t in NO_TEXT_TASKS)
     out_dir.mkdir(parents=True, exist_ok=True)
     table = comparison_table(columns, has_text, labels.get(floor, floor))
     lines = ["# langmim report", "", "Runs: " + ", ".join(f"`{d}`" for d in run_dirs), "", table, ""]

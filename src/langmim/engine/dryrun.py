@@ -14,7 +14,7 @@ from ..config import Config
 from ..data.pretrain import masking_noise
 from ..errors import LangmimError
 from ..methods import build_method
-from ..methods.milan import MILAN
+from ..methods.registry import method_class
 from ..models.teacher import build_library_teacher, parse_teacher_source
 from ..models.text import build_tokenizer
 from .loop import Trainer
@@ -24,12 +24,11 @@ DRY_BATCH = 2
 
 
 def build_for_dry_run(cfg: Config) -> torch.nn.Module:
-    source = parse_teacher_source(cfg.teacher.source) if cfg.method == "milan" else None
+    source = parse_teacher_source(cfg.teacher.source) if method_class(cfg.method).needs_teacher else None
     if source is not None and source.kind in ("openclip", "timm") and not Path(source.location).exists():
         print(f"teacher weights '{source.location}' not on disk: random {source.model} teacher for the dry run")
         teacher = build_library_teacher(source, cfg.model.img_size // cfg.model.patch_size, random_weights=True)
-        cfg.teacher.embed_dim = teacher.embed_dim
-        return MILAN(cfg, teacher)
+        return build_method(cfg, with_teacher=True, teacher=teacher)
     return build_method(cfg, with_teacher=True)
 
 

@@ -64,4 +64,4 @@ def from_clip_benchmark(data: dict[str, Any]) -> dict[str, Any] | None:
     if task == "linear":  # langmim's report reads the patch-mean probe's figure
         metrics["mean_top1"] = metrics.get("top1")
     return {"model": f"{data['model']} {data['pretrained']}", "task": task, "dataset": data["dataset"], "metrics": metrics,
-            "config": {"method": f"clip_benchmark:{data['model']}"}, "source": "clip_benchmark"}
+            "config": {"method": f"clip_benchmark:{data['model']}"}, "has_text": True, "source": "clip_benchmark"}

@@ -14,7 +14,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from ..data.compositional import KINDS, CompositionalScenes
-from ..methods.base import PretrainMethod
+from ..interface import LoadedModel
 from ..transforms import to_float
 from .inference import evaluating
 
@@ -36,7 +36,7 @@ def _batch(samples: list[dict]) -> dict:
 
 
 @torch.no_grad()
-def compositional_scores(model: PretrainMethod, scenes: CompositionalScenes, batch_size: int = 256) -> dict:
+def compositional_scores(model: LoadedModel, scenes: CompositionalScenes, batch_size: int = 256) -> dict:
     """Accuracy per kind of hard negative ("<kind>_acc"), their mean over the kinds that occur
     ("mean_acc", also "top1"), and per kind the chance level and the number of pairs. Each image
     and each distinct caption is encoded once."""

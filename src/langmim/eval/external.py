@@ -1,10 +1,11 @@
 """External baselines in the same evaluation table: a timm ViT or an open_clip model with
 weights on disk (``timm:MODEL:WEIGHTS``, ``openclip:MODEL:WEIGHTS``).
 
-The adapter offers what the evaluation suite uses of a langmim model: ``visual.forward_features``
-(CLS then patch tokens after the final norm), ``visual.pool``, ``image_embedding``,
-``encode_image``, and for open_clip ``encode_text`` with its tokenizer. Images arrive in
-langmim's normalisation at the model's input size and are converted to the model's own.
+The adapter implements ``LoadedModel`` (``interface.py``), what the evaluation suite takes of a
+langmim model: ``visual.forward_features`` (CLS then patch tokens after the final norm),
+``visual.pool``, ``image_embedding``, ``encode_image``, and for open_clip ``encode_text`` with
+its tokenizer. Images arrive in langmim's normalisation at the model's input size (its
+``preprocess`` makes them) and are converted to the model's own.
 """
 from __future__ import annotations
 
@@ -14,13 +15,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import Config
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, LangmimError
 from ..io import read_weights
 from ..models.open_clip_weights import create_open_clip
 from ..models.pretrained import TIMM_FILES
 from ..models.teacher import Renormalise
 from ..models.vit import MaskedVisionTransformer
+from ..transforms import build_preprocess
 
 
 class TimmTower(nn.Module):
@@ -52,16 +53,18 @@ class OpenCLIPTower(nn.Module):
 
 
 class ExternalModel(nn.Module):
-    """A timm or open_clip model wearing the evaluation API of a langmim model."""
+    """A timm or open_clip model as a ``LoadedModel``; it has no langmim config."""
+
+    config = None
+    step = None
 
     def __init__(self, kind: str, name: str, weights: str, visual: nn.Module, image_size: int,
                  clip: nn.Module | None = None, tokenizer=None) -> None:
         super().__init__()
         self.visual, self.clip, self.tokenizer = visual, clip, tokenizer
+        self.source, self.image_size, self.checkpoint_path = f"{kind}:{name}", image_size, weights
         self.has_text = clip is not None
-        self.config = Config(method=f"{kind}:{name}")
-        self.config.model.img_size = image_size
-        self.checkpoint_path, self.step = weights, None
+        self.preprocess = build_preprocess(image_size)
 
     def image_embedding(self, tokens: torch.Tensor) -> torch.Tensor:
         if self.clip is None:  # timm: the model's own pooling of the normed tokens
@@ -75,6 +78,8 @@ class ExternalModel(nn.Module):
         return F.normalize(emb, dim=-1) if normalize else emb
 
     def encode_text(self, tokens: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        if self.clip is None:
+            raise LangmimError(f"'{self.source}' has no text tower; encode_text needs an openclip: model")
         return self.clip.encode_text(tokens, normalize=normalize)
 
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..methods.base import PretrainMethod
+from ..interface import LoadedModel
 from ..transforms import to_float
 from .inference import evaluating
 
 
 @torch.no_grad()
-def extract_features(model: PretrainMethod, dataset: Dataset, batch_size: int = 256, num_workers: int = 0) -> dict[str, torch.Tensor]:
+def extract_features(model: LoadedModel, dataset: Dataset, batch_size: int = 256, num_workers: int = 0) -> dict[str, torch.Tensor]:
     """Run the encoder in eval mode over ``dataset`` of (uint8 image, label) pairs.
 
     Returns ``mean`` (patch-token mean, RILS's pooling and the headline probe feature),

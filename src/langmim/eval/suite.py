@@ -39,8 +39,8 @@ from ..data.folders import CaptionTable, ImageFolderSplit
 from ..data.scenes import EVAL_SCENE_SEED, FashionMNISTCentred, FashionScenes
 from ..data.shifted import SHIFT_STYLES, FashionMNISTShifted
 from ..errors import DataError
+from ..interface import LoadedModel
 from ..io import atomic_save, safe_torch_load
-from ..methods.base import PretrainMethod
 from ..transforms import ZEROSHOT_TEMPLATES, fill_template, to_float
 from .clip_benchmark import write_clip_benchmark
 from .compositional import compositional_scores
@@ -95,9 +95,9 @@ def classification_data(dataset: str | BenchmarkSet | None, canvas: int, cfg: Ev
                               [c.replace("_", " ") for c in train.classes], FOLDER_TEMPLATES)
 
 
-def checkpoint_identity(model: PretrainMethod) -> str | None:
+def checkpoint_identity(model: LoadedModel) -> str | None:
     """The checkpoint file's path, size and modification time; None for a model without one."""
-    ckpt = getattr(model, "checkpoint_path", None)
+    ckpt = model.checkpoint_path
     if ckpt is None or not Path(ckpt).is_file():
         return None
     stat = Path(ckpt).stat()
@@ -110,7 +110,7 @@ class EvalContext:
     between tasks (kept in memory for this evaluation, and on disk under ``out_dir`` keyed by
     the checkpoint file and the data, so re-evaluating is instant)."""
 
-    model: PretrainMethod
+    model: LoadedModel
     cfg: EvalConfig
     out_dir: Path | None = None
     data_root: str | None = None
@@ -122,7 +122,7 @@ class EvalContext:
 
     @property
     def canvas(self) -> int:
-        return self.model.config.model.img_size
+        return self.model.image_size
 
     @property
     def table(self) -> bool:
@@ -451,7 +451,7 @@ def shift_task(ctx: EvalContext) -> dict[str, Any]:
 
 
 def evaluate(
-    model: PretrainMethod, tasks: list[str], cfg: EvalConfig, out_dir: Path | None,
+    model: LoadedModel, tasks: list[str], cfg: EvalConfig, out_dir: Path | None,
     model_name: str, data_root: str | None = None, log: Callable[[str], None] = print, dataset: str | None = None,
     dataset_root: str | None = None,
 ) -> dict[str, dict]:
@@ -464,7 +464,7 @@ def evaluate(
     for name in tasks:
         spec = TASKS[name]
         if spec.needs_text and not model.has_text:
-            log(f"{name} skipped: method '{model.config.method}' has no text tower")
+            log(f"{name} skipped: '{model.source}' has no text tower")
             continue
         start = time.perf_counter()
         result = spec.run(ctx)
@@ -472,10 +472,11 @@ def evaluate(
         result.update({
             "model": model_name,
             "task": name,
-            "checkpoint": getattr(model, "checkpoint_path", None),
-            "step": getattr(model, "step", None),
-            "config": to_dict(model.config),
-            "seeds": {"eval": cfg.seed, "train": model.config.train.seed},
+            "checkpoint": model.checkpoint_path,
+            "step": model.step,
+            "has_text": model.has_text,
+            "config": to_dict(model.config) if model.config is not None else {"method": model.source},
+            "seeds": {"eval": cfg.seed, "train": model.config.train.seed if model.config is not None else None},
             "seconds": time.perf_counter() - start,
         })
         results[name] = result

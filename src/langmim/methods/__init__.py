@@ -1,53 +1,16 @@
-"""Registry of pre-training methods, picked by ``method=NAME``; building one fresh or from a
-saved model, and MILAN's frozen teacher."""
+"""Pre-training methods: one file each (a ``PretrainMethod`` subclass declaring its capabilities),
+registered by name in ``registry``. ``build_method``, ``load_method`` and ``build_teacher`` live in
+``build`` and import torch on first use, so the command line reads the registry without it."""
 from __future__ import annotations
 
-from pathlib import Path
+from typing import Any
 
-from ..config import Config, config_from_dict
-from ..errors import ConfigError
-from ..io import read_saved_model
-from ..models.teacher import LangmimTeacher, Teacher, build_library_teacher, parse_teacher_source
-from .base import PretrainMethod
-from .clip import CLIP
-from .mae import MAE
-from .milan import MILAN
-from .rils import RILS
-
-METHOD_REGISTRY: dict[str, type[PretrainMethod]] = {cls.name: cls for cls in (MAE, CLIP, RILS, MILAN)}
+__all__ = ["build_method", "build_teacher", "load_method"]
 
 
-def build_method(cfg: Config, with_teacher: bool = False) -> PretrainMethod:
-    """The method named by ``cfg.method``. MILAN loads its frozen teacher only ``with_teacher``
-    (training); a loaded MILAN checkpoint encodes images without it."""
-    if cfg.method != "milan":
-        return METHOD_REGISTRY[cfg.method](cfg)
-    teacher = build_teacher(cfg.teacher.source, cfg.model.img_size // cfg.model.patch_size) if with_teacher else None
-    if teacher is not None:
-        if cfg.teacher.embed_dim not in (None, teacher.embed_dim):
-            raise ConfigError(f"teacher.embed_dim={cfg.teacher.embed_dim} but the teacher '{cfg.teacher.source}' gives {teacher.embed_dim}")
-        cfg.teacher.embed_dim = teacher.embed_dim
-    if cfg.teacher.embed_dim is None:
-        raise ConfigError("method=milan needs the teacher's feature width: set teacher.source (or teacher.embed_dim)")
-    return MILAN(cfg, teacher)
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        from . import build
 
-
-def load_method(path: str | Path) -> PretrainMethod:
-    """A saved model (checkpoint file, run directory or safetensors export) rebuilt from its
-    saved config, in eval mode, with ``config``, ``checkpoint_path`` and ``step`` set."""
-    saved = read_saved_model(path)
-    cfg = config_from_dict(saved.config)
-    model = build_method(cfg)
-    model.load_state_dict(saved.weights)
-    model.config, model.checkpoint_path, model.step = cfg, str(saved.path), saved.step
-    return model.eval()
-
-
-def build_teacher(source: str | None, grid_size: int | None = None, random_weights: bool = False) -> Teacher:
-    """The frozen tower ``teacher.source`` names: ``openclip:MODEL:WEIGHTS``, ``timm:MODEL:WEIGHTS``
-    (built for the student's ``grid_size``; without weights when ``random_weights``, for dry
-    runs) or ``langmim:RUN_OR_CHECKPOINT`` (a CLIP or RILS model saved by langmim)."""
-    parsed = parse_teacher_source(source)
-    if parsed.kind == "langmim":
-        return LangmimTeacher(load_method(parsed.location), parsed.location)
-    return build_library_teacher(parsed, grid_size, random_weights)
+        return getattr(build, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

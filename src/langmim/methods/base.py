@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import abc
 import copy
+import functools
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -13,12 +15,13 @@ from torch import nn
 
 from .. import dist
 from ..config import Config
-from ..errors import LangmimError
+from ..errors import ConfigError, LangmimError
 from ..models.masking import Masking, mask_from_noise, num_visible
 from ..models.open_clip_weights import load_open_clip_text
 from ..models.pretrained import load_timm_vision, split_text_source
-from ..models.text import build_text_tower, lock_text_tower
+from ..models.text import build_text_tower, build_tokenizer, lock_text_tower
 from ..models.vit import MaskedVisionTransformer
+from ..transforms import build_preprocess
 
 LOGIT_SCALE_INIT = math.log(1 / 0.07)
 LOGIT_SCALE_MAX = math.log(100)
@@ -29,16 +32,55 @@ class PretrainMethod(nn.Module, abc.ABC):
     sample) and ``loss`` maps them to a dict with ``loss`` and logged figures. The split lets the
     engine cache features across accumulation steps for objectives that couple samples."""
 
-    name = ""
-    has_text = False
-    text_locked = False
+    # What the method is and needs, read by the engine, evaluation, export and model cards.
+    name = ""  # its registry name (``method=NAME``)
+    title = ""  # as the paper writes it, for model cards
+    tags: tuple[str, ...] = ()  # Hugging Face tags of its kind of pre-training
+    has_text = False  # a text tower: zero-shot and retrieval, init.text, init.lock_text
+    needs_teacher = False  # trains against a frozen tower built from teacher.source
+    can_lock_vision = False  # init.lock_vision leaves it something to train (LiT)
     batch_coupled = False  # True where one sample's loss depends on the others (contrastive)
+    text_locked = False
+    checkpoint_path: str | None = None  # set when loaded from a saved model (``load_method``)
+    step: int | None = None
+
+    @classmethod
+    def check_config(cls, cfg: Config) -> None:
+        """Refuse settings this method cannot honour, naming the key."""
+        if (cfg.init.text or cfg.init.lock_text) and not cls.has_text:
+            raise ConfigError(f"init.text and init.lock_text need a text tower; method {cls.name} has none")
+        if cfg.init.lock_vision and not cls.can_lock_vision:
+            raise ConfigError(f"init.lock_vision freezes the encoder that method {cls.name} trains; LiT locks it for methods that train a text tower against it (clip)")
+
+    def fsdp_blocks(self) -> list[nn.Module]:
+        """What FSDP shards one by one: the transformer blocks of the trained towers."""
+        text = getattr(self, "text", None)
+        return list(self.visual.blocks) + (list(text.transformer.resblocks) if text is not None else [])
 
     def __init__(self, cfg: Config) -> None:
         super().__init__()
+        self.config = cfg
         m = cfg.model
         self.visual = MaskedVisionTransformer(m.img_size, m.patch_size, m.width, m.depth, m.heads, m.mlp_ratio)
         self.num_keep = num_visible(self.visual.num_patches, cfg.loss.mask_ratio)
+
+    @property
+    def source(self) -> str:
+        return self.name
+
+    @property
+    def image_size(self) -> int:
+        return self.config.model.img_size
+
+    @functools.cached_property
+    def tokenizer(self) -> Callable[[list[str]], torch.Tensor]:
+        """The tokenizer of the text tower (``init.text``'s own, or open_clip's BPE)."""
+        return build_tokenizer(self.config.model.context_length, self.config.init.text)
+
+    @functools.cached_property
+    def preprocess(self) -> Callable:
+        """PIL image -> normalised tensor at the model's resolution."""
+        return build_preprocess(self.image_size)
 
     def lock_towers(self, cfg: Config) -> None:
         """Freeze the towers ``init.lock_*`` names for training (a loaded model is not locked)."""

@@ -33,6 +33,8 @@ def masked_pixel_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tens
 
 class MAE(PretrainMethod):
     name = "mae"
+    title = "MAE"
+    tags = ("masked-image-modeling",)
 
     def __init__(self, cfg: Config) -> None:
         super().__init__(cfg)

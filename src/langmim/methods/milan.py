@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import Config
-from ..errors import LangmimError
+from ..errors import ConfigError, LangmimError
 from ..models.decoder import MaskTokenDecoder
 from ..models.masking import Masking, mask_from_noise
 from ..models.prompt_decoder import PromptingDecoder
@@ -42,6 +42,15 @@ def semantic_masking(importance: torch.Tensor, uniform: torch.Tensor, num_keep: 
 
 class MILAN(PretrainMethod):
     name = "milan"
+    title = "MILAN"
+    tags = ("masked-image-modeling",)
+    needs_teacher = True
+
+    @classmethod
+    def check_config(cls, cfg: Config) -> None:
+        super().check_config(cfg)
+        if cfg.train.fsdp:
+            raise ConfigError("train.fsdp is not supported for MILAN yet (its frozen teacher would be sharded too); use DDP")
 
     def __init__(self, cfg: Config, teacher: Teacher | None = None) -> None:
         super().__init__(cfg)

@@ -46,6 +46,8 @@ def retrieval_hits(image_embed: torch.Tensor, all_text_embed: torch.Tensor) -> t
 
 class RILS(ImageTextMethod):
     name = "rils"
+    title = "RILS"
+    tags = ("masked-image-modeling",)
 
     def __init__(self, cfg: Config) -> None:
         super().__init__(cfg)

@@ -1,0 +1,50 @@
+"""Methods declare what they need on the class and are registered in one place: a new method is
+one file plus one registration line, and everything else (config, engine, evaluation, export,
+model cards, report) works from its declarations."""
+import json
+
+import pytest
+
+from conftest import TINY_EVAL, tiny_overrides
+from langmim.api import load
+from langmim.config import load_config
+from langmim.engine.loop import pretrain
+from langmim.errors import ConfigError
+from langmim.eval.suite import evaluate
+from langmim.export import export
+from langmim.interface import LoadedModel
+from langmim.methods import build_method
+from langmim.methods.registry import METHODS, method_class
+
+
+def test_a_method_of_ones_own_is_one_file_and_one_registration_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(METHODS, "toy", "toy_method:TokenShrinkage")  # the registration line
+    run = tmp_path / "toy"
+    pretrain(load_config(None, tiny_overrides(run, "toy", steps=2) + TINY_EVAL), log_tensorboard=False)
+    assert "token_norm" in json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+
+    model = load(run)
+    assert type(model).__name__ == "TokenShrinkage" and isinstance(model, LoadedModel) and model.step == 2
+    results = evaluate(model, ["zeroshot", "knn"], model.config.eval, tmp_path / "results", "toy", log=print)
+    assert list(results) == ["knn"] and "zeroshot skipped: 'toy' has no text tower" in capsys.readouterr().out
+    card = export(model, "timm", tmp_path / "export") / "README.md"
+    assert "pre-trained with **Toy**" in card.read_text() and "- masked-image-modeling" in card.read_text()
+
+
+@pytest.mark.parametrize("method, overrides, message", [
+    ("mae", ["init.lock_text=true"], "need a text tower; method mae has none"),
+    ("rils", ["init.lock_vision=true"], "init.lock_vision freezes the encoder that method rils trains"),
+    ("milan", ["train.fsdp=true", "teacher.embed_dim=32"], "train.fsdp is not supported for MILAN"),
+])
+def test_methods_refuse_what_they_cannot_honour(method, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        build_method(load_config(None, [f"method={method}", *overrides]))
+
+
+def test_capabilities_are_declared_on_the_classes():
+    capabilities = {name: (method_class(name).has_text, method_class(name).needs_teacher, method_class(name).can_lock_vision)
+                    for name in ("mae", "clip", "rils", "milan")}
+    assert capabilities == {"mae": (False, False, False), "clip": (True, False, True), "rils": (True, False, False),
+                            "milan": (False, True, False)}
+    with pytest.raises(ConfigError, match="config key 'method' must be one of mae, clip, rils, milan; got 'nope'"):
+        method_class("nope")
