@@ -114,7 +114,7 @@ def measure_teacher(setting: dict) -> dict:
     precision contexts (as MILAN's step runs it)."""
     import logging
 
-    from langmim.engine.loop import autocast, cpu_attention_in_fp32
+    from langmim.engine.precision import autocast, cpu_attention_in_fp32
     from langmim.models.teacher import OpenCLIPTeacher
 
     logging.disable(logging.WARNING)  # open_clip's note that the weights are random
@@ -143,7 +143,8 @@ def measure(setting: dict) -> dict:
 
     from langmim.config import load_config
     from langmim.engine.dryrun import synthetic_batch
-    from langmim.engine.loop import Trainer, autocast, cpu_attention_in_fp32
+    from langmim.engine.loop import Trainer
+    from langmim.engine.precision import autocast, cpu_attention_in_fp32
     from langmim.methods import build_method
 
     baseline_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -4,12 +4,10 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
@@ -18,7 +16,6 @@ from torch.distributed.checkpoint.state_dict import (
     set_model_state_dict,
     set_optimizer_state_dict,
 )
-from torch.distributed.fsdp import fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
 from .. import dist
@@ -32,9 +29,12 @@ from ..methods.base import PretrainMethod
 from ..models.text import build_tokenizer
 from ..transforms import to_float
 from .checkpoint import prune_checkpoints, remove_stale_temporaries, rng_state, set_rng_state, versions
+from .clock import PhaseClock
 from .interrupt import StoppedBySignal, StopSignals
 from .logger import MetricLogger
 from .optim import build_optimizer, build_scheduler
+from .precision import autocast, cpu_attention_in_fp32, effective_precision
+from .sharding import shard_model
 
 
 class TrainingDiverged(LangmimError):
@@ -67,59 +67,6 @@ def find_resume_checkpoint(resume: str | None, run_dir: Path) -> Path | None:
     return Path(resume)
 
 
-def fp32_attention(sdpa: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
-    """``sdpa`` run in fp32 outside autocast, its output cast back to the query's dtype."""
-
-    def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_mask: torch.Tensor | None = None,
-                  *args: Any, **kwargs: Any) -> torch.Tensor:
-        if attn_mask is not None and attn_mask.is_floating_point():
-            attn_mask = attn_mask.float()
-        with torch.autocast(device_type="cpu", enabled=False):
-            out = sdpa(query.float(), key.float(), value.float(), attn_mask, *args, **kwargs)
-        return out.to(query.dtype)
-
-    return attention
-
-
-def native_bf16(device: torch.device) -> bool:
-    """Whether the device computes bf16 matmuls natively (and so faster than fp32)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())  # AVX512-BF16 or AMX
-    return False
-
-
-def effective_precision(precision: str, device: torch.device) -> str:
-    """``auto`` is bf16 where the device has native bf16, fp32 elsewhere."""
-    if precision == "auto":
-        return "bf16" if native_bf16(device) else "fp32"
-    return precision
-
-
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-@contextlib.contextmanager
-def cpu_attention_in_fp32(device: torch.device, precision: str) -> Iterator[None]:
-    """With bf16 on a CPU, run attention in fp32: the fused CPU attention kernel's bf16 backward
-    is 1.4x to 11x slower than its fp32 one at our shapes (benchmarks/attention_precision.py). timm's and
-    open_clip's blocks call ``F.scaled_dot_product_attention``, swapped here for a whole step
-    (forward and backward, so gradient checkpointing recomputes the same way)."""
-    if precision != "bf16" or device.type != "cpu":
-        yield
-        return
-    sdpa = F.scaled_dot_product_attention
-    F.scaled_dot_product_attention = fp32_attention(sdpa)
-    try:
-        yield
-    finally:
-        F.scaled_dot_product_attention = sdpa
-
-
 def move(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
     out = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
     out["image"] = to_float(out["image"])
@@ -129,39 +76,6 @@ def move(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torc
 def split_batch(batch: dict[str, torch.Tensor], parts: int) -> list[dict[str, torch.Tensor]]:
     chunks = {k: v.chunk(parts) for k, v in batch.items()}
     return [{k: chunks[k][i] for k in batch} for i in range(parts)]
-
-
-def shard_model(method: PretrainMethod) -> list[nn.Parameter]:
-    """FSDP2: shard each transformer block of the trained towers, then the rest, over all ranks.
-    Scalar parameters (the logit scale) cannot be sharded: they stay replicated and are returned,
-    for the trainer to average their gradients itself."""
-    if method.name == "milan":
-        raise LangmimError("train.fsdp is not supported for MILAN yet (its frozen teacher would be sharded too); use DDP")
-    blocks = list(method.visual.blocks)
-    text = getattr(method, "text", None)
-    if text is not None:
-        blocks += list(text.transformer.resblocks)
-    for block in blocks:
-        fully_shard(block)
-    scalars = [p for p in method.parameters() if p.ndim == 0 and p.requires_grad]
-    fully_shard(method, ignored_params=set(scalars))
-    return scalars
-
-
-class PhaseClock:
-    """Seconds spent in each named phase of a step. An accelerator runs asynchronously, so its
-    phases are exact only with ``synchronize`` (which costs throughput: benchmarks only)."""
-
-    def __init__(self, device: torch.device, synchronize: bool) -> None:
-        self.device, self.synchronize, self.seconds = device, synchronize, {}
-        self.last = time.perf_counter()
-
-    def lap(self, phase: str) -> None:
-        if self.synchronize and self.device.type in ("cuda", "mps"):
-            getattr(torch, self.device.type).synchronize()
-        now = time.perf_counter()
-        self.seconds[phase] = self.seconds.get(phase, 0.0) + now - self.last
-        self.last = now
 
 
 class Trainer:
