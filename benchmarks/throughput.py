@@ -78,7 +78,8 @@ def matmul_flops_per_s(dtype: torch.dtype, n: int = 2048, repeats: int = 10) -> 
 def teacher_checkpoint(shape: str, img_size: int | None) -> Path:
     """A randomly initialised CLIP of the shape, saved as a langmim run (MILAN's teacher)."""
     from langmim.config import load_config
-    from langmim.engine.loop import Trainer, save_checkpoint
+    from langmim.engine.checkpoint import save_checkpoint
+    from langmim.engine.loop import Trainer
     from langmim.methods import build_method
 
     run = TEACHER_DIR / f"{shape}_{img_size}"

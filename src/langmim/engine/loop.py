@@ -9,26 +9,27 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_model_state_dict,
-    get_optimizer_state_dict,
-    set_model_state_dict,
-    set_optimizer_state_dict,
-)
 from torch.nn.parallel import DistributedDataParallel
 
 from .. import dist
-from ..config import Config, config_differences, config_from_dict, save_config, to_dict
+from ..config import Config, save_config, to_dict
 from ..data.captioned import PROBLEM_KINDS
 from ..data.pretrain import build_pretrain_loader
-from ..errors import CheckpointError, LangmimError
-from ..io import SCHEMA_VERSION, atomic_save, checkpoint_path, list_checkpoints, load_checkpoint
+from ..errors import LangmimError
+from ..io import load_checkpoint
 from ..methods import build_method
 from ..methods.base import PretrainMethod
 from ..models.text import build_tokenizer
 from ..transforms import to_float
-from .checkpoint import prune_checkpoints, remove_stale_temporaries, rng_state, set_rng_state, versions
+from .checkpoint import (
+    check_resumable,
+    find_resume_checkpoint,
+    prepare_run_dir,
+    remove_stale_temporaries,
+    restore_training_state,
+    save_checkpoint,
+    training_state,
+)
 from .clock import PhaseClock
 from .interrupt import StoppedBySignal, StopSignals
 from .logger import MetricLogger
@@ -39,32 +40,6 @@ from .sharding import shard_model
 
 class TrainingDiverged(LangmimError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
-
-
-def prepare_run_dir(path: Path, resuming: bool) -> None:
-    """Create the run directory, refusing one we cannot write or would overwrite."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as err:
-        raise LangmimError(f"run directory '{path}' is not writable ({err.strerror})") from None
-    if not resuming and list_checkpoints(path):
-        raise LangmimError(
-            f"run directory '{path}' already holds checkpoints; pass --resume latest to continue it "
-            "or set output_dir= to a new directory"
-        )
-
-
-def find_resume_checkpoint(resume: str | None, run_dir: Path) -> Path | None:
-    """``latest`` -> newest checkpoint in the run dir (None if there is none yet), else a path."""
-    if resume is None:
-        return None
-    if resume == "latest":
-        found = list_checkpoints(run_dir)
-        return found[-1] if found else None
-    return Path(resume)
 
 
 def move(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
@@ -146,55 +121,12 @@ class Trainer:
         return figures
 
     def state_dict(self, step: int) -> dict[str, Any]:
-        """The full state; with FSDP every rank must call it (it gathers the shards)."""
-        model, optimizer = self.method.state_dict(), self.optimizer.state_dict()
-        if self.sharded:
-            options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-            model = get_model_state_dict(self.method, options=options)
-            optimizer = get_optimizer_state_dict(self.method, self.optimizer, options=options)
-        return {
-            "format": "langmim",
-            "schema_version": SCHEMA_VERSION,
-            "method": self.cfg.method,
-            "step": step,
-            "data_position": {"next_sample": step * self.cfg.train.batch_size},
-            "model": model,
-            "optimizer": optimizer,
-            "scheduler": self.scheduler.state_dict(),
-            "rng": rng_state(),
-            "config": to_dict(self.cfg),
-            "versions": versions(),
-        }
+        """The checkpoint after ``step`` (``checkpoint.training_state``); with FSDP every rank must call it."""
+        return training_state(self.cfg, self.method, self.optimizer, self.scheduler, step, self.sharded)
 
     def load_state_dict(self, state: dict[str, Any]) -> int:
-        if self.sharded:  # every rank reads the full state and keeps its shards
-            options = StateDictOptions(full_state_dict=True)
-            set_model_state_dict(self.method, state["model"], options=options)
-            set_optimizer_state_dict(self.method, self.optimizer, state["optimizer"], options=options)
-        else:
-            self.method.load_state_dict(state["model"])
-            try:
-                self.optimizer.load_state_dict(state["optimizer"])
-            except ValueError as err:
-                raise CheckpointError(f"the checkpoint's optimizer state does not fit this config's parameter groups "
-                                      f"({err}); resume with the run's own config.yaml") from None
-        self.scheduler.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"])
-        return int(state["step"])
-
-
-def check_resumable(state: dict[str, Any], cfg: Config, path: Path) -> None:
-    saved = to_dict(config_from_dict(state["config"]))
-    diffs = config_differences(saved, to_dict(cfg))
-    if diffs:
-        shown = ", ".join(f"{k} (checkpoint: {_get(saved, k)!r}, now: {_get(to_dict(cfg), k)!r})" for k in diffs[:4])
-        raise CheckpointError(f"cannot resume from '{path}': the config differs in {shown}")
-
-
-def _get(data: dict, dotted: str) -> Any:
-    for part in dotted.split("."):
-        data = data.get(part, {}) if isinstance(data, dict) else None
-    return data
+        """Restore a checkpoint's model, optimizer, scheduler and RNG states; return its step."""
+        return restore_training_state(state, self.method, self.optimizer, self.scheduler, self.sharded)
 
 
 def pretrain(cfg: Config, resume: str | None = None, log_tensorboard: bool = True, stop_after: int | None = None) -> Path:
@@ -284,10 +216,3 @@ def problem_counts(local: torch.Tensor | None, device: torch.device) -> dict[str
     total = dist.all_reduce_sum(local.to(device)).cpu()
     return {kind: int(n) for kind, n in zip(PROBLEM_KINDS, total.tolist()) if n}
 
-
-def save_checkpoint(trainer: Trainer, run_dir: Path, step: int, keep: int) -> None:
-    state = trainer.state_dict(step) if dist.is_main() or trainer.sharded else None
-    if dist.is_main():
-        atomic_save(state, checkpoint_path(run_dir, step))
-        prune_checkpoints(run_dir, keep)
-    dist.barrier()
