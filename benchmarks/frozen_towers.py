@@ -47,7 +47,7 @@ def linear_rows() -> list[dict]:
 
 
 def teacher_rows() -> list[dict]:
-    from langmim.engine.loop import autocast, cpu_attention_in_fp32
+    from langmim.engine.precision import autocast, cpu_attention_in_fp32
     from langmim.models.teacher import OpenCLIPTeacher
 
     logging.disable(logging.WARNING)

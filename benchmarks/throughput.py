@@ -78,7 +78,8 @@ def matmul_flops_per_s(dtype: torch.dtype, n: int = 2048, repeats: int = 10) -> 
 def teacher_checkpoint(shape: str, img_size: int | None) -> Path:
     """A randomly initialised CLIP of the shape, saved as a langmim run (MILAN's teacher)."""
     from langmim.config import load_config
-    from langmim.engine.loop import Trainer, save_checkpoint
+    from langmim.engine.checkpoint import save_checkpoint
+    from langmim.engine.loop import Trainer
     from langmim.methods import build_method
 
     run = TEACHER_DIR / f"{shape}_{img_size}"
@@ -114,7 +115,7 @@ def measure_teacher(setting: dict) -> dict:
     precision contexts (as MILAN's step runs it)."""
     import logging
 
-    from langmim.engine.loop import autocast, cpu_attention_in_fp32
+    from langmim.engine.precision import autocast, cpu_attention_in_fp32
     from langmim.models.teacher import OpenCLIPTeacher
 
     logging.disable(logging.WARNING)  # open_clip's note that the weights are random
@@ -143,7 +144,8 @@ def measure(setting: dict) -> dict:
 
     from langmim.config import load_config
     from langmim.engine.dryrun import synthetic_batch
-    from langmim.engine.loop import Trainer, autocast, cpu_attention_in_fp32
+    from langmim.engine.loop import Trainer
+    from langmim.engine.precision import autocast, cpu_attention_in_fp32
     from langmim.methods import build_method
 
     baseline_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -141,7 +141,7 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, m
 
 
 def test_bf16_on_cpu_runs_attention_in_fp32_and_restores_sdpa():
-    from langmim.engine.loop import autocast, cpu_attention_in_fp32
+    from langmim.engine.precision import autocast, cpu_attention_in_fp32
 
     sdpa = torch.nn.functional.scaled_dot_product_attention
     q, k, v = (torch.randn(2, 3, 17, 8) for _ in range(3))
@@ -158,7 +158,7 @@ def test_bf16_on_cpu_runs_attention_in_fp32_and_restores_sdpa():
 
 
 def test_auto_precision_is_bf16_only_with_native_bf16():
-    from langmim.engine.loop import effective_precision
+    from langmim.engine.precision import effective_precision
 
     cpu = torch.device("cpu")
     native = torch.ops.mkldnn._is_mkldnn_bf16_supported()

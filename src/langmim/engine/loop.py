@@ -4,120 +4,42 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_model_state_dict,
-    get_optimizer_state_dict,
-    set_model_state_dict,
-    set_optimizer_state_dict,
-)
-from torch.distributed.fsdp import fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
 from .. import dist
-from ..config import Config, config_differences, config_from_dict, save_config, to_dict
+from ..config import Config, save_config, to_dict
 from ..data.captioned import PROBLEM_KINDS
 from ..data.pretrain import build_pretrain_loader
-from ..errors import CheckpointError, LangmimError
-from ..io import SCHEMA_VERSION, atomic_save, checkpoint_path, list_checkpoints, load_checkpoint
+from ..errors import LangmimError
+from ..io import load_checkpoint
 from ..methods import build_method
 from ..methods.base import PretrainMethod
 from ..models.text import build_tokenizer
 from ..transforms import to_float
-from .checkpoint import prune_checkpoints, remove_stale_temporaries, rng_state, set_rng_state, versions
+from .checkpoint import (
+    check_resumable,
+    find_resume_checkpoint,
+    prepare_run_dir,
+    remove_stale_temporaries,
+    restore_training_state,
+    save_checkpoint,
+    training_state,
+)
+from .clock import PhaseClock
 from .interrupt import StoppedBySignal, StopSignals
 from .logger import MetricLogger
 from .optim import build_optimizer, build_scheduler
+from .precision import autocast, cpu_attention_in_fp32, effective_precision
+from .sharding import shard_model
 
 
 class TrainingDiverged(LangmimError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
-
-
-def prepare_run_dir(path: Path, resuming: bool) -> None:
-    """Create the run directory, refusing one we cannot write or would overwrite."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as err:
-        raise LangmimError(f"run directory '{path}' is not writable ({err.strerror})") from None
-    if not resuming and list_checkpoints(path):
-        raise LangmimError(
-            f"run directory '{path}' already holds checkpoints; pass --resume latest to continue it "
-            "or set output_dir= to a new directory"
-        )
-
-
-def find_resume_checkpoint(resume: str | None, run_dir: Path) -> Path | None:
-    """``latest`` -> newest checkpoint in the run dir (None if there is none yet), else a path."""
-    if resume is None:
-        return None
-    if resume == "latest":
-        found = list_checkpoints(run_dir)
-        return found[-1] if found else None
-    return Path(resume)
-
-
-def fp32_attention(sdpa: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
-    """``sdpa`` run in fp32 outside autocast, its output cast back to the query's dtype."""
-
-    def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_mask: torch.Tensor | None = None,
-                  *args: Any, **kwargs: Any) -> torch.Tensor:
-        if attn_mask is not None and attn_mask.is_floating_point():
-            attn_mask = attn_mask.float()
-        with torch.autocast(device_type="cpu", enabled=False):
-            out = sdpa(query.float(), key.float(), value.float(), attn_mask, *args, **kwargs)
-        return out.to(query.dtype)
-
-    return attention
-
-
-def native_bf16(device: torch.device) -> bool:
-    """Whether the device computes bf16 matmuls natively (and so faster than fp32)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())  # AVX512-BF16 or AMX
-    return False
-
-
-def effective_precision(precision: str, device: torch.device) -> str:
-    """``auto`` is bf16 where the device has native bf16, fp32 elsewhere."""
-    if precision == "auto":
-        return "bf16" if native_bf16(device) else "fp32"
-    return precision
-
-
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-@contextlib.contextmanager
-def cpu_attention_in_fp32(device: torch.device, precision: str) -> Iterator[None]:
-    """With bf16 on a CPU, run attention in fp32: the fused CPU attention kernel's bf16 backward
-    is 1.4x to 11x slower than its fp32 one at our shapes (benchmarks/attention_precision.py). timm's and
-    open_clip's blocks call ``F.scaled_dot_product_attention``, swapped here for a whole step
-    (forward and backward, so gradient checkpointing recomputes the same way)."""
-    if precision != "bf16" or device.type != "cpu":
-        yield
-        return
-    sdpa = F.scaled_dot_product_attention
-    F.scaled_dot_product_attention = fp32_attention(sdpa)
-    try:
-        yield
-    finally:
-        F.scaled_dot_product_attention = sdpa
 
 
 def move(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
@@ -129,39 +51,6 @@ def move(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torc
 def split_batch(batch: dict[str, torch.Tensor], parts: int) -> list[dict[str, torch.Tensor]]:
     chunks = {k: v.chunk(parts) for k, v in batch.items()}
     return [{k: chunks[k][i] for k in batch} for i in range(parts)]
-
-
-def shard_model(method: PretrainMethod) -> list[nn.Parameter]:
-    """FSDP2: shard each transformer block of the trained towers, then the rest, over all ranks.
-    Scalar parameters (the logit scale) cannot be sharded: they stay replicated and are returned,
-    for the trainer to average their gradients itself."""
-    if method.name == "milan":
-        raise LangmimError("train.fsdp is not supported for MILAN yet (its frozen teacher would be sharded too); use DDP")
-    blocks = list(method.visual.blocks)
-    text = getattr(method, "text", None)
-    if text is not None:
-        blocks += list(text.transformer.resblocks)
-    for block in blocks:
-        fully_shard(block)
-    scalars = [p for p in method.parameters() if p.ndim == 0 and p.requires_grad]
-    fully_shard(method, ignored_params=set(scalars))
-    return scalars
-
-
-class PhaseClock:
-    """Seconds spent in each named phase of a step. An accelerator runs asynchronously, so its
-    phases are exact only with ``synchronize`` (which costs throughput: benchmarks only)."""
-
-    def __init__(self, device: torch.device, synchronize: bool) -> None:
-        self.device, self.synchronize, self.seconds = device, synchronize, {}
-        self.last = time.perf_counter()
-
-    def lap(self, phase: str) -> None:
-        if self.synchronize and self.device.type in ("cuda", "mps"):
-            getattr(torch, self.device.type).synchronize()
-        now = time.perf_counter()
-        self.seconds[phase] = self.seconds.get(phase, 0.0) + now - self.last
-        self.last = now
 
 
 class Trainer:
@@ -232,55 +121,12 @@ class Trainer:
         return figures
 
     def state_dict(self, step: int) -> dict[str, Any]:
-        """The full state; with FSDP every rank must call it (it gathers the shards)."""
-        model, optimizer = self.method.state_dict(), self.optimizer.state_dict()
-        if self.sharded:
-            options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-            model = get_model_state_dict(self.method, options=options)
-            optimizer = get_optimizer_state_dict(self.method, self.optimizer, options=options)
-        return {
-            "format": "langmim",
-            "schema_version": SCHEMA_VERSION,
-            "method": self.cfg.method,
-            "step": step,
-            "data_position": {"next_sample": step * self.cfg.train.batch_size},
-            "model": model,
-            "optimizer": optimizer,
-            "scheduler": self.scheduler.state_dict(),
-            "rng": rng_state(),
-            "config": to_dict(self.cfg),
-            "versions": versions(),
-        }
+        """The checkpoint after ``step`` (``checkpoint.training_state``); with FSDP every rank must call it."""
+        return training_state(self.cfg, self.method, self.optimizer, self.scheduler, step, self.sharded)
 
     def load_state_dict(self, state: dict[str, Any]) -> int:
-        if self.sharded:  # every rank reads the full state and keeps its shards
-            options = StateDictOptions(full_state_dict=True)
-            set_model_state_dict(self.method, state["model"], options=options)
-            set_optimizer_state_dict(self.method, self.optimizer, state["optimizer"], options=options)
-        else:
-            self.method.load_state_dict(state["model"])
-            try:
-                self.optimizer.load_state_dict(state["optimizer"])
-            except ValueError as err:
-                raise CheckpointError(f"the checkpoint's optimizer state does not fit this config's parameter groups "
-                                      f"({err}); resume with the run's own config.yaml") from None
-        self.scheduler.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"])
-        return int(state["step"])
-
-
-def check_resumable(state: dict[str, Any], cfg: Config, path: Path) -> None:
-    saved = to_dict(config_from_dict(state["config"]))
-    diffs = config_differences(saved, to_dict(cfg))
-    if diffs:
-        shown = ", ".join(f"{k} (checkpoint: {_get(saved, k)!r}, now: {_get(to_dict(cfg), k)!r})" for k in diffs[:4])
-        raise CheckpointError(f"cannot resume from '{path}': the config differs in {shown}")
-
-
-def _get(data: dict, dotted: str) -> Any:
-    for part in dotted.split("."):
-        data = data.get(part, {}) if isinstance(data, dict) else None
-    return data
+        """Restore a checkpoint's model, optimizer, scheduler and RNG states; return its step."""
+        return restore_training_state(state, self.method, self.optimizer, self.scheduler, self.sharded)
 
 
 def pretrain(cfg: Config, resume: str | None = None, log_tensorboard: bool = True, stop_after: int | None = None) -> Path:
@@ -370,10 +216,3 @@ def problem_counts(local: torch.Tensor | None, device: torch.device) -> dict[str
     total = dist.all_reduce_sum(local.to(device)).cpu()
     return {kind: int(n) for kind, n in zip(PROBLEM_KINDS, total.tolist()) if n}
 
-
-def save_checkpoint(trainer: Trainer, run_dir: Path, step: int, keep: int) -> None:
-    state = trainer.state_dict(step) if dist.is_main() or trainer.sharded else None
-    if dist.is_main():
-        atomic_save(state, checkpoint_path(run_dir, step))
-        prune_checkpoints(run_dir, keep)
-    dist.barrier()
