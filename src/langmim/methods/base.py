@@ -50,7 +50,8 @@ class PretrainMethod(nn.Module, abc.ABC):
         if (cfg.init.text or cfg.init.lock_text) and not cls.has_text:
             raise ConfigError(f"init.text and init.lock_text need a text tower; method {cls.name} has none")
         if cfg.init.lock_vision and not cls.can_lock_vision:
-            raise ConfigError(f"init.lock_vision freezes the encoder that method {cls.name} trains; LiT locks it for methods that train a text tower against it (clip)")
+            raise ConfigError(f"init.lock_vision freezes the encoder that method {cls.name} trains; "
+                              "LiT locks it for a method that trains a text tower against it (clip)")
 
     def fsdp_blocks(self) -> list[nn.Module]:
         """What FSDP shards one by one: the transformer blocks of the trained towers."""
