@@ -99,11 +99,12 @@ def find_resume_checkpoint(resume: str | None, run_dir: Path) -> Path | None:
 def training_state(cfg: Config, method: nn.Module, optimizer: torch.optim.Optimizer,
                    scheduler: torch.optim.lr_scheduler.LRScheduler, step: int, sharded: bool) -> dict[str, Any]:
     """The full state after ``step``; with FSDP every rank must call it (it gathers the shards)."""
-    model, optimizer_state = method.state_dict(), optimizer.state_dict()
     if sharded:
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
         model = get_model_state_dict(method, options=options)
         optimizer_state = get_optimizer_state_dict(method, optimizer, options=options)
+    else:
+        model, optimizer_state = method.state_dict(), optimizer.state_dict()
     return {
         "format": "langmim",
         "schema_version": SCHEMA_VERSION,
