@@ -28,6 +28,7 @@ from ..io import SCHEMA_VERSION, atomic_save, checkpoint_path, list_checkpoints
 
 
 def git_revision() -> str:
+    """The commit of the langmim checkout that wrote a checkpoint ("unknown" outside git)."""
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
@@ -39,12 +40,14 @@ def git_revision() -> str:
 
 
 def versions() -> dict[str, str]:
+    """What wrote a checkpoint: langmim's version, torch's, and the git commit."""
     from .. import __version__
 
     return {"langmim": __version__, "torch": str(torch.__version__), "git": git_revision()}
 
 
 def rng_state() -> dict[str, Any]:
+    """The CPU (and CUDA) generator states, so a resumed run draws what an uninterrupted one would."""
     state = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -52,12 +55,14 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore ``rng_state``'s generators (the CUDA ones where this machine has CUDA)."""
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def prune_checkpoints(run_dir: Path, keep: int) -> None:
+    """Delete all but the newest ``keep`` checkpoints of a run."""
     for old in list_checkpoints(run_dir)[:-keep]:
         old.unlink(missing_ok=True)
 

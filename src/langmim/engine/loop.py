@@ -43,12 +43,14 @@ class TrainingDiverged(LangmimError):
 
 
 def move(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """A batch on ``device``, its uint8 images normalised to float there (4x less to copy)."""
     out = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
     out["image"] = to_float(out["image"])
     return out
 
 
 def split_batch(batch: dict[str, torch.Tensor], parts: int) -> list[dict[str, torch.Tensor]]:
+    """``parts`` micro-batches of a batch, for gradient accumulation (``train.accum_freq``)."""
     chunks = {k: v.chunk(parts) for k, v in batch.items()}
     return [{k: chunks[k][i] for k in batch} for i in range(parts)]
 
