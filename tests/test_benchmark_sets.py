@@ -45,6 +45,7 @@ def test_written_sets_score_what_the_builtin_data_scores(clip_run, written, tmp_
     cb_file = json.loads(next((tmp_path / "wds" / "clip_benchmark").glob("wds-fashion-mnist_*_m_en_zeroshot_classification.json")).read_text())
     assert cb_file["dataset"] == "wds/fashion-mnist" and cb_file["metrics"]["acc1"] == pytest.approx(builtin["zeroshot"]["metrics"]["top1"] / 100)
     assert (tmp_path / "wds" / "m_retrieval_wds-fashion-scenes-captions.json").is_file()
+    assert from_sets["retrieval"]["details"]["same_text_hits"] is True  # langmim's own set keeps the built-in rule
 
 
 def test_written_templates_make_the_builtin_zeroshot_classifier(clip_run, written):
@@ -123,6 +124,7 @@ def test_a_set_in_clip_benchmarks_layout_evaluates(clip_run, tmp_path, capsys):
     retrieval = evaluate(model, ["retrieval"], model.config.eval, tmp_path / "out", "m", log=lambda _: None,
                          dataset="wds/pairs", dataset_root=str(tmp_path / "pairs"))["retrieval"]
     assert retrieval["split_sizes"] == {"test": 8} and retrieval["details"]["captions"] == 16 and retrieval["dataset"] == "wds/pairs"
+    assert retrieval["details"]["same_text_hits"] is False  # CLIP_benchmark's rule on a set langmim did not write
     assert retrieval["metrics"]["text_to_image_R@10"] == 100.0  # every caption's own image is among the 8
 
 
@@ -136,3 +138,26 @@ def test_benchmark_set_mistakes_are_named(clip_run, tmp_path, capsys, arguments,
     arguments = [a.replace("{tmp}", str(tmp_path)) for a in arguments]
     assert main(["eval", "--checkpoint", str(clip_run), "--tasks", "zeroshot", "--output", str(tmp_path / "o"), *arguments]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_two_sets_of_one_name_do_not_share_cached_features(clip_run, written, tmp_path):
+    """The feature cache is keyed by the set's folder too: a second wds/fashion-mnist (other train
+    rows, same size) evaluated into the same results folder gets its own features."""
+    other = tmp_path / "other"
+    assert main(["data", "clip-benchmark", "--out", str(other), "--canvas", "32", "--train-size", "300",
+                 "--test-size", "200", "--retrieval-size", "1", "--seed", "1"]) == 0
+    model = load(clip_run)
+    cfg = model.config.eval
+
+    def knn(root, out):
+        return evaluate(model, ["knn"], cfg, out, "m", log=lambda _: None, dataset="wds/fashion-mnist",
+                        dataset_root=str(root / "fashion-mnist"))["knn"]["metrics"]
+
+    first = knn(written, tmp_path / "shared")
+    second = knn(other, tmp_path / "shared")
+    assert second == knn(other, None) and second != first
+
+
+def test_the_writer_refuses_empty_sets(tmp_path, capsys):
+    assert main(["data", "clip-benchmark", "--out", str(tmp_path), "--test-size", "0"]) == 2
+    assert "--test-size=0: each must be at least 1" in capsys.readouterr().err

@@ -36,9 +36,12 @@ def test_a_method_of_ones_own_is_one_file_and_one_registration_line(tmp_path, mo
     ("rils", ["init.lock_vision=true"], "init.lock_vision freezes the encoder that method rils trains"),
     ("milan", ["train.fsdp=true", "teacher.embed_dim=32"], "train.fsdp is not supported for MILAN"),
 ])
-def test_methods_refuse_what_they_cannot_honour(method, overrides, message):
+def test_methods_refuse_to_train_with_what_they_cannot_honour(method, overrides, message, tmp_path):
+    cfg = load_config(None, [f"method={method}", f"output_dir={tmp_path / 'run'}", *overrides])
     with pytest.raises(ConfigError, match=message):
-        build_method(load_config(None, [f"method={method}", *overrides]))
+        pretrain(cfg, log_tensorboard=False)
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+    build_method(cfg)  # a saved model with these settings still loads (a MILAN run that asked for FSDP on one process)
 
 
 def test_capabilities_are_declared_on_the_classes():

@@ -43,3 +43,10 @@ def test_an_image_with_several_captions_matches_each_of_them():
     r = recall_at_k(sim, relevant, ks=(1,))
     assert r["image_to_text_R@1"] == pytest.approx(100 / 3)  # only image 2 finds one of its own first
     assert r["text_to_image_R@1"] == pytest.approx(50.0)  # texts 1 and 3 find an owner first; 0 and 2 do not
+
+
+def test_on_clip_benchmark_sets_only_an_images_own_captions_count():
+    captions = [["a bag."], ["a bag.", "a red bag."], ["a coat."]]
+    assert relevance_from_captions(captions, same_text=False).tolist() == [
+        [True, False, False, False], [False, True, True, False], [False, False, False, True]]
+    assert relevance_from_captions(captions).tolist()[0] == [True, True, False, False]  # the built-in rule: same text

@@ -175,14 +175,14 @@ def cmd_data(args: argparse.Namespace) -> None:
     if args.action == "shards":
         from .data.shards import write_scene_shards
 
-        shards = write_scene_shards(Path(args.out), args.num_samples, args.shard_size or 1000, args.seed, args.canvas,
+        shards = write_scene_shards(Path(args.out), args.num_samples, 1000 if args.shard_size is None else args.shard_size, args.seed, args.canvas,
                                     args.plain_share, root=args.data_root)
         print(f"wrote {len(shards)} shards: {shards[0].parent}/{{{shards[0].stem}..{shards[-1].stem}}}.tar")
         return
     from .data.benchmark_sets import write_builtin_sets
 
     counts = write_builtin_sets(Path(args.out), args.canvas, args.train_size, args.test_size, args.retrieval_size, args.seed,
-                                args.data_root, args.image_format, args.shard_size or 10000)
+                                args.data_root, args.image_format, 10000 if args.shard_size is None else args.shard_size)
     for split, count in counts.items():
         print(f"wrote {count} samples: {Path(args.out) / split}")
 

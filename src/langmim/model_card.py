@@ -72,6 +72,7 @@ def front_matter(model: PretrainMethod, fmt: str, name: str, results: list[dict]
 
 def card_text(model: PretrainMethod, fmt: str, name: str) -> str:
     cfg, m, t = model.config, model.config.model, model.config.train
+    title = model.title or model.name
     results = checkpoint_results(model)
     params = sum(p.numel() for p in model.visual.parameters())
     seconds = training_seconds(Path(model.checkpoint_path).parent, t.log_every, t.batch_size)
@@ -79,8 +80,8 @@ def card_text(model: PretrainMethod, fmt: str, name: str) -> str:
             if cfg.data.name == "fashion-scenes" else f"{cfg.data.name} at `{cfg.data.root}`")
     lines = [
         "---", yaml.safe_dump(front_matter(model, fmt, name, results), sort_keys=False).strip(), "---", "",
-        f"# {name}: {model.title} ViT ({m.arch}), exported by langmim", "",
-        f"A vision transformer pre-trained with **{model.title}** by "
+        f"# {name}: {title} ViT ({m.arch}), exported by langmim", "",
+        f"A vision transformer pre-trained with **{title}** by "
         "langmim (masked image modelling in a language semantic space). "
         f"Encoder: {m.img_size} px, patch {m.patch_size}, width {m.width}, depth {m.depth}, {m.heads} heads, "
         f"{params / 1e6:.2f}M parameters; pixels normalised with mean = std = 0.5.", "",

@@ -68,11 +68,15 @@ def read_lines(path: Path) -> list[str]:
     return lines
 
 
+def langmim_metadata(root: Path) -> dict:
+    """What a set langmim wrote says of itself (empty for any other set)."""
+    return json.loads((root / METADATA_FILE).read_text()) if (root / METADATA_FILE).is_file() else {}
+
+
 def template_filler(root: Path) -> Callable[[str, str], str]:
     """How the set's templates take a class name: CLIP_benchmark's ``format(c=...)``, or the
     built-in benchmark's article-fixing fill for a set langmim wrote."""
-    metadata = json.loads((root / METADATA_FILE).read_text()) if (root / METADATA_FILE).is_file() else {}
-    if metadata.get("templates") == "fix_articles":
+    if langmim_metadata(root).get("templates") == "fix_articles":
         return lambda template, name: fill_template(template.replace("{c}", "{}"), name)
     return lambda template, name: template.format(c=name)
 
@@ -201,6 +205,7 @@ class BenchmarkSet:
     classnames: list[str]
     templates: tuple[str, ...]
     fill: Callable[[str, str], str]
+    same_text_hits: bool  # retrieval: a caption with the same text as an image's own counts (the built-in rule)
 
 
 def open_benchmark_set(name: str, root: str, size: int) -> BenchmarkSet:
@@ -218,7 +223,8 @@ def open_benchmark_set(name: str, root: str, size: int) -> BenchmarkSet:
         for split in (test, train):
             if split is not None and split.labels.max() >= len(classnames):
                 raise DataError(f"'{folder}': label {int(split.labels.max())} but classnames.txt names {len(classnames)} classes")
-    return BenchmarkSet(name, folder, kind, test, train, classnames, templates, template_filler(folder))
+    same_text = langmim_metadata(folder).get("retrieval_hits") == "same_text"
+    return BenchmarkSet(name, folder.resolve(), kind, test, train, classnames, templates, template_filler(folder), same_text)
 
 
 def encode_image(pixels: torch.Tensor, image_format: str) -> bytes:
@@ -245,7 +251,8 @@ def write_split(folder: Path, split: str, samples: Sequence, label_of: Callable,
 def write_set_metadata(folder: Path, kind: str, classnames: Sequence[str] = (), templates: Sequence[str] = ()) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "dataset_type.txt").write_text(f"{kind}\n")
-    (folder / METADATA_FILE).write_text(json.dumps({"written_by": "langmim", "templates": "fix_articles"}, indent=1))
+    metadata = {"written_by": "langmim", "templates": "fix_articles", "retrieval_hits": "same_text"}
+    (folder / METADATA_FILE).write_text(json.dumps(metadata, indent=1))
     if kind == "classification":
         (folder / "classnames.txt").write_text("".join(f"{c}\n" for c in classnames))
         (folder / "zeroshot_classification_templates.txt").write_text("".join(f"{t.replace('{}', '{c}')}\n" for t in templates))
@@ -263,6 +270,10 @@ def write_builtin_sets(out: Path, canvas: int = 64, train_size: int = 60000, tes
     from .fashion_mnist import CLASS_NAMES
     from .scenes import EVAL_SCENE_SEED, FashionMNISTCentred, FashionScenes
 
+    sizes = {"--train-size": train_size, "--test-size": test_size, "--retrieval-size": retrieval_size, "--shard-size": shard_size}
+    small = [f"{flag}={value}" for flag, value in sizes.items() if value < 1]
+    if small:
+        raise DataError(f"{', '.join(small)}: each must be at least 1")
     if image_format not in SAVE_OPTIONS:
         raise DataError(f"--image-format must be one of {', '.join(SAVE_OPTIONS)} (lossless), got {image_format!r}")
     classification = out / "fashion-mnist"

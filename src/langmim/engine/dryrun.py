@@ -13,7 +13,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from ..config import Config
 from ..data.pretrain import masking_noise
 from ..errors import LangmimError
-from ..methods import build_method
+from ..methods import build_method, check_training_config
 from ..methods.registry import method_class
 from ..models.teacher import build_library_teacher, parse_teacher_source
 from ..models.text import build_tokenizer
@@ -99,6 +99,7 @@ def recipe_lines(cfg: Config, method: torch.nn.Module) -> list[str]:
 
 
 def dry_run(cfg: Config) -> dict[str, float]:
+    check_training_config(cfg)
     torch.manual_seed(cfg.train.seed)
     method = build_for_dry_run(cfg)
     recipe = recipe_lines(cfg, method)

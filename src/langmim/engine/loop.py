@@ -17,7 +17,7 @@ from ..data.captioned import PROBLEM_KINDS
 from ..data.pretrain import build_pretrain_loader
 from ..errors import LangmimError
 from ..io import load_checkpoint
-from ..methods import build_method
+from ..methods import build_method, check_training_config
 from ..methods.base import PretrainMethod
 from ..models.text import build_tokenizer
 from ..transforms import to_float
@@ -137,6 +137,7 @@ def pretrain(cfg: Config, resume: str | None = None, log_tensorboard: bool = Tru
     ``stop_after`` ends this invocation after that global step (with a checkpoint), leaving the
     schedule of ``train.steps`` intact: a time-boxed job continues later with ``resume``.
     """
+    check_training_config(cfg)
     info = dist.setup(cfg.train.device)
     run_dir = Path(cfg.output_dir)
     resume_path = find_resume_checkpoint(resume, run_dir)

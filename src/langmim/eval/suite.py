@@ -75,6 +75,7 @@ class ClassificationData:
     classnames: list[str]
     templates: tuple[str, ...]
     fill: Callable[[str, str], str] = fill_template  # puts a class name into a template
+    location: str = ""  # the folder of a user's data set, so the feature cache tells same-named sets apart
 
 
 def classification_data(dataset: str | BenchmarkSet | None, canvas: int, cfg: EvalConfig, data_root: str | None) -> ClassificationData:
@@ -84,15 +85,14 @@ def classification_data(dataset: str | BenchmarkSet | None, canvas: int, cfg: Ev
         return ClassificationData("fashion-mnist", FashionMNISTCentred("train", canvas, root=data_root),
                                   Subset(FashionMNISTCentred("test", canvas, root=data_root), range(cfg.test_size)),
                                   list(CLASS_NAMES), ZEROSHOT_TEMPLATES)
-    if isinstance(dataset, BenchmarkSet):
-        test_rows = seeded_subset(len(dataset.test), cfg.test_size, cfg.seed)
-        return ClassificationData(dataset.name, dataset.train, Subset(dataset.test, test_rows), dataset.classnames,
-                                  dataset.templates, dataset.fill)
+    if isinstance(dataset, BenchmarkSet):  # its whole test split, as CLIP_benchmark scores it
+        return ClassificationData(dataset.name, dataset.train, dataset.test, dataset.classnames, dataset.templates,
+                                  dataset.fill, str(dataset.root))
     train = ImageFolderSplit(dataset, "train", canvas)
     test = ImageFolderSplit(dataset, "val", canvas, classes=train.classes)
     test_rows = seeded_subset(len(test), cfg.test_size, cfg.seed)
     return ClassificationData(Path(dataset).name, train, Subset(test, test_rows),
-                              [c.replace("_", " ") for c in train.classes], FOLDER_TEMPLATES)
+                              [c.replace("_", " ") for c in train.classes], FOLDER_TEMPLATES, location=str(Path(dataset).resolve()))
 
 
 def checkpoint_identity(model: LoadedModel) -> str | None:
@@ -186,12 +186,13 @@ class EvalContext:
     def classification_features(self, split: str) -> dict:
         """Features of the classification test rows, or of the seeded train pool the probes fit on."""
         data = self.classification
+        name = f"{data.name}@{data.location}" if data.location else data.name
         if split == "test":
-            return self.image_features(data.test, f"{data.name}|test")
+            return self.image_features(data.test, f"{name}|test")
         if data.train is None:
             raise DataError(f"{data.name} has no train split, which the probes and fine-tuning fit on; zero-shot runs on its test split alone")
         pool = Subset(data.train, seeded_subset(len(data.train), self.cfg.probe_train_size, self.cfg.seed))
-        return self.image_features(pool, f"{data.name}|train")
+        return self.image_features(pool, f"{name}|train")
 
     def scenes(self, split: str, length: int | None = None) -> FashionScenes:
         size = self.cfg.scene_train_size if split == "train" else self.cfg.scene_test_size
@@ -313,24 +314,24 @@ def image_captions_batch(samples: list[dict]) -> dict[str, Any]:
             "captions": [s["captions"] if "captions" in s else [s["caption"]] for s in samples]}
 
 
-def retrieval_pairs(ctx: EvalContext) -> tuple[Dataset, str | None, list[str]]:
-    """(image-caption data set, its name where not the built-in one, the samples it skipped)."""
+def retrieval_pairs(ctx: EvalContext) -> tuple[Dataset, str | None, list[str], bool]:
+    """(image-caption data set, its name where not the built-in one, the samples it skipped,
+    whether a caption with the same text as an image's own is a hit)."""
     benchmark = ctx.benchmark_set
     if benchmark is not None and benchmark.kind == "retrieval":
-        return benchmark.test, benchmark.name, benchmark.test.skipped
+        return benchmark.test, benchmark.name, benchmark.test.skipped, benchmark.same_text_hits
     if ctx.table:
         table = CaptionTable(ctx.dataset, ctx.canvas)
-        return table, Path(ctx.dataset).stem, table.skipped
-    return ctx.scenes("test", ctx.cfg.retrieval_size), None, []
+        return table, Path(ctx.dataset).stem, table.skipped, True
+    return ctx.scenes("test", ctx.cfg.retrieval_size), None, [], True
 
 
 @task("retrieval", dataset="fashion-scenes-captions", needs_text=True)
 @torch.no_grad()
 def retrieval_task(ctx: EvalContext) -> dict[str, Any]:
-    """Recall@1/5/10 both ways on image-caption pairs (a caption whose text is one of the image's
-    captions is a hit)."""
+    """Recall@1/5/10 both ways on image-caption pairs (what counts as a hit: ``eval/retrieval.py``)."""
     model = ctx.model
-    pairs, name, skipped = retrieval_pairs(ctx)
+    pairs, name, skipped, same_text = retrieval_pairs(ctx)
     images, texts, image_captions = [], [], []
     with evaluating(model) as device:
         for batch in DataLoader(pairs, batch_size=ctx.cfg.batch_size, collate_fn=image_captions_batch):
@@ -339,10 +340,11 @@ def retrieval_task(ctx: EvalContext) -> dict[str, Any]:
             texts.append(model.encode_text(model.tokenizer(flat).to(device)).float().cpu())
             image_captions += batch["captions"]
     similarity = F.normalize(torch.cat(images), dim=-1) @ F.normalize(torch.cat(texts), dim=-1).T
-    metrics = recall_at_k(similarity, relevance_from_captions(image_captions))
+    metrics = recall_at_k(similarity, relevance_from_captions(image_captions, same_text))
     metrics["top1"] = metrics["image_to_text_R@1"]
     captions = [c for per_image in image_captions for c in per_image]
-    result = {"metrics": metrics, "details": {"captions": len(captions), "distinct_captions": len(set(captions))},
+    result = {"metrics": metrics, "details": {"captions": len(captions), "distinct_captions": len(set(captions)),
+                                              "same_text_hits": same_text},
               "split_sizes": {"test": len(image_captions)}}
     if name is not None:
         result["dataset"] = name

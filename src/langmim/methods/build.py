@@ -13,11 +13,11 @@ from .registry import method_class
 
 
 def build_method(cfg: Config, with_teacher: bool = False, teacher: Teacher | None = None) -> PretrainMethod:
-    """The method named by ``cfg.method``, after its own config checks. A method that
-    ``needs_teacher`` gets its frozen tower (``teacher``, or one built from ``teacher.source``)
-    only ``with_teacher`` (training); a loaded checkpoint encodes images without it."""
+    """The method named by ``cfg.method``. A method that ``needs_teacher`` gets its frozen tower
+    (``teacher``, or one built from ``teacher.source``) only ``with_teacher`` (training); a loaded
+    checkpoint encodes images without it. Training checks ``check_config`` first
+    (``check_training_config``); a saved model loads whatever it trained with."""
     cls = method_class(cfg.method)
-    cls.check_config(cfg)
     if not cls.needs_teacher:
         return cls(cfg)
     if with_teacher and teacher is None:
@@ -29,6 +29,11 @@ def build_method(cfg: Config, with_teacher: bool = False, teacher: Teacher | Non
     if cfg.teacher.embed_dim is None:
         raise ConfigError(f"method={cfg.method} needs the teacher's feature width: set teacher.source (or teacher.embed_dim)")
     return cls(cfg, teacher)
+
+
+def check_training_config(cfg: Config) -> None:
+    """Refuse, before anything is built or written, settings the method cannot train with."""
+    method_class(cfg.method).check_config(cfg)
 
 
 def load_method(path: str | Path) -> PretrainMethod:
