@@ -1,5 +1,6 @@
 """CLIP_benchmark WebDataset evaluation sets: langmim writes the built-in ones, reads them back
 with the built-in figures, and reads a set a script wrote in CLIP_benchmark's layout."""
+import dataclasses
 import io
 import json
 import tarfile
@@ -13,6 +14,7 @@ from langmim.api import load
 from langmim.cli import main
 from langmim.data.benchmark_sets import open_benchmark_set, template_filler
 from langmim.data.fashion_mnist import CLASS_NAMES
+from langmim.errors import DataError
 from langmim.eval.suite import evaluate
 from langmim.eval.zeroshot import zeroshot_classifier
 from langmim.transforms import ZEROSHOT_TEMPLATES, fill_template
@@ -117,6 +119,10 @@ def test_a_set_in_clip_benchmarks_layout_evaluates(clip_run, tmp_path, capsys):
     assert main(["eval", "--checkpoint", str(clip_run), "--tasks", "knn", "--dataset", "wds/two",
                  "--dataset-root", str(tmp_path / "two"), "--output", str(tmp_path / "out")]) == 2
     assert "wds/two has no train split" in capsys.readouterr().err
+    tight = dataclasses.replace(model.config.eval, max_image_pixels=1000)  # the images here are 40-42 x 48
+    with pytest.raises(DataError, match="holds no usable sample"):
+        evaluate(model, ["zeroshot"], tight, None, "m", log=lambda _: None, dataset="wds/two", dataset_root=str(tmp_path / "two"))
+    assert "s0000000: oversized_image" in capsys.readouterr().out
 
     pairs = [{"__key__": f"s{i:07d}", "jpg": jpeg(36, 36, 20 * i), "txt": f"a thing of shade {i}.\nshade {i}.".encode()}
              for i in range(8)]

@@ -1,4 +1,5 @@
 """The whole evaluation suite on tiny trained models: every task's JSON, the skips, the report."""
+import dataclasses
 import io
 import json
 from pathlib import Path
@@ -12,6 +13,7 @@ from langmim.api import load
 from langmim.cli import main
 from langmim.config import load_config
 from langmim.engine.loop import pretrain
+from langmim.errors import DataError
 from langmim.eval.suite import TASKS, evaluate
 from langmim.report import write_report
 
@@ -123,6 +125,11 @@ def test_image_folder_and_caption_table(runs, tmp_path, capsys):
     result = evaluate(model, ["retrieval"], cfg, None, "clip", dataset=str(tmp_path / "pairs.csv"))["retrieval"]
     assert result["dataset"] == "pairs" and result["split_sizes"] == {"test": 6}
     assert "skipped 1 unusable image(s)" in capsys.readouterr().out
+
+    tight = dataclasses.replace(cfg, max_image_pixels=100)  # eval.max_image_pixels: every image here is larger
+    with pytest.raises(DataError, match="has no readable image"):
+        evaluate(model, ["retrieval"], tight, None, "clip", dataset=str(tmp_path / "pairs.csv"))
+    assert "0.png: oversized_image" in capsys.readouterr().out
 
 
 def test_features_are_cached_per_checkpoint_and_dataset(runs, tmp_path, monkeypatch):

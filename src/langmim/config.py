@@ -176,6 +176,7 @@ class EvalConfig:
     finetune_lr: float = 3e-3
     finetune_layer_decay: float = 0.75  # MAE uses 0.65 for ViT-B's 12 blocks; the demo has 6
     finetune_drop_path: float = 0.1
+    max_image_pixels: int = 89_478_485  # image folders, caption tables, CLIP_benchmark sets: larger images are skipped as decompression bombs
 
 
 @dataclass

@@ -37,7 +37,7 @@ from torch.utils.data import Dataset
 from ..errors import DataError
 from ..transforms import fill_template
 from .folders import uint8_transform
-from .images import decode_rgb
+from .images import MAX_IMAGE_PIXELS, decode_rgb
 
 IMAGE_EXTENSIONS = ("webp", "png", "jpg", "jpeg")
 LABEL_EXTENSION = {"classification": "cls", "retrieval": "txt"}
@@ -131,8 +131,8 @@ class BenchmarkSplit(Dataset):
     """One split of a CLIP_benchmark WebDataset set: (uint8 image, label) pairs of a classification
     set, or {"image", "captions"} of a retrieval set, in shard and key order."""
 
-    def __init__(self, root: str | Path, split: str, size: int) -> None:
-        self.root, self.kind = Path(root), dataset_type(Path(root))
+    def __init__(self, root: str | Path, split: str, size: int, max_pixels: int = MAX_IMAGE_PIXELS) -> None:
+        self.root, self.kind, self.max_pixels = Path(root), dataset_type(Path(root)), max_pixels
         self.members: list[Member] = []
         self.targets: list = []
         problems: Counter = Counter()
@@ -173,7 +173,7 @@ class BenchmarkSplit(Dataset):
             target = [line.strip() for line in text.splitlines() if line.strip()]
             if not target:
                 return "empty_caption"
-        image, problem = decode_rgb(read_bytes(member))
+        image, problem = decode_rgb(read_bytes(member), self.max_pixels)
         if image is None:
             return problem
         self.members.append(member)
@@ -184,7 +184,7 @@ class BenchmarkSplit(Dataset):
         return len(self.members)
 
     def __getitem__(self, i: int):
-        image, problem = decode_rgb(read_bytes(self.members[i]))
+        image, problem = decode_rgb(read_bytes(self.members[i]), self.max_pixels)
         if image is None:
             raise DataError(f"'{self.members[i].tar}': a sample decoded when the set was read but no longer does ({problem})")
         pixels = self.transform(image)
@@ -208,14 +208,14 @@ class BenchmarkSet:
     same_text_hits: bool  # retrieval: a caption with the same text as an image's own counts (the built-in rule)
 
 
-def open_benchmark_set(name: str, root: str, size: int) -> BenchmarkSet:
+def open_benchmark_set(name: str, root: str, size: int, max_pixels: int = MAX_IMAGE_PIXELS) -> BenchmarkSet:
     """``--dataset wds/NAME --dataset-root DIR``: the set's test split, its train split where present."""
     folder = set_root(root, name.removeprefix("wds/"))
     if not folder.is_dir():
         raise DataError(f"--dataset-root '{folder}' is not a folder (expected a CLIP_benchmark WebDataset set for {name})")
     kind = dataset_type(folder)
-    test = BenchmarkSplit(folder, "test", size)
-    train = BenchmarkSplit(folder, "train", size) if (folder / "train" / "nshards.txt").is_file() else None
+    test = BenchmarkSplit(folder, "test", size, max_pixels)
+    train = BenchmarkSplit(folder, "train", size, max_pixels) if (folder / "train" / "nshards.txt").is_file() else None
     classnames, templates = [], ()
     if kind == "classification":
         classnames = read_lines(folder / "classnames.txt")

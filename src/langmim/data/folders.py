@@ -13,7 +13,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from ..errors import DataError
-from .images import load_rgb
+from .images import MAX_IMAGE_PIXELS, load_rgb
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
 IMAGE_COLUMNS = ("filepath", "image", "path", "file")
@@ -28,12 +28,12 @@ def uint8_transform(size: int) -> v2.Compose:
     ])
 
 
-def readable_images(paths: list[Path], label: str) -> tuple[list[int], list[str]]:
+def readable_images(paths: list[Path], label: str, max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[list[int], list[str]]:
     """Indices of ``paths`` that decode in full (so truncated files and decompression bombs are
     caught here, not mid-evaluation), and one line per skipped file naming it and why."""
     keep, skipped = [], []
     for i, path in enumerate(paths):
-        image, problem = load_rgb(path)
+        image, problem = load_rgb(path, max_pixels)
         if image is None:
             skipped.append(f"{path}: {problem}")
         else:
@@ -43,9 +43,9 @@ def readable_images(paths: list[Path], label: str) -> tuple[list[int], list[str]
     return keep, skipped
 
 
-def read_rgb(path: Path) -> Image.Image:
+def read_rgb(path: Path, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
     """An image that decoded when the data set was built; one that no longer does is an error."""
-    image, problem = load_rgb(path)
+    image, problem = load_rgb(path, max_pixels)
     if image is None:
         raise DataError(f"'{path}' decoded when the data set was built but no longer does ({problem})")
     return image
@@ -55,7 +55,8 @@ class ImageFolderSplit(Dataset):
     """``root/<split>/<class>/<image>``: (uint8 image, class index) pairs; classes are the
     sorted sub-folder names of the train split, shared by every split."""
 
-    def __init__(self, root: str | Path, split: str, size: int, classes: list[str] | None = None) -> None:
+    def __init__(self, root: str | Path, split: str, size: int, classes: list[str] | None = None,
+                 max_pixels: int = MAX_IMAGE_PIXELS) -> None:
         split_dir = Path(root) / split
         if not split_dir.is_dir():
             raise DataError(f"image folder '{root}' has no '{split}' sub-folder (expected {root}/train/<class>/... and {root}/val/<class>/...)")
@@ -70,7 +71,8 @@ class ImageFolderSplit(Dataset):
             labels += [index] * len(files)
         if not paths:
             raise DataError(f"'{split_dir}' holds no images ({', '.join(IMAGE_SUFFIXES)})")
-        keep, self.skipped = readable_images(paths, str(split_dir))
+        keep, self.skipped = readable_images(paths, str(split_dir), max_pixels)
+        self.max_pixels = max_pixels
         self.paths = [paths[i] for i in keep]
         self.labels = torch.tensor([labels[i] for i in keep])
         self.transform = uint8_transform(size)
@@ -79,7 +81,7 @@ class ImageFolderSplit(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.transform(read_rgb(self.paths[i])), int(self.labels[i])
+        return self.transform(read_rgb(self.paths[i], self.max_pixels)), int(self.labels[i])
 
 
 def read_caption_table(path: Path) -> list[tuple[Path, str]]:
@@ -106,13 +108,14 @@ class CaptionTable(Dataset):
     file) and a caption column (caption, title or text); relative paths are taken from the
     table's folder. Yields dicts with ``image`` (uint8) and ``caption``."""
 
-    def __init__(self, path: str | Path, size: int) -> None:
+    def __init__(self, path: str | Path, size: int, max_pixels: int = MAX_IMAGE_PIXELS) -> None:
         path = Path(path)
         rows = read_caption_table(path)
         empty = [i for i, (_, caption) in enumerate(rows) if not caption.strip()]
         rows = [r for i, r in enumerate(rows) if i not in set(empty)]
         paths = [p for p, _ in rows]
-        keep, skipped = readable_images(paths, str(path))
+        keep, skipped = readable_images(paths, str(path), max_pixels)
+        self.max_pixels = max_pixels
         self.skipped = skipped + [f"row {i + 2}: empty caption" for i in empty]
         self.paths = [paths[i] for i in keep]
         self.captions = [rows[i][1].strip() for i in keep]
@@ -124,4 +127,4 @@ class CaptionTable(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> dict:
-        return {"image": self.transform(read_rgb(self.paths[i])), "caption": self.captions[i]}
+        return {"image": self.transform(read_rgb(self.paths[i], self.max_pixels)), "caption": self.captions[i]}

@@ -88,8 +88,8 @@ def classification_data(dataset: str | BenchmarkSet | None, canvas: int, cfg: Ev
     if isinstance(dataset, BenchmarkSet):  # its whole test split, as CLIP_benchmark scores it
         return ClassificationData(dataset.name, dataset.train, dataset.test, dataset.classnames, dataset.templates,
                                   dataset.fill, str(dataset.root))
-    train = ImageFolderSplit(dataset, "train", canvas)
-    test = ImageFolderSplit(dataset, "val", canvas, classes=train.classes)
+    train = ImageFolderSplit(dataset, "train", canvas, max_pixels=cfg.max_image_pixels)
+    test = ImageFolderSplit(dataset, "val", canvas, classes=train.classes, max_pixels=cfg.max_image_pixels)
     test_rows = seeded_subset(len(test), cfg.test_size, cfg.seed)
     return ClassificationData(Path(dataset).name, train, Subset(test, test_rows),
                               [c.replace("_", " ") for c in train.classes], FOLDER_TEMPLATES, location=str(Path(dataset).resolve()))
@@ -135,7 +135,7 @@ class EvalContext:
             return None
         if self.dataset_root is None:
             raise DataError(f"--dataset {self.dataset} needs --dataset-root DIR: the folder of the CLIP_benchmark set")
-        return open_benchmark_set(self.dataset, self.dataset_root, self.canvas)
+        return open_benchmark_set(self.dataset, self.dataset_root, self.canvas, self.cfg.max_image_pixels)
 
     @functools.cached_property
     def classification(self) -> ClassificationData:
@@ -321,7 +321,7 @@ def retrieval_pairs(ctx: EvalContext) -> tuple[Dataset, str | None, list[str], b
     if benchmark is not None and benchmark.kind == "retrieval":
         return benchmark.test, benchmark.name, benchmark.test.skipped, benchmark.same_text_hits
     if ctx.table:
-        table = CaptionTable(ctx.dataset, ctx.canvas)
+        table = CaptionTable(ctx.dataset, ctx.canvas, ctx.cfg.max_image_pixels)
         return table, Path(ctx.dataset).stem, table.skipped, True
     return ctx.scenes("test", ctx.cfg.retrieval_size), None, [], True
 
