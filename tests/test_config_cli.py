@@ -199,7 +199,7 @@ def test_help_and_config_errors_start_without_torch():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.stdout.strip() == "4 []", result.stdout + result.stderr
     assert "unknown config key 'train.lrr'" in result.stderr
-    assert "config key 'method' must be one of mae, clip, rils, milan; got 'byol'" in result.stderr  # the method registry's names
+    assert "config key 'method' must be one of mae, clip, rils, milan, supervised; got 'byol'" in result.stderr  # the method registry's names
 
 
 def test_configs_saved_before_a_key_existed_load_with_what_those_runs_did():

@@ -46,8 +46,9 @@ def test_methods_refuse_to_train_with_what_they_cannot_honour(method, overrides,
 
 def test_capabilities_are_declared_on_the_classes():
     capabilities = {name: (method_class(name).has_text, method_class(name).needs_teacher, method_class(name).can_lock_vision)
-                    for name in ("mae", "clip", "rils", "milan")}
+                    for name in ("mae", "clip", "rils", "milan", "supervised")}
     assert capabilities == {"mae": (False, False, False), "clip": (True, False, True), "rils": (True, False, False),
-                            "milan": (False, True, False)}
-    with pytest.raises(ConfigError, match="config key 'method' must be one of mae, clip, rils, milan; got 'nope'"):
+                            "milan": (False, True, False), "supervised": (False, False, False)}
+    assert [name for name in METHODS if method_class(name).needs_scene_labels] == ["supervised"]
+    with pytest.raises(ConfigError, match="config key 'method' must be one of mae, clip, rils, milan, supervised; got 'nope'"):
         method_class("nope")

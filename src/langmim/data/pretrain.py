@@ -17,10 +17,13 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from ..config import Config
 from ..errors import ConfigError
 from .captioned import CaptionedImages, CropRecipe
+from .scene_labels import scene_label_batch
 from .scenes import FashionScenes
 from .shards import ShardStream
 
 NOISE_STREAM = 7919  # separates the masking-noise RNG stream from the scene stream
+EPOCH_STREAM = 104729  # the visiting order of a fixed scene set, per epoch
+VISIT_STREAM = 1299709  # the flip and shift of one visit to a scene of a fixed set
 
 
 class StepSampler(Sampler[list[int]]):
@@ -47,11 +50,13 @@ def masking_noise(seed: int, index: int, num_patches: int) -> torch.Tensor:
 
 
 class PretrainCollator:
-    """Stacks uint8 images, tokenises captions (unless the method has no text tower) and draws
-    each sample's masking noise."""
+    """Stacks uint8 images, tokenises captions (unless the method has no text tower), draws each
+    sample's masking noise and, given ``label_patch`` (the patch size), adds the scene targets of
+    annotated fashion-scenes (``scene_labels.scene_label_batch``)."""
 
-    def __init__(self, tokenizer: Callable[[Sequence[str]], torch.Tensor] | None, num_patches: int, seed: int) -> None:
-        self.tokenizer, self.num_patches, self.seed = tokenizer, num_patches, seed
+    def __init__(self, tokenizer: Callable[[Sequence[str]], torch.Tensor] | None, num_patches: int, seed: int,
+                 label_patch: int | None = None) -> None:
+        self.tokenizer, self.num_patches, self.seed, self.label_patch = tokenizer, num_patches, seed, label_patch
 
     def __call__(self, samples: list[dict]) -> dict[str, torch.Tensor]:
         indices = [int(s["index"]) for s in samples]
@@ -62,6 +67,8 @@ class PretrainCollator:
         }
         if self.tokenizer is not None:
             batch["text"] = self.tokenizer([s["caption"] for s in samples])
+        if self.label_patch is not None:
+            batch.update(scene_label_batch(samples, self.label_patch))
         if "data_problems" in samples[0]:
             batch["data_problems"] = torch.stack([s["data_problems"] for s in samples]).sum(dim=0)
             batch["data_problem_files"] = [name for s in samples for name in s["data_problem_files"]]
@@ -74,12 +81,42 @@ def ignore_interrupts(worker_id: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def build_pretrain_dataset(cfg: Config) -> Dataset:
+class FixedScenes(Dataset):
+    """A fixed set of ``num_scenes`` captioned scenes (scenes 0..N-1 of the seeded stream), seen
+    again and again: the data-limited regime of few image-text pairs, many epochs. Global sample
+    ``g`` is position ``g % N`` of epoch ``g // N``, whose order is a permutation seeded by (seed,
+    epoch), so every epoch visits each scene exactly once. A visit draws its own flip and shift
+    from (seed, g); the scene's layout and caption are fixed, as in a real image-text data set."""
+
+    def __init__(self, scenes: FashionScenes, num_scenes: int, seed: int) -> None:
+        self.scenes, self.num_scenes, self.seed = scenes, num_scenes, seed
+        self._order: tuple[int, np.ndarray] | None = None  # (epoch, permutation) of the last visit
+
+    def scene_of(self, index: int) -> int:
+        """The scene that global sample ``index`` visits."""
+        epoch, position = divmod(index, self.num_scenes)
+        if self._order is None or self._order[0] != epoch:
+            self._order = (epoch, np.random.default_rng([self.seed, EPOCH_STREAM, epoch]).permutation(self.num_scenes))
+        return int(self._order[1][position])
+
+    def __len__(self) -> int:
+        return self.num_scenes
+
+    def __getitem__(self, index: int) -> dict:
+        scene = self.scene_of(index)
+        sample = self.scenes.render(scene, np.random.default_rng([self.seed, VISIT_STREAM, index]))
+        return {**sample, "index": index, "scene": scene}
+
+
+def build_pretrain_dataset(cfg: Config, annotate: bool = False) -> Dataset:
+    """The training samples of ``data.*``; ``annotate`` keeps fashion-scenes' masks and items
+    (for methods that train on the scenes' ground truth)."""
     if cfg.data.name == "fashion-scenes":
-        return FashionScenes(
+        scenes = FashionScenes(
             split="train", canvas=cfg.model.img_size, seed=cfg.train.seed, augment=cfg.data.augment,
-            root=cfg.data.root, plain_prob=cfg.data.plain_share, annotate=False,
+            root=cfg.data.root, plain_prob=cfg.data.plain_share, annotate=annotate,
         )
+        return scenes if cfg.data.num_scenes is None else FixedScenes(scenes, cfg.data.num_scenes, cfg.train.seed)
     if cfg.data.name in ("csv", "imagefolder"):
         return CaptionedImages(cfg.data.name, cfg.data.root, cfg.model.img_size, cfg.train.seed, CropRecipe.from_config(cfg.data),
                                cfg.data.max_image_pixels)
@@ -100,9 +137,12 @@ class StepLimitedLoader:
 
 
 def build_pretrain_loader(
-    cfg: Config, tokenizer: Callable | None, num_patches: int, start_step: int, rank: int = 0, world_size: int = 1
+    cfg: Config, tokenizer: Callable | None, num_patches: int, start_step: int, rank: int = 0, world_size: int = 1,
+    scene_labels: bool = False,
 ) -> DataLoader | StepLimitedLoader:
-    collator = PretrainCollator(tokenizer, num_patches, cfg.train.seed)
+    """Batches from ``start_step`` on, this rank's share; ``scene_labels`` adds fashion-scenes'
+    ground truth (for methods that train on it)."""
+    collator = PretrainCollator(tokenizer, num_patches, cfg.train.seed, cfg.model.patch_size if scene_labels else None)
     workers = {"num_workers": cfg.data.num_workers, "prefetch_factor": 4 if cfg.data.num_workers > 0 else None,
                "worker_init_fn": ignore_interrupts if cfg.data.num_workers > 0 else None}
     if cfg.data.name == "webdataset":
@@ -113,4 +153,4 @@ def build_pretrain_loader(
         loader = DataLoader(stream, batch_size=cfg.train.batch_size // world_size, collate_fn=collator, **workers)
         return StepLimitedLoader(loader, max(0, cfg.train.steps - start_step))
     sampler = StepSampler(start_step, cfg.train.steps, cfg.train.batch_size, rank, world_size)
-    return DataLoader(build_pretrain_dataset(cfg), batch_sampler=sampler, collate_fn=collator, persistent_workers=False, **workers)
+    return DataLoader(build_pretrain_dataset(cfg, annotate=scene_labels), batch_sampler=sampler, collate_fn=collator, persistent_workers=False, **workers)

@@ -472,6 +472,12 @@ class FashionScenes(Dataset):
         """Scene `index`: "image" uint8 (3,H,W), "caption", "mask" int64 (H,W), "index", and per
         item (in drawing order) "labels", "boxes" (n,4), "item_indices" (into the split),
         "colours", "sizes", "positions"; "flipped" and "shift" record the augmentation."""
+        return self.render(index)
+
+    def render(self, index: int, visit_rng: np.random.Generator | None = None) -> dict[str, Any]:
+        """Scene `index` as `__getitem__` gives it; with `visit_rng` its flip and shift are drawn
+        from that generator instead of the scene's own, so one scene seen again (a fixed data set
+        visited in epochs) is augmented afresh while its layout and caption stay its own."""
         index = operator.index(index)
         if index < 0:
             raise IndexError(f"scene index must be non-negative, got {index}")
@@ -483,8 +489,9 @@ class FashionScenes(Dataset):
                       tuple(POSITIONS[it.cell] for it in items))
         flipped, shift = False, (0, 0)
         if self.augment:  # drawn after the scene, so augmented scenes differ only by these
-            flipped = bool(rng.random() < 0.5)
-            shift = tuple(int(s) - MAX_SHIFT for s in _randint(rng, 2 * MAX_SHIFT + 1, 2))
+            augment_rng = rng if visit_rng is None else visit_rng
+            flipped = bool(augment_rng.random() < 0.5)
+            shift = tuple(int(s) - MAX_SHIFT for s in _randint(augment_rng, 2 * MAX_SHIFT + 1, 2))
             scene = _translate(_hflip(scene) if flipped else scene, *shift)
         sample = {"image": _to_chw(scene.image), "caption": scene.caption, "index": index}
         if not self.annotate:

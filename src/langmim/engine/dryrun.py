@@ -12,6 +12,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ..config import Config
 from ..data.pretrain import masking_noise
+from ..data.scene_labels import random_scene_labels
 from ..errors import LangmimError
 from ..methods import build_method, check_training_config
 from ..methods.registry import method_class
@@ -33,7 +34,8 @@ def build_for_dry_run(cfg: Config) -> torch.nn.Module:
 
 
 def synthetic_batch(cfg: Config, method: torch.nn.Module, batch_size: int = DRY_BATCH) -> dict[str, torch.Tensor]:
-    """Random images, masking noise and (for image-text methods) captions of ``batch_size`` samples."""
+    """Random images, masking noise, captions (image-text methods) and scene targets (methods that
+    train on them) of ``batch_size`` samples."""
     size, generator = cfg.model.img_size, torch.Generator().manual_seed(0)
     batch = {
         "image": torch.rand(batch_size, 3, size, size, generator=generator) * 2 - 1,
@@ -43,6 +45,8 @@ def synthetic_batch(cfg: Config, method: torch.nn.Module, batch_size: int = DRY_
     if method.has_text:
         captions = [f"a photo of a dog number {i}, on the left." for i in range(batch_size)]
         batch["text"] = build_tokenizer(cfg.model.context_length, cfg.init.text)(captions)
+    if method.needs_scene_labels:
+        batch.update(random_scene_labels(batch_size, method.visual.num_patches, generator))
     return batch
 
 

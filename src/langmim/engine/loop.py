@@ -170,7 +170,8 @@ def pretrain(cfg: Config, resume: str | None = None, log_tensorboard: bool = Tru
             print(f"--resume {resume}: no checkpoint in '{run_dir}' yet; starting at step 0")
 
     tokenizer = build_tokenizer(cfg.model.context_length, cfg.init.text) if method.has_text else None
-    loader = build_pretrain_loader(cfg, tokenizer, method.visual.num_patches, start_step, info.rank, info.world_size)
+    loader = build_pretrain_loader(cfg, tokenizer, method.visual.num_patches, start_step, info.rank, info.world_size,
+                                   scene_labels=method.needs_scene_labels)
     report_to = [sink for sink in cfg.train.report_to if log_tensorboard or sink != "tensorboard"]
     logger = MetricLogger(run_dir, cfg.train.steps, start_step, dist.is_main(), report_to, to_dict(cfg))
     method.train()

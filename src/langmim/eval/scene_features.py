@@ -16,11 +16,11 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from ..data.scene_labels import MAX_ITEMS
 from ..data.scenes import COLOURS, POSITIONS, SIZES, collate_scenes
 from ..transforms import to_float
 from .inference import evaluating
 
-MAX_ITEMS = 3  # scenes hold 1 to 3 items; per-item annotations are padded to this with -1
 
 
 def shift_images(images: Tensor, dx: int, dy: int) -> Tensor:

@@ -33,31 +33,55 @@ def iou_scores(confusion: Tensor) -> dict[str, float | list]:
     }
 
 
-def pixel_logits(head: nn.Linear, tokens: Tensor, size: int) -> Tensor:
+class SegmentationHead(nn.Module):
+    """Per-class logits on the token grid: a linear layer per token (``kernel=1``, dinov2's linear
+    head), or a ``kernel`` x ``kernel`` convolution that also reads the neighbouring tokens."""
+
+    def __init__(self, dim: int, num_classes: int, kernel: int = 1) -> None:
+        super().__init__()
+        if kernel < 1 or kernel % 2 == 0:
+            raise ValueError(f"segmentation head kernel must be odd and positive, got {kernel}")
+        self.conv = nn.Conv2d(dim, num_classes, kernel, padding=kernel // 2)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        """(n, N, D) row-major tokens -> (n, C, G, G) logits."""
+        grid = int(round(tokens.shape[1] ** 0.5))
+        return self.conv(tokens.transpose(1, 2).reshape(tokens.shape[0], -1, grid, grid))
+
+
+def pixel_logits(head: SegmentationHead, tokens: Tensor, size: int) -> Tensor:
     """(n, N, D) patch tokens -> (n, C, size, size) upsampled logits."""
-    grid = int(round(tokens.shape[1] ** 0.5))
-    logits = head(tokens).transpose(1, 2).reshape(tokens.shape[0], -1, grid, grid)
-    return F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False)
+    return F.interpolate(head(tokens), size=(size, size), mode="bilinear", align_corners=False)
+
+
+def balanced_class_weights(masks: Tensor, num_classes: int) -> Tensor:
+    """Cross-entropy weights proportional to 1 / sqrt(pixel frequency), mean 1 over the classes
+    present: background fills most pixels, and a head trained unweighted learns mostly it."""
+    counts = torch.bincount(masks.flatten(), minlength=num_classes).double()
+    weights = torch.where(counts > 0, counts.clamp_min(1).rsqrt(), torch.zeros_like(counts))
+    return (weights / weights[counts > 0].mean()).float()
 
 
 def train_segmentation_head(
     tokens: Tensor, masks: Tensor, num_classes: int, epochs: int = 20, lr: float = 1e-2,
-    batch_size: int = 128, seed: int = 0,
-) -> tuple[nn.Linear, Tensor, Tensor]:
-    """AdamW + cosine on standardised tokens; returns the head and the token mean/std it expects."""
+    batch_size: int = 128, seed: int = 0, kernel: int = 1, balanced: bool = False,
+) -> tuple[SegmentationHead, Tensor, Tensor]:
+    """AdamW + cosine on standardised tokens; returns the head and the token mean/std it expects.
+    ``balanced`` weights the pixels' cross-entropy by `balanced_class_weights`."""
     generator = torch.Generator().manual_seed(seed)
     mean, std = tokens.mean(dim=(0, 1)), tokens.std(dim=(0, 1)).clamp_min(1e-6)
     x = (tokens - mean) / std
-    head = nn.Linear(tokens.shape[-1], num_classes)
-    nn.init.normal_(head.weight, std=0.01, generator=generator)
-    nn.init.zeros_(head.bias)
+    head = SegmentationHead(tokens.shape[-1], num_classes, kernel)
+    nn.init.normal_(head.conv.weight, std=0.01 / kernel, generator=generator)
+    nn.init.zeros_(head.conv.bias)
+    weight = balanced_class_weights(masks, num_classes) if balanced else None
     steps = epochs * -(-len(x) // batch_size)
     optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
     with torch.enable_grad():
         for _ in range(epochs):
             for rows in torch.randperm(len(x), generator=generator).split(batch_size):
-                loss = F.cross_entropy(pixel_logits(head, x[rows], masks.shape[-1]), masks[rows])
+                loss = F.cross_entropy(pixel_logits(head, x[rows], masks.shape[-1]), masks[rows], weight=weight)
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
@@ -67,7 +91,7 @@ def train_segmentation_head(
 
 def segmentation_probe(
     train_tokens: Tensor, train_masks: Tensor, test_tokens: Tensor, test_masks: Tensor, num_classes: int,
-    batch_size: int = 256, epochs: int = 20, seed: int = 0, num_examples: int = 6,
+    batch_size: int = 256, epochs: int = 20, seed: int = 0, num_examples: int = 6, kernel: int = 1, balanced: bool = False,
 ) -> dict:
     """Fit the linear head on train scenes' patch tokens (n, G, G, D) and pixel masks (n, H, W);
     score mIoU, foreground mIoU (the item classes only, background left out) and pixel accuracy
@@ -76,7 +100,8 @@ def segmentation_probe(
     the true item pixels). ``example_predictions`` holds the first ``num_examples`` masks."""
     train_tokens, test_tokens = train_tokens.flatten(1, 2), test_tokens.flatten(1, 2)
     train_masks, test_masks = train_masks.long(), test_masks.long()
-    head, mean, std = train_segmentation_head(train_tokens, train_masks, num_classes, epochs=epochs, seed=seed)
+    head, mean, std = train_segmentation_head(train_tokens, train_masks, num_classes, epochs=epochs, seed=seed,
+                                              kernel=kernel, balanced=balanced)
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
     item_confusion = torch.zeros(2, 2, dtype=torch.long)
     garment_hits = item_pixels = 0

@@ -40,6 +40,7 @@ class PretrainMethod(nn.Module, abc.ABC):
     needs_teacher = False  # trains against a frozen tower built from teacher.source
     can_lock_vision = False  # init.lock_vision leaves it something to train (LiT)
     batch_coupled = False  # True where one sample's loss depends on the others (contrastive)
+    needs_scene_labels = False  # trains on fashion-scenes' ground truth (masks, garments, colours), not on captions
     text_locked = False
     checkpoint_path: str | None = None  # set when loaded from a saved model (``load_method``)
     step: int | None = None

@@ -17,6 +17,7 @@ METHODS: dict[str, str] = {
     "clip": "langmim.methods.clip:CLIP",
     "rils": "langmim.methods.rils:RILS",
     "milan": "langmim.methods.milan:MILAN",
+    "supervised": "langmim.methods.supervised:Supervised",
 }
 
 
