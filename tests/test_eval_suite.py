@@ -177,11 +177,11 @@ def test_report_margins_over_a_floor_column():
     def results(zeroshot, presence):
         return {"zeroshot": {"metrics": {"top1": zeroshot}}, "presence": {"metrics": {"mean_map": presence}}}
 
-    table = comparison_table({"rils": results(65.0, 45.5), "random-init": results(10.0, 39.0)}, floor="random-init")
+    table = comparison_table({"rils": {0: results(65.0, 45.5)}, "random-init": {0: results(10.0, 39.0)}}, floor="random-init")
     header, _, zeroshot, presence = table.splitlines()
     assert header == "| metric | rils | random-init | rils minus random-init |"
     assert zeroshot.endswith("| 65.00 | 10.00 | +55.00 |") and presence.endswith("| 45.50 | 39.00 | +6.50 |")
-    assert "minus" not in comparison_table({"rils": results(65.0, 45.5)}, floor="random-init")
+    assert "minus" not in comparison_table({"rils": {0: results(65.0, 45.5)}}, floor="random-init")
 
 
 def test_results_are_filed_by_run_name_and_report_columns_carry_the_step(runs, tmp_path, capsys):

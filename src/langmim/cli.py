@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .errors import LangmimError
+from .errors import ConfigError, LangmimError
 
 OVERRIDE_HELP = "config overrides as key=value, e.g. train.steps=100 model.arch=demo method=clip"
 
@@ -72,12 +72,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("report", help="compile the results of several runs into one markdown table and PNG figures",
                        description="Read the result JSONs of each run (RUN/results, written by langmim eval or the "
-                       "demo) and write report.md with one column per model, plus few-shot, retrieval and "
-                       "segmentation figures where those tasks were run.")
+                       "demo) and write report.md with one column per model (with --seeds, one per model over its "
+                       "seed runs), margins over a floor and shares of a floor-to-ceiling gap, paired verdicts "
+                       "(--compare), plus few-shot, retrieval and segmentation figures where those tasks were run.")
     r.add_argument("runs", nargs="+", metavar="RUN", help="run directories (or results directories)")
     r.add_argument("--output", default="runs/report", help="directory for report.md and the PNGs; default: runs/report")
     r.add_argument("--floor", default=None, metavar="MODEL",
                    help="a model's column (e.g. random-init) to print every other model's margin over, in points")
+    r.add_argument("--ceiling", default=None, metavar="MODEL",
+                   help="with --floor, a model's column (e.g. supervised): every other model's share of the "
+                   "floor-to-ceiling gap, in percent ('n/a' when the gap is under 0.01 points)")
+    r.add_argument("--seeds", action="store_true",
+                   help="runs that report the same model name are seeds of one column, each cell 'mean +- half-width "
+                   "(n=K)' of the 95%% Student-t interval; a run's seed is the seed-K directory in its path "
+                   "(runs/clip/seed-0), else the train seed its results record")
+    r.add_argument("--compare", default=None, metavar="A:B[,C:D]",
+                   help="verdict columns: A - B over paired seeds (seed k of A with seed k of B; a model with one run, "
+                   "e.g. random-init, is paired with every seed) with its 95%% interval and 'ahead', 'level' (the "
+                   "interval holds 0), 'behind' or 'cannot tell' (under two pairs), from a paired t-test")
 
     x = sub.add_parser("export", help="export a checkpoint for timm (vision tower), open_clip (CLIP/RILS) or as safetensors",
                        description="Write the vision tower as a timm local-dir folder (timm.create_model('local-dir:OUT', "
@@ -136,7 +148,6 @@ def builtin_data_root(explicit: str | None, cfg) -> str | None:
 def cmd_eval(args: argparse.Namespace) -> None:
     from .api import load, run_name
     from .config import Config, apply_dict, parse_override
-    from .errors import ConfigError
     from .eval.suite import TASKS, evaluate
 
     tasks = list(TASKS) if args.tasks.strip() == "all" else [t.strip() for t in args.tasks.split(",") if t.strip()]
@@ -187,6 +198,14 @@ def cmd_data(args: argparse.Namespace) -> None:
         print(f"wrote {count} samples: {Path(args.out) / split}")
 
 
+def parse_pairs(text: str | None) -> list[tuple[str, str]]:
+    """``--compare A:B,C:D`` as [(A, B), (C, D)]."""
+    pairs = [[name.strip() for name in item.split(":")] for item in (text or "").split(",") if item.strip()]
+    if any(len(p) != 2 or not all(p) for p in pairs) or (text is not None and not pairs):
+        raise ConfigError(f"--compare takes MODEL:MODEL pairs separated by commas, e.g. rils:clip,mae:random-init; got {text!r}")
+    return [(a, b) for a, b in pairs]
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Parse a command line; options may come before, between or after the key=value overrides."""
     parser = build_parser()
@@ -224,7 +243,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "report":
             from .report import write_report
 
-            print(f"report: {write_report([Path(r) for r in args.runs], Path(args.output), args.floor)}")
+            report = write_report([Path(r) for r in args.runs], Path(args.output), args.floor, args.ceiling,
+                                  parse_pairs(args.compare), args.seeds)
+            print(f"report: {report}")
         elif args.command == "export":
             from .api import load
             from .export import export

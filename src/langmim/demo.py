@@ -71,7 +71,7 @@ def write_demo_report(run_dir: Path, cfg: Config, columns: dict, timings: dict, 
         f"their heads fit on {ev.scene_train_size} scenes of train-split items) and on {ev.shift_test_size} test "
         f"images in each of five shifted styles. Captions are generated.",
         "",
-        comparison_table(columns, floor="random init"),
+        comparison_table({name: {0: results} for name, results in columns.items()}, floor="random init"),  # one seed each
         "",
         f"Time on this machine ({torch.get_num_threads()} threads, torch {torch.__version__}, "
         f"langmim {__version__}, {platform.machine()}): pre-training {timings['pretrain']:.0f} s "
