@@ -1,57 +1,158 @@
-"""Equal-budget quality comparison and budget sweep: MAE, CLIP, RILS and MILAN (teacher: the CLIP run
-of the same budget) on fashion-scenes with the same encoder, data and number of steps, then the
-whole evaluation suite on each and on a randomly initialised encoder (the floor).
+"""The quality protocol: every method pre-trained with K seeds on fashion-scenes with the same
+encoder and budget, beside a random-init floor and a supervised ceiling, over a budget sweep
+(unlimited scenes) and a data-limited sweep (a fixed set of N scenes seen in epochs), then the
+evaluation suite on each run; tables carry mean +- 95% interval over seeds and paired verdicts.
 
-    python benchmarks/quality.py [METHOD ...] [--steps 200,800,3200] [--phase train|eval|all] [key=value ...]
-    python benchmarks/quality.py --plot        # the budget-sweep figures from the kept results
+    python benchmarks/quality.py [METHOD ...] [--seeds 3] [--steps 200,800,3200]
+        [--num-scenes 2000,10000,50000] [--data-steps 800] [--tasks ...] [--workers 2] [key=value ...]
+    python benchmarks/quality.py --plan        # the jobs, done and left, without running them
+    python benchmarks/quality.py --summarize   # tables and figures from the kept results
 
-METHOD is any of clip, rils, mae, milan, random-init (default: all, in that order; milan needs the
-clip run of its budget). ``--phase train`` only pre-trains (resuming an interrupted run), ``eval``
-only evaluates finished runs, so the slow part can run in the background while the suite
-changes. Checkpoints go to /tmp/langmim_quality/steps-N/METHOD; what is kept in the repository is
-small: each run's training log (metrics.jsonl), its merged config and the result JSON of every
-task (benchmarks/results/quality/steps-N/METHOD/), one summary line per run in
-benchmarks/results/quality.jsonl, per budget a report.md with the comparison table, and the
-sweep figures (benchmarks/results/quality/sweep_*.png).
+METHOD is any of clip, rils, mae, milan, supervised, random-init (default: all). A job is one
+(point, method, seed): pre-train (resuming an interrupted run), then evaluate; jobs already kept
+are skipped, so the protocol runs across sessions and machines in pieces. Seed K sets
+``train.seed=K``: the scenes drawn (and the fixed set of a data-limited point), their order, the
+initialisation and the masks; the random-init floor of seed K is that seed's initialisation.
+MILAN distils the CLIP run of its own point and seed. ``--workers`` processes run at a time, each
+on one torch thread.
+
+Checkpoints go to /tmp/langmim_quality/POINT/METHOD/seed-K; kept in the repository are each run's
+training log, merged config and result JSONs (benchmarks/results/quality/protocol/POINT/METHOD/seed-K/),
+one line per job in benchmarks/results/quality.jsonl, and the summary tables and figures.
 
 Optimiser settings follow each family's preset: CLIP and RILS use the demo's (lr 5e-4, betas
-0.9/0.98, open_clip's), MAE and MILAN the milan_demo preset's (lr 1e-3, betas 0.9/0.95, MAE's).
-Precision is the presets' ``auto``: bf16 autocast where the CPU has native bf16, fp32 elsewhere.
+0.9/0.98, open_clip's), MAE, MILAN and the supervised ceiling the milan_demo preset's (lr 1e-3,
+betas 0.9/0.95). Precision is the presets' ``auto``: bf16 autocast where the CPU has native bf16.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
+import multiprocessing
 import platform
 import shutil
 import time
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
-import torch
-
-from langmim import __version__
-from langmim.api import load
-from langmim.config import load_config
-from langmim.demo import random_init_model
-from langmim.engine.loop import pretrain
-from langmim.eval.suite import TASKS, evaluate
-from langmim.report import read_results, write_report
 from results_log import RESULTS_DIR, append_result
 
 WORK_DIR = Path("/tmp/langmim_quality")
-KEPT_DIR = RESULTS_DIR / "quality"
-METHODS = ("clip", "rils", "mae", "milan")
-RUNS = {  # name: (preset, overrides); milan's teacher is added per budget
+KEPT_DIR = RESULTS_DIR / "quality" / "protocol"
+FLOOR, CEILING = "random-init", "supervised"
+RUNS = {  # name: (preset, overrides); milan's teacher is added per point and seed
     "clip": ("demo", ["method=clip"]),
     "rils": ("demo", ["method=rils"]),
     "mae": ("milan_demo", ["method=mae"]),
     "milan": ("milan_demo", []),
-    "random-init": ("demo", ["method=rils"]),
+    CEILING: ("milan_demo", ["method=supervised"]),
+    FLOOR: ("demo", ["method=rils"]),
 }
-# (figure title, task, metric key) of the sweep figures: the headline of every task family
-SWEEP_METRICS = (
+DEFAULT_TASKS = ("zeroshot", "retrieval", "knn", "linear", "fewshot", "presence", "cells", "binding", "counting",
+                 "compositional", "detection", "segmentation", "shift")
+
+
+@dataclass(frozen=True)
+class Point:
+    """Where on the sweeps a run sits: its budget in steps, and its fixed scene set (None: unlimited)."""
+
+    steps: int
+    num_scenes: int | None = None
+
+    @property
+    def name(self) -> str:
+        return f"steps-{self.steps}" + (f"-scenes-{self.num_scenes}" if self.num_scenes else "")
+
+    def overrides(self) -> list[str]:
+        return [f"train.steps={self.steps}"] + ([f"data.num_scenes={self.num_scenes}"] if self.num_scenes else [])
+
+
+@dataclass(frozen=True)
+class Job:
+    point: Point
+    method: str
+    seed: int
+
+    @property
+    def work_dir(self) -> Path:
+        return WORK_DIR / self.point.name / self.method / f"seed-{self.seed}"
+
+    @property
+    def kept_dir(self) -> Path:
+        if self.method == FLOOR:  # one floor per seed: no pre-training, so no point
+            return KEPT_DIR / FLOOR / f"seed-{self.seed}"
+        return KEPT_DIR / self.point.name / self.method / f"seed-{self.seed}"
+
+    @property
+    def done(self) -> bool:
+        return (self.kept_dir / "job.json").is_file()
+
+    def needs(self) -> Job | None:
+        """The job whose checkpoint this one trains against (MILAN's teacher)."""
+        return Job(self.point, "clip", self.seed) if self.method == "milan" else None
+
+
+def build_config(job: Job, extra: list[str]):
+    from langmim.config import load_config
+
+    preset, overrides = RUNS[job.method]
+    if job.method == "milan":
+        overrides = [f"teacher.source=langmim:{Job(job.point, 'clip', job.seed).work_dir}"]
+    return load_config(preset, [f"output_dir={job.work_dir}", f"train.seed={job.seed}", "train.ckpt_every=200",
+                                "train.precision=auto", "train.report_to=[]", *job.point.overrides(), *overrides, *extra]), preset
+
+
+def run_job(job: Job, extra: list[str], tasks: list[str]) -> dict:
+    """Pre-train (resuming) and evaluate one job in this process on one torch thread; keep its files."""
+    import torch
+
+    from langmim import __version__
+    from langmim.api import load
+    from langmim.demo import random_init_model
+    from langmim.engine.loop import pretrain
+    from langmim.eval.suite import evaluate
+
+    torch.set_num_threads(1)
+    cfg, preset = build_config(job, extra)
+    train_s = 0.0
+    need = job.needs()
+    if need is not None:  # its checkpoint may be gone with /tmp: training it again gives the same weights
+        pretrain(build_config(need, extra)[0], resume="latest", log_tensorboard=False)
+    if job.method != FLOOR:
+        start = time.perf_counter()
+        pretrain(cfg, resume="latest", log_tensorboard=False)
+        train_s = time.perf_counter() - start
+    model = random_init_model(cfg) if job.method == FLOOR else load(job.work_dir)
+    results_dir = job.work_dir / "results"
+    shutil.rmtree(results_dir, ignore_errors=True)
+    start = time.perf_counter()
+    results = evaluate(model, tasks, cfg.eval, results_dir, job.method, cfg.data.root, log=lambda _: None)
+    eval_s = time.perf_counter() - start
+    shutil.rmtree(job.kept_dir, ignore_errors=True)
+    (job.kept_dir / "results").mkdir(parents=True)
+    for result in results_dir.glob("*.json"):
+        shutil.copy(result, job.kept_dir / "results" / result.name)
+    if job.method != FLOOR:
+        for log in ("metrics.jsonl", "config.yaml"):
+            shutil.copy(job.work_dir / log, job.kept_dir / log)
+    record = {
+        "date": date.today().isoformat(), "point": job.point.name, "run": job.method, "seed": job.seed, "preset": preset,
+        "overrides": [*job.point.overrides(), *extra], "steps": 0 if job.method == FLOOR else job.point.steps,
+        "num_scenes": job.point.num_scenes, "batch_size": cfg.train.batch_size,
+        "images_seen": 0 if job.method == FLOOR else job.point.steps * cfg.train.batch_size, "precision": cfg.train.precision,
+        "train_seconds": round(train_s, 1), "eval_seconds": round(eval_s, 1), "threads": torch.get_num_threads(),
+        "torch": torch.__version__, "langmim": __version__, "machine": platform.machine(), "cpu": cpu_name(),
+        "metrics": {task: {k: round(v, 2) for k, v in r["metrics"].items() if isinstance(v, (int, float))} for task, r in results.items()},
+    }
+    append_result("quality", record)
+    (job.kept_dir / "job.json").write_text(json.dumps({k: v for k, v in record.items() if k != "metrics"}, indent=1) + "\n")
+    return record
+
+
+# (title, task, metric key) of the headline metrics: the sweep figures draw one panel each
+HEADLINE = (
     ("zero-shot top-1 (%)", "zeroshot", "top1"),
     ("linear probe top-1, patch mean (%)", "linear", "mean_top1"),
     ("few-shot 16-shot, logistic (%)", "fewshot", "mean_logistic_16shot"),
@@ -65,59 +166,98 @@ SWEEP_METRICS = (
 )
 
 
-def run_config(name: str, steps: int, extra: list[str]):
-    preset, overrides = RUNS[name]
-    if name == "milan":
-        overrides = [f"teacher.source=langmim:{WORK_DIR / f'steps-{steps}' / 'clip'}"]
-    out = WORK_DIR / f"steps-{steps}" / name
-    cfg = load_config(preset, [f"output_dir={out}", f"train.steps={steps}", "train.ckpt_every=200", "train.precision=auto", *overrides, *extra])
-    return cfg, preset, overrides, out
+def kept_metrics(method_dir: Path) -> dict[int, dict[str, dict]]:
+    """{seed: {task: metrics}} of one method at one point (or of the floor), from its kept results."""
+    found = {}
+    for seed_dir in sorted(method_dir.glob("seed-*")):
+        results = {}
+        for path in (seed_dir / "results").glob("*.json"):
+            result = json.loads(path.read_text())
+            if {"task", "metrics"} <= set(result):
+                results[result["task"]] = result["metrics"]
+        found[int(seed_dir.name.split("-")[1])] = results
+    return found
 
 
-def train_one(name: str, steps: int, extra: list[str]) -> None:
-    if name == "random-init":
-        return
-    cfg, *_, out = run_config(name, steps, extra)
-    start = time.perf_counter()
-    pretrain(cfg, resume="latest", log_tensorboard=False)
-    (out / "train_seconds.txt").write_text(f"{time.perf_counter() - start:.1f}\n")
+def seed_values(by_seed: dict[int, dict[str, dict]], task: str, key: str) -> list[float]:
+    return [m[task][key] for _, m in sorted(by_seed.items()) if key in m.get(task, {})]
 
 
-def eval_one(name: str, steps: int, extra: list[str]) -> dict:
-    cfg, preset, overrides, out = run_config(name, steps, extra)
-    kept = KEPT_DIR / f"steps-{steps}" / name
-    shutil.rmtree(kept, ignore_errors=True)
-    (kept / "results").mkdir(parents=True)
-    if name == "random-init":
-        model, train_s = random_init_model(cfg), 0.0
-    else:
-        for log in ("metrics.jsonl", "config.yaml"):
-            shutil.copy(out / log, kept / log)
-        model = load(out)
-        if model.step != steps:
-            raise SystemExit(f"{out} stopped at step {model.step} of {steps}: run --phase train first")
-        timing = out / "train_seconds.txt"
-        train_s = float(timing.read_text()) if timing.is_file() else float("nan")
-    results_dir = out / "results"
-    shutil.rmtree(results_dir, ignore_errors=True)
-    start = time.perf_counter()
-    results = evaluate(model, list(TASKS), cfg.eval, results_dir, name, cfg.data.root)
-    eval_s = time.perf_counter() - start
-    for result in results_dir.glob("*.json"):
-        shutil.copy(result, kept / "results" / result.name)
-    record = {
-        "date": date.today().isoformat(), "run": name, "preset": preset, "overrides": overrides + extra,
-        "steps": 0 if name == "random-init" else steps, "batch_size": cfg.train.batch_size,
-        "images_seen": 0 if name == "random-init" else steps * cfg.train.batch_size,
-        "precision": cfg.train.precision, "train_seconds": round(train_s, 1), "eval_seconds": round(eval_s, 1),
-        "threads": torch.get_num_threads(), "torch": torch.__version__, "langmim": __version__,
-        "machine": platform.machine(), "cpu": cpu_name(),
-        "metrics": {task: {k: round(v, 2) for k, v in r["metrics"].items() if isinstance(v, (int, float))}
-                    for task, r in results.items()},
-    }
-    append_result("quality", record)
-    print(json.dumps({k: v for k, v in record.items() if k != "metrics"}), flush=True)
-    return record
+def plot_sweep(points: list[Point], x_of: callable, x_label: str, png: Path) -> Path | None:
+    """One panel per headline metric against ``x_of(point)``: a line per method with its 95%
+    interval band over seeds, the random-init floor as a grey band."""
+    from langmim.report import pyplot
+    from langmim.stats import mean_interval
+
+    points = [p for p in points if (KEPT_DIR / p.name).is_dir()]
+    if len(points) < 2:
+        return None
+    plt = pyplot()
+    floor = kept_metrics(KEPT_DIR / FLOOR)
+    columns = (len(HEADLINE) + 1) // 2
+    fig, axes = plt.subplots(2, columns, figsize=(4 * columns, 7), squeeze=False)
+    xs = [x_of(p) for p in points]
+    for ax, (title, task, key) in zip(axes.flat, HEADLINE):
+        for method in (m for m in RUNS if m != FLOOR):
+            line = []
+            for point, x in zip(points, xs):
+                values = seed_values(kept_metrics(KEPT_DIR / point.name / method), task, key)
+                if values:
+                    interval = mean_interval(values)
+                    line.append((x, interval.mean, interval.half_width if interval.n > 1 else 0.0))
+            if line:
+                x, mean, half = map(list, zip(*line))
+                style = "--" if method == CEILING else "-"
+                drawn = ax.plot(x, mean, style, marker="o", label=method)[0]
+                ax.fill_between(x, [m - h for m, h in zip(mean, half)], [m + h for m, h in zip(mean, half)], color=drawn.get_color(), alpha=0.2)
+        values = seed_values(floor, task, key)
+        if values:
+            interval = mean_interval(values)
+            ax.axhline(interval.mean, color="grey", linestyle=":", label=FLOOR)
+            if interval.n > 1:
+                ax.axhspan(interval.low, interval.high, color="grey", alpha=0.15)
+        ax.set_xscale("log")
+        ax.set_xticks(xs, [f"{x:,}" for x in xs], fontsize=7)
+        ax.minorticks_off()
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel(x_label)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(HEADLINE):]:
+        ax.axis("off")
+    handles = {label: line for ax in axes.flat for line, label in zip(*ax.get_legend_handles_labels())}
+    fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=len(handles), fontsize=9)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+    return png
+
+
+COMPARE = (("rils", "clip"), ("milan", "mae"), ("mae", FLOOR), ("milan", FLOOR), ("clip", FLOOR), ("rils", FLOOR))
+
+
+def summarize(points: list[Point], data_steps: int, batch_size: int = 128) -> list[Path]:
+    """Per point, report.md (mean +- 95% interval over seeds, margins over the floor, shares of the
+    floor-to-ceiling gap, paired verdicts); the two sweep figures."""
+    from langmim.report import write_report
+
+    written = []
+    floor_dirs = sorted((KEPT_DIR / FLOOR).glob("seed-*"))
+    for point in points:
+        run_dirs = sorted((KEPT_DIR / point.name).glob("*/seed-*"))
+        if not run_dirs:
+            continue
+        present = {d.parent.name for d in run_dirs} | ({FLOOR} if floor_dirs else set())
+        compare = [(a, b) for a, b in COMPARE if {a, b} <= present]
+        written.append(write_report(run_dirs + floor_dirs, KEPT_DIR / point.name, floor=FLOOR if floor_dirs else None,
+                                    ceiling=CEILING if CEILING in present and floor_dirs else None, compare=compare, seeds=True))
+    budget = sorted({p for p in points if p.num_scenes is None}, key=lambda p: p.steps)
+    data = sorted({p for p in points if p.steps == data_steps}, key=lambda p: p.num_scenes or p.steps * batch_size)
+    written += [png for png in (
+        plot_sweep(budget, lambda p: p.steps * batch_size, "images seen (fresh scenes)", KEPT_DIR / "sweep_budget.png"),
+        plot_sweep(data, lambda p: p.num_scenes or p.steps * batch_size,
+                   f"distinct scenes at {data_steps * batch_size:,} images seen (rightmost: a fresh scene per sample)", KEPT_DIR / "sweep_data.png"),
+    ) if png is not None]
+    return written
 
 
 def cpu_name() -> str:
@@ -130,78 +270,66 @@ def cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
-def plot_sweep(out_dir: Path = KEPT_DIR) -> list[Path]:
-    """One figure per headline metric against images seen, a line per method, random init as the
-    floor; from the kept results of every budget."""
-    import matplotlib.pyplot as plt
+def plan_jobs(methods: list[str], seeds: int, budgets: list[int], num_scenes: list[int], data_steps: int) -> list[Job]:
+    """Every job of the grid, the shared point (``data_steps``, unlimited) first, then the
+    data-limited points, then the other budgets; within a point, seed by seed."""
+    points = [Point(data_steps)] + [Point(data_steps, n) for n in num_scenes] + [Point(s) for s in budgets if s != data_steps]
+    jobs = [Job(points[0], FLOOR, seed) for seed in range(seeds)] if FLOOR in methods else []
+    for point in points:
+        jobs += [Job(point, m, seed) for seed in range(seeds) for m in methods if m != FLOOR]
+    return jobs
 
-    budgets = sorted(int(p.name.split("-")[1]) for p in out_dir.glob("steps-*") if p.is_dir())
-    series: dict[str, dict[int, dict]] = {}
-    floor: dict = {}
-    for steps in budgets:
-        for method in (*METHODS, "random-init"):
-            results = out_dir / f"steps-{steps}" / method / "results"
-            if results.is_dir():
-                found = read_results(results).get(method, {})
-                if method == "random-init":
-                    floor = floor or found
-                else:
-                    series.setdefault(method, {})[steps] = found
-    batch = 128
-    fig, axes = plt.subplots(2, (len(SWEEP_METRICS) + 1) // 2, figsize=(4 * ((len(SWEEP_METRICS) + 1) // 2), 7), squeeze=False)
-    for ax, (title, task, key) in zip(axes.flat, SWEEP_METRICS):
-        for method, by_steps in series.items():
-            points = [(s * batch, r[task]["metrics"][key]) for s, r in sorted(by_steps.items()) if key in r.get(task, {}).get("metrics", {})]
-            if points:
-                ax.plot(*zip(*points), marker="o", label=method)
-        if key in floor.get(task, {}).get("metrics", {}):
-            ax.axhline(floor[task]["metrics"][key], color="grey", linestyle="--", label="random init")
-        ax.set_xscale("log")
-        ax.set_xticks([s * batch for s in budgets], [f"{s * batch:,}" for s in budgets], fontsize=7)
-        ax.minorticks_off()
-        ax.set_title(title, fontsize=9)
-        ax.set_xlabel("images seen")
-        ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(SWEEP_METRICS):]:
-        ax.axis("off")
-    handles = {label: line for ax in axes.flat for line, label in zip(*ax.get_legend_handles_labels())}
-    fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=len(handles), fontsize=9)
-    fig.tight_layout(rect=(0, 0.05, 1, 1))
-    png = out_dir / "sweep.png"
-    fig.savefig(png, dpi=100)
-    plt.close(fig)
-    return [png]
+
+def run_jobs(jobs: list[Job], extra: list[str], tasks: list[str], workers: int) -> None:
+    """Run the jobs not done yet, ``workers`` at a time, each after the job it needs."""
+    left = [job for job in jobs if not job.done]
+    running: dict[Future, Job] = {}
+    context = multiprocessing.get_context("spawn")  # a fresh interpreter per worker: no state shared with torch's threads
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context, max_tasks_per_child=1) as pool:
+        while left or running:
+            busy = {running[f] for f in running}
+            for job in [j for j in left if len(running) < workers]:
+                need = job.needs()
+                if need is None or (need not in left and need not in busy):
+                    running[pool.submit(run_job, job, extra, tasks)] = job
+                    left.remove(job)
+                    print(f"started {job.point.name} {job.method} seed {job.seed}", flush=True)
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                job = running.pop(future)
+                record = future.result()
+                print(f"done {job.point.name} {job.method} seed {job.seed}: train {record['train_seconds']} s, "
+                      f"eval {record['eval_seconds']} s", flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", help=f"runs ({', '.join(RUNS)}) and key=value overrides")
-    parser.add_argument("--steps", default="800", help="comma-separated budgets in steps of 128 (default 800)")
-    parser.add_argument("--phase", choices=("train", "eval", "all"), default="all")
-    parser.add_argument("--plot", action="store_true", help="only draw the sweep figures from the kept results")
+    parser.add_argument("--seeds", type=int, default=3, help="pre-training seeds per method and point (default 3)")
+    parser.add_argument("--steps", default="200,800,3200", help="the budget sweep, in steps of 128 images (unlimited scenes)")
+    parser.add_argument("--num-scenes", default="2000,10000,50000", help="the data-limited sweep: fixed scene sets ('' for none)")
+    parser.add_argument("--data-steps", type=int, default=800, help="the budget of the data-limited sweep (default 800)")
+    parser.add_argument("--tasks", default=",".join(DEFAULT_TASKS), help="evaluation tasks of every job")
+    parser.add_argument("--workers", type=int, default=2, help="jobs at a time, one torch thread each (default 2)")
+    parser.add_argument("--plan", action="store_true", help="list the jobs, done and left, and stop")
+    parser.add_argument("--summarize", action="store_true", help="only write the tables and figures from the kept results")
     args = parser.parse_args()
-    if args.plot:
-        print("figures:", *plot_sweep())
-        return
     names = [a for a in args.names if "=" not in a] or list(RUNS)
     extra = [a for a in args.names if "=" in a]
     unknown = [n for n in names if n not in RUNS]
     if unknown:
         raise SystemExit(f"unknown run(s) {', '.join(unknown)}; choose from {', '.join(RUNS)}")
-    budgets = [int(s) for s in args.steps.split(",")]
-    for steps in budgets:
-        if "milan" in names and "clip" not in names and not (WORK_DIR / f"steps-{steps}" / "clip").is_dir():
-            raise SystemExit(f"milan distils the clip run of its budget: run clip --steps {steps} first")
-    for steps in budgets:
-        for name in names:
-            if args.phase in ("train", "all"):
-                train_one(name, steps, extra)
-            if args.phase in ("eval", "all"):
-                eval_one(name, steps, extra)
-        if args.phase in ("eval", "all"):
-            kept = [Path(os.path.relpath(KEPT_DIR / f"steps-{steps}" / n / "results")) for n in RUNS
-                    if (KEPT_DIR / f"steps-{steps}" / n / "results").is_dir()]
-            print(f"report: {write_report(kept, KEPT_DIR / f'steps-{steps}', floor='random-init')}")
+    jobs = plan_jobs(names, args.seeds, [int(s) for s in args.steps.split(",") if s],
+                     [int(n) for n in args.num_scenes.split(",") if n], args.data_steps)
+    if args.plan:
+        for job in jobs:
+            print(f"{'done' if job.done else 'left'}  {job.point.name:<24} {job.method:<12} seed {job.seed}")
+        print(f"{sum(j.done for j in jobs)} of {len(jobs)} jobs done")
+        return
+    if not args.summarize:
+        run_jobs(jobs, extra, args.tasks.split(","), args.workers)
+    points = list(dict.fromkeys(job.point for job in jobs))
+    print("written:", *summarize(points, args.data_steps), sep="\n  ")
 
 
 if __name__ == "__main__":
