@@ -3,6 +3,7 @@ with the built-in figures, and reads a set a script wrote in CLIP_benchmark's la
 import dataclasses
 import io
 import json
+import shutil
 import tarfile
 
 import numpy as np
@@ -15,6 +16,9 @@ from langmim.cli import main
 from langmim.data.benchmark_sets import open_benchmark_set, template_filler
 from langmim.data.fashion_mnist import CLASS_NAMES
 from langmim.errors import DataError
+from langmim.eval import clip_benchmark_cli
+from langmim.eval.clip_benchmark import from_clip_benchmark
+from langmim.eval.features import extract_features
 from langmim.eval.suite import evaluate
 from langmim.eval.zeroshot import zeroshot_classifier
 from langmim.transforms import ZEROSHOT_TEMPLATES, fill_template
@@ -68,6 +72,79 @@ def test_clip_benchmark_reads_what_langmim_wrote(written):
     captions = builder.build_wds_dataset("scenes", transform=None, split="test", data_dir=str(written / "fashion-scenes-captions"))
     first_image, first_captions = next(iter(captions))
     assert first_captions and first_captions[0].startswith("a ")
+
+
+def test_clip_benchmark_eval_gives_langmim_figures_on_langmim_exports(clip_run, written, tmp_path, monkeypatch):
+    """CLIP_benchmark's own evaluation (its CLI, mended for numpy 2.4 and the CPU) of the open_clip
+    export on the written sets: zero-shot and retrieval equal langmim's where both read the files
+    by one rule (langmim on a copy without langmim.json; CLIP_benchmark with the written prompts),
+    and its linear probe trains on langmim's image embeddings."""
+    pytest.importorskip("clip_benchmark")
+    export = tmp_path / "open_clip"
+    assert main(["export", str(clip_run), "--format", "open_clip", "--out", str(export)]) == 0
+    monkeypatch.chdir(tmp_path)
+
+    def clip_benchmark(dataset: str, task: str, *extra: str) -> dict:
+        assert clip_benchmark_cli.main([
+            "eval", "--dataset", dataset, "--dataset_root", str(written / "{dataset}"), "--task", task,
+            "--model", f"local-dir:{export}", "--pretrained", "", "--no_amp", "--num_workers", "0", "--quiet",
+            "--output", "{task}.json", *extra]) == 0
+        return json.loads((tmp_path / f"{task}.json").read_text())
+
+    model = load(clip_run)
+
+    def langmim(task: str, dataset: str, root) -> dict:
+        result = evaluate(model, [task], model.config.eval, None, "m", log=lambda _: None, dataset=dataset, dataset_root=str(root / "{dataset}"))
+        return result[task]["metrics"]
+
+    plain = tmp_path / "plain"  # the same files, read by CLIP_benchmark's rules: its template fill, own captions only
+    shutil.copytree(written, plain, ignore=shutil.ignore_patterns("langmim.json"))
+    prompts = str(written / "fashion-mnist" / "zeroshot_classification_prompts.json")
+    retrieval = ("wds/fashion-scenes-captions", "zeroshot_retrieval")
+    for (dataset, task), extra, ours in (
+        (("wds/fashion-mnist", "zeroshot_classification"), (), langmim("zeroshot", "wds/fashion-mnist", plain)),
+        (("wds/fashion-mnist", "zeroshot_classification"), ("--custom_template_file", prompts, "--dump_templates"),
+         langmim("zeroshot", "wds/fashion-mnist", written)),
+        (retrieval, ("--recall_k", "1", "5", "10"), langmim("retrieval", retrieval[0], plain)),
+    ):
+        output = clip_benchmark(dataset, task, *extra)
+        theirs = from_clip_benchmark(output)["metrics"]
+        assert theirs == pytest.approx({name: ours[name] for name in theirs}, abs=1e-4), (task, extra)
+    assert output["metrics"]["image_retrieval_recall@10"] > 0
+    assert json.loads((tmp_path / "zeroshot_classification.json").read_text())["templates"]["ankle boot"][0] == "a photo of an ankle boot."
+
+    probe = clip_benchmark("wds/fashion-mnist", "linear_probe", "--feature_root", str(tmp_path / "features"))["metrics"]
+    assert 0 <= probe["lp_acc1"] <= 1 and probe["weight_decay"] == 0 and probe["epochs"] == 10  # its own trainer, no sweep
+    written_set = open_benchmark_set("wds/fashion-mnist", str(written / "fashion-mnist"), model.image_size)
+    for split in ("train", "test"):
+        (features,) = (tmp_path / "features").glob(f"*/features_{split}.pt")
+        assert torch.allclose(torch.load(features), extract_features(model, getattr(written_set, split))["embed"], atol=1e-5), split
+
+
+def test_the_mended_accuracy_counts_as_clip_benchmarks(monkeypatch, capsys):
+    """The mended ``accuracy()`` gives CLIP_benchmark's top-k figures where numpy 2.4 makes its own
+    raise; the CLI's modules are restored after a run; a linear probe whose source has changed is
+    named, not patched blindly."""
+    metrics = pytest.importorskip("clip_benchmark.metrics.zeroshot_classification")
+    from clip_benchmark import cli
+
+    logits = torch.randn(50, 10, generator=torch.Generator().manual_seed(0))
+    target = torch.randint(0, 10, (50,), generator=torch.Generator().manual_seed(1))
+    top1 = (logits.argmax(1) == target).float().mean().item()
+    top5 = (logits.topk(5, 1).indices == target[:, None]).any(1).float().mean().item()
+    assert clip_benchmark_cli.accuracy(logits, target, topk=(1, 5)) == pytest.approx([top1, top5])
+    if tuple(int(part) for part in np.__version__.split(".")[:2]) >= (2, 4):
+        with pytest.raises(TypeError, match="0-dimensional"):
+            metrics.accuracy(logits, target, topk=(1, 5))
+    original = metrics.accuracy, cli.linear_probe
+    with clip_benchmark_cli.mended_clip_benchmark():
+        assert metrics.accuracy is clip_benchmark_cli.accuracy and cli.linear_probe.accuracy is clip_benchmark_cli.accuracy
+    assert (metrics.accuracy, cli.linear_probe) == original
+    monkeypatch.setitem(clip_benchmark_cli.CUDA_ONLY, "a line no release has\n", "")
+    assert clip_benchmark_cli.main(["eval"]) == 2
+    err = capsys.readouterr().err
+    assert "linear probe" in err and "has changed: ['a line no release has'] not found" in err
+    assert (metrics.accuracy, cli.linear_probe) == original
 
 
 def jpeg(side_w: int, side_h: int, value: int) -> bytes:

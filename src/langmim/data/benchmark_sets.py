@@ -17,7 +17,9 @@ are. Samples that cannot be used are skipped, counted and named.
 
 Zero-shot templates are filled as CLIP_benchmark fills them (``template.format(c=name)``); a set
 that langmim wrote says in ``langmim.json`` that its templates fix "a"/"an" before the class name
-as the built-in benchmark does, so the written copy scores what the built-in data scores.
+as the built-in benchmark does, so the written copy scores what the built-in data scores, and
+holds those prompts per class in ``zeroshot_classification_prompts.json`` for CLIP_benchmark's
+``--custom_template_file``, so that it scores the same texts.
 """
 from __future__ import annotations
 
@@ -42,6 +44,7 @@ from .images import MAX_IMAGE_PIXELS, decode_rgb
 IMAGE_EXTENSIONS = ("webp", "png", "jpg", "jpeg")
 LABEL_EXTENSION = {"classification": "cls", "retrieval": "txt"}
 METADATA_FILE = "langmim.json"
+PROMPTS_FILE = "zeroshot_classification_prompts.json"  # CLIP_benchmark's --custom_template_file: the texts langmim scores
 SAVE_OPTIONS = {"webp": {"format": "webp", "lossless": True, "quality": 0, "method": 0},  # least effort: 50x faster, same pixels
                 "png": {"format": "png"}}
 
@@ -256,6 +259,8 @@ def write_set_metadata(folder: Path, kind: str, classnames: Sequence[str] = (), 
     if kind == "classification":
         (folder / "classnames.txt").write_text("".join(f"{c}\n" for c in classnames))
         (folder / "zeroshot_classification_templates.txt").write_text("".join(f"{t.replace('{}', '{c}')}\n" for t in templates))
+        prompts = {folder.name: {name: [fill_template(t, name) for t in templates] for name in classnames}}
+        (folder / PROMPTS_FILE).write_text(json.dumps(prompts, indent=1))
 
 
 def write_builtin_sets(out: Path, canvas: int = 64, train_size: int = 60000, test_size: int = 10000,
