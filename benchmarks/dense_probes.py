@@ -36,6 +36,7 @@ VARIANTS: dict[str, tuple[str, int, dict]] = {
     "seg-conv3-balanced": ("segmentation", 2, {"kernel": 3, "balanced": True}),
     "seg-refine1": ("segmentation", 1, {}),
     "seg-refine4": ("segmentation", 4, {}),
+    "own-head": ("own-head", 1, {}),  # a supervised ceiling only: its own patch head on the test scenes
     "detection": ("detection", 2, {}),
     "det-90ep": ("detection", 2, {"epochs": 90}),
     "det-hidden256": ("detection", 2, {"hidden": 256}),
@@ -44,7 +45,27 @@ VARIANTS: dict[str, tuple[str, int, dict]] = {
 }
 
 
+def own_head_accuracy(ctx: EvalContext) -> dict:
+    """What a supervised ceiling's own patch head knows: the share of item cells (and of
+    background cells) of the test scenes whose garment it names, at its 4x4 cells per patch."""
+    from langmim.data.scene_labels import NUM_GARMENTS, SUBCELLS, subcell_labels
+    from langmim.transforms import to_float
+
+    scenes = ctx.scenes("test")
+    images = torch.stack([scenes[i]["image"] for i in range(len(scenes))])
+    masks = torch.stack([scenes[i]["mask"] for i in range(len(scenes))])
+    with torch.no_grad():
+        patches = ctx.model.visual.forward_features(to_float(images))[:, 1:]
+        pred = ctx.model.patch_head(patches).reshape(len(images), patches.shape[1], SUBCELLS**2, 1 + NUM_GARMENTS).argmax(-1)
+    labels = subcell_labels(masks, ctx.patch_size)
+    items = labels > 0
+    return {"item_cell_accuracy": 100.0 * pred[items].eq(labels[items]).float().mean().item(),
+            "background_cell_accuracy": 100.0 * pred[~items].eq(0).float().mean().item()}
+
+
 def run_variant(ctx: EvalContext, task: str, options: dict) -> dict:
+    if task == "own-head":
+        return own_head_accuracy(ctx)
     train, test = ctx.scene_features("train"), ctx.scene_features("test")
     if task == "segmentation":
         scores = segmentation_probe(train["dense"], train["mask"], test["dense"], test["mask"], num_classes=1 + len(CLASS_NAMES),
@@ -59,7 +80,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", action="append", default=[], metavar="RUN", help="a run directory or checkpoint (repeatable)")
     parser.add_argument("--random-init", action="store_true", help="also the demo-sized random-init encoder (the floor)")
-    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {', '.join(VARIANTS)}")
+    parser.add_argument("--variants", default=",".join(v for v in VARIANTS if v != "own-head"),
+                        help=f"comma-separated, of {', '.join(VARIANTS)}")
     parser.add_argument("overrides", nargs="*", help="eval.* overrides")
     args = parser.parse_args()
     torch.set_num_threads(1)

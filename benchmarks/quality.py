@@ -4,7 +4,7 @@ encoder and budget, beside a random-init floor and a supervised ceiling, over a 
 evaluation suite on each run; tables carry mean +- 95% interval over seeds and paired verdicts.
 
     python benchmarks/quality.py [METHOD ...] [--seeds 3] [--steps 200,800,3200]
-        [--num-scenes 2000,10000,50000] [--data-steps 800] [--tasks ...] [--workers 2] [key=value ...]
+        [--num-scenes 2000,10000] [--data-steps 800] [--tasks ...] [--workers 2] [key=value ...]
     python benchmarks/quality.py --plan        # the jobs, done and left, without running them
     python benchmarks/quality.py --summarize   # tables and figures from the kept results
 
@@ -287,10 +287,10 @@ def run_jobs(jobs: list[Job], extra: list[str], tasks: list[str], workers: int) 
     context = multiprocessing.get_context("spawn")  # a fresh interpreter per worker: no state shared with torch's threads
     with ProcessPoolExecutor(max_workers=workers, mp_context=context, max_tasks_per_child=1) as pool:
         while left or running:
-            busy = {running[f] for f in running}
-            for job in [j for j in left if len(running) < workers]:
-                need = job.needs()
-                if need is None or (need not in left and need not in busy):
+            for job in list(left):
+                if len(running) == workers:
+                    break
+                if job.needs() is None or job.needs() not in (*left, *running.values()):
                     running[pool.submit(run_job, job, extra, tasks)] = job
                     left.remove(job)
                     print(f"started {job.point.name} {job.method} seed {job.seed}", flush=True)
@@ -307,7 +307,7 @@ def main() -> None:
     parser.add_argument("names", nargs="*", help=f"runs ({', '.join(RUNS)}) and key=value overrides")
     parser.add_argument("--seeds", type=int, default=3, help="pre-training seeds per method and point (default 3)")
     parser.add_argument("--steps", default="200,800,3200", help="the budget sweep, in steps of 128 images (unlimited scenes)")
-    parser.add_argument("--num-scenes", default="2000,10000,50000", help="the data-limited sweep: fixed scene sets ('' for none)")
+    parser.add_argument("--num-scenes", default="2000,10000", help="the data-limited sweep: fixed scene sets ('' for none)")
     parser.add_argument("--data-steps", type=int, default=800, help="the budget of the data-limited sweep (default 800)")
     parser.add_argument("--tasks", default=",".join(DEFAULT_TASKS), help="evaluation tasks of every job")
     parser.add_argument("--workers", type=int, default=2, help="jobs at a time, one torch thread each (default 2)")
