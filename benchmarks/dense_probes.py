@@ -3,7 +3,7 @@ probe (token grid, head, training length, class weighting) on the frozen tokens 
 encoder and of encoders that certainly know where each garment is (the supervised method), so a
 probe that cannot tell them apart shows up as a blind probe, not as a weak encoder.
 
-    python benchmarks/dense_probes.py --ceiling RUN [--model RUN ...] [--variants NAME,...] [eval.key=value ...]
+    python benchmarks/dense_probes.py [--random-init] [--model RUN ...] [--variants NAME,...] [eval.key=value ...]
 
 Every (model, variant) gives one JSON line in benchmarks/results/dense_probes.jsonl with the
 metrics, the probe's settings and its seconds.
@@ -94,6 +94,9 @@ def main() -> None:
         contexts: dict[int, EvalContext] = {}
         for variant in args.variants.split(","):
             task, refine, options = VARIANTS[variant]
+            if task == "own-head" and not hasattr(model, "patch_head"):
+                print(f"{variant}: {name} is not a supervised ceiling (no patch head); skipped")
+                continue
             ctx = contexts.setdefault(refine, EvalContext(model, dataclasses.replace(cfg.eval, dense_refine=refine), data_root=cfg.data.root))
             start = time.perf_counter()
             metrics = run_variant(ctx, task, options)

@@ -11,8 +11,10 @@ evaluation suite on each run; tables carry mean +- 95% interval over seeds and p
 METHOD is any of clip, rils, mae, milan, supervised, random-init (default: all). A job is one
 (point, method, seed): pre-train (resuming an interrupted run), then evaluate; jobs already kept
 are skipped, so the protocol runs across sessions and machines in pieces. Seed K sets
-``train.seed=K``: the scenes drawn (and the fixed set of a data-limited point), their order, the
-initialisation and the masks; the random-init floor of seed K is that seed's initialisation.
+``train.seed=K`` (K from 100 on: the evaluation draws its scenes of train-split items with seed 1,
+which a pre-training seed must not repeat): the scenes drawn (and the fixed set of a data-limited
+point), their order, the initialisation and the masks; the random-init floor of seed K is that
+seed's initialisation.
 MILAN distils the CLIP run of its own point and seed. ``--workers`` processes run at a time, each
 on one torch thread.
 
@@ -42,6 +44,7 @@ from results_log import RESULTS_DIR, append_result
 WORK_DIR = Path("/tmp/langmim_quality")
 KEPT_DIR = RESULTS_DIR / "quality" / "protocol"
 FLOOR, CEILING = "random-init", "supervised"
+FIRST_SEED = 100  # clear of the evaluation scenes' seed (EVAL_SCENE_SEED = 1), whose train-split scenes the probes fit on
 RUNS = {  # name: (preset, overrides); milan's teacher is added per point and seed
     "clip": ("demo", ["method=clip"]),
     "rils": ("demo", ["method=rils"]),
@@ -104,6 +107,14 @@ def build_config(job: Job, extra: list[str]):
                                 "train.precision=auto", "train.report_to=[]", *job.point.overrides(), *overrides, *extra]), preset
 
 
+def add_train_seconds(work_dir: Path, seconds: float) -> float:
+    """The run's training seconds over all its invocations (an interrupted run resumes in another)."""
+    path = work_dir / "train_seconds.txt"
+    total = (float(path.read_text()) if path.is_file() else 0.0) + seconds
+    path.write_text(f"{total:.1f}\n")
+    return total
+
+
 def run_job(job: Job, extra: list[str], tasks: list[str]) -> dict:
     """Pre-train (resuming) and evaluate one job in this process on one torch thread; keep its files."""
     import torch
@@ -123,7 +134,7 @@ def run_job(job: Job, extra: list[str], tasks: list[str]) -> dict:
     if job.method != FLOOR:
         start = time.perf_counter()
         pretrain(cfg, resume="latest", log_tensorboard=False)
-        train_s = time.perf_counter() - start
+        train_s = add_train_seconds(job.work_dir, time.perf_counter() - start)
     model = random_init_model(cfg) if job.method == FLOOR else load(job.work_dir)
     results_dir = job.work_dir / "results"
     shutil.rmtree(results_dir, ignore_errors=True)
@@ -146,8 +157,8 @@ def run_job(job: Job, extra: list[str], tasks: list[str]) -> dict:
         "torch": torch.__version__, "langmim": __version__, "machine": platform.machine(), "cpu": cpu_name(),
         "metrics": {task: {k: round(v, 2) for k, v in r["metrics"].items() if isinstance(v, (int, float))} for task, r in results.items()},
     }
-    append_result("quality", record)
     (job.kept_dir / "job.json").write_text(json.dumps({k: v for k, v in record.items() if k != "metrics"}, indent=1) + "\n")
+    append_result("quality", record)  # after job.json: a job killed in between is kept without a second line on its rerun
     return record
 
 
@@ -166,10 +177,15 @@ HEADLINE = (
 )
 
 
+def kept_seed_dirs(folder: Path, pattern: str = "seed-*") -> list[Path]:
+    """The seed folders of finished jobs (with job.json) under ``folder``."""
+    return [d for d in sorted(folder.glob(pattern)) if (d / "job.json").is_file()]
+
+
 def kept_metrics(method_dir: Path) -> dict[int, dict[str, dict]]:
     """{seed: {task: metrics}} of one method at one point (or of the floor), from its kept results."""
     found = {}
-    for seed_dir in sorted(method_dir.glob("seed-*")):
+    for seed_dir in kept_seed_dirs(method_dir):
         results = {}
         for path in (seed_dir / "results").glob("*.json"):
             result = json.loads(path.read_text())
@@ -241,9 +257,9 @@ def summarize(points: list[Point], data_steps: int, batch_size: int = 128) -> li
     from langmim.report import write_report
 
     written = []
-    floor_dirs = sorted((KEPT_DIR / FLOOR).glob("seed-*"))
+    floor_dirs = kept_seed_dirs(KEPT_DIR / FLOOR)
     for point in points:
-        run_dirs = sorted((KEPT_DIR / point.name).glob("*/seed-*"))
+        run_dirs = kept_seed_dirs(KEPT_DIR / point.name, "*/seed-*")
         if not run_dirs:
             continue
         present = {d.parent.name for d in run_dirs} | ({FLOOR} if floor_dirs else set())
@@ -274,9 +290,10 @@ def plan_jobs(methods: list[str], seeds: int, budgets: list[int], num_scenes: li
     """Every job of the grid, the shared point (``data_steps``, unlimited) first, then the
     data-limited points, then the other budgets; within a point, seed by seed."""
     points = [Point(data_steps)] + [Point(data_steps, n) for n in num_scenes] + [Point(s) for s in budgets if s != data_steps]
-    jobs = [Job(points[0], FLOOR, seed) for seed in range(seeds)] if FLOOR in methods else []
+    seed_range = range(FIRST_SEED, FIRST_SEED + seeds)
+    jobs = [Job(points[0], FLOOR, seed) for seed in seed_range] if FLOOR in methods else []
     for point in points:
-        jobs += [Job(point, m, seed) for seed in range(seeds) for m in methods if m != FLOOR]
+        jobs += [Job(point, m, seed) for seed in seed_range for m in methods if m != FLOOR]
     return jobs
 
 
@@ -284,6 +301,7 @@ def run_jobs(jobs: list[Job], extra: list[str], tasks: list[str], workers: int) 
     """Run the jobs not done yet, ``workers`` at a time, each after the job it needs."""
     left = [job for job in jobs if not job.done]
     running: dict[Future, Job] = {}
+    failed: list[Job] = []
     context = multiprocessing.get_context("spawn")  # a fresh interpreter per worker: no state shared with torch's threads
     with ProcessPoolExecutor(max_workers=workers, mp_context=context, max_tasks_per_child=1) as pool:
         while left or running:
@@ -297,9 +315,20 @@ def run_jobs(jobs: list[Job], extra: list[str], tasks: list[str], workers: int) 
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in finished:
                 job = running.pop(future)
-                record = future.result()
+                try:
+                    record = future.result()
+                except Exception as err:  # the grid goes on; what needs this job is dropped with it
+                    dropped = [j for j in left if j.needs() == job]
+                    failed += [job, *dropped]
+                    left = [j for j in left if j not in dropped]
+                    print(f"FAILED {job.point.name} {job.method} seed {job.seed}: {type(err).__name__}: {err}"
+                          f"{f' (dropped {len(dropped)} that need it)' if dropped else ''}", flush=True)
+                    continue
                 print(f"done {job.point.name} {job.method} seed {job.seed}: train {record['train_seconds']} s, "
                       f"eval {record['eval_seconds']} s", flush=True)
+    if failed:
+        raise SystemExit(f"{len(failed)} job(s) failed or were dropped: "
+                         + ", ".join(f"{j.point.name}/{j.method}/seed-{j.seed}" for j in failed))
 
 
 def main() -> None:

@@ -344,9 +344,10 @@ def resolve(cfg: Config) -> Config:
     low, high = cfg.data.crop_scale if len(cfg.data.crop_scale) == 2 else (0.0, -1.0)
     if not 0.0 < low <= high <= 1.0:
         raise ConfigError(f"data.crop_scale expects two area shares 0 < low <= high <= 1, got {cfg.data.crop_scale}")
-    if cfg.data.num_scenes is not None and (cfg.data.num_scenes < 1 or cfg.data.name != "fashion-scenes"):
-        raise ConfigError(f"data.num_scenes={cfg.data.num_scenes}: a fixed set of at least 1 scene, for data.name=fashion-scenes "
-                          f"(data.name={cfg.data.name}); leave it unset for the unlimited stream")
+    if cfg.data.num_scenes is not None and cfg.data.num_scenes < 1:
+        raise ConfigError(f"data.num_scenes={cfg.data.num_scenes}: a fixed set needs at least 1 scene; leave it unset for the unlimited stream")
+    if cfg.data.num_scenes is not None and cfg.data.name != "fashion-scenes":
+        raise ConfigError(f"data.num_scenes fixes a set of fashion-scenes; data.name={cfg.data.name} brings its own samples")
     if cfg.data.hflip and cfg.data.name == "fashion-scenes":
         raise ConfigError("data.hflip flips real images (csv, imagefolder, webdataset); fashion-scenes flips its scenes "
                           "itself under data.augment, swapping left and right in the caption: set data.hflip=false")

@@ -81,8 +81,8 @@ class Supervised(PretrainMethod):
         terms = {
             "loss_patch": balanced_patch_loss(feats["patch_logits"], feats["patch_labels"]),
             "loss_presence": F.binary_cross_entropy_with_logits(feats["presence_logits"].float(), feats["presence"].float()),
-            # a batch where no garment has one colour would give NaN: count it as zero loss instead
-            "loss_colour": cross_entropy(feats["colour_logits"], colour) if (colour != IGNORE).any() else colour.new_zeros((), dtype=torch.float),
+            # a batch where no garment has one colour would give NaN: a zero that keeps the head in the graph (DDP)
+            "loss_colour": cross_entropy(feats["colour_logits"], colour) if (colour != IGNORE).any() else feats["colour_logits"].sum() * 0.0,
             "loss_count": cross_entropy(feats["count_logits"], feats["count"]),
             "loss_centre": cross_entropy(feats["centre_logits"], feats["centre"]),
         }
