@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .errors import ConfigError, LangmimError
+from .methods.registry import METHODS
 
 OVERRIDE_HELP = "config overrides as key=value, e.g. train.steps=100 model.arch=demo method=clip"
 
@@ -27,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("pretrain", help="pre-train one method; writes checkpoints, metrics and config.yaml",
-                       description="Pre-train a method (method=mae|clip|rils|milan) from a preset or YAML file "
+                       description=f"Pre-train a method (method={'|'.join(METHODS)}) from a preset or YAML file "
                        "with key=value overrides. Run it under torchrun for several processes.")
     p.add_argument("--config", default="demo", help=f"a packaged preset ({_presets()}) or a YAML file; default: demo")
     p.add_argument("--resume", default=None, metavar="latest|PATH",
