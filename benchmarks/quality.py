@@ -34,6 +34,7 @@ import multiprocessing
 import platform
 import shutil
 import time
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import date
@@ -199,7 +200,7 @@ def seed_values(by_seed: dict[int, dict[str, dict]], task: str, key: str) -> lis
     return [m[task][key] for _, m in sorted(by_seed.items()) if key in m.get(task, {})]
 
 
-def plot_sweep(points: list[Point], x_of: callable, x_label: str, png: Path) -> Path | None:
+def plot_sweep(points: list[Point], x_of: Callable[[Point], int], x_label: str, png: Path) -> Path | None:
     """One panel per headline metric against ``x_of(point)``: a line per method with its 95%
     interval band over seeds, the random-init floor as a grey band."""
     from langmim.report import pyplot
