@@ -10,7 +10,7 @@ evaluation suite on each run; tables carry mean +- 95% interval over seeds and p
 
 METHOD is any of clip, rils, mae, milan, supervised, random-init (default: all). A job is one
 (point, method, seed): pre-train (resuming an interrupted run), then evaluate; jobs already kept
-are skipped, so the protocol runs across invocations and machines in pieces. Seed K sets
+are skipped, so the protocol runs across sessions and machines in pieces. Seed K sets
 ``train.seed=K`` (K from 100 on: the evaluation draws its scenes of train-split items with seed 1,
 which a pre-training seed must not repeat): the scenes drawn (and the fixed set of a data-limited
 point), their order, the initialisation and the masks; the random-init floor of seed K is that
@@ -200,9 +200,9 @@ def seed_values(by_seed: dict[int, dict[str, dict]], task: str, key: str) -> lis
     return [m[task][key] for _, m in sorted(by_seed.items()) if key in m.get(task, {})]
 
 
-def plot_sweep(points: list[Point], x_of: Callable[[Point], int], x_label: str, png: Path) -> Path | None:
-    """One panel per headline metric against ``x_of(point)``: a line per method with its 95%
-    interval band over seeds, the random-init floor as a grey band."""
+def plot_sweep(points: list[Point], x_of: Callable[[Point], int], x_label: str, figure_title: str, png: Path) -> Path | None:
+    """One panel per headline metric against ``x_of(point)`` (axis ``x_label``, figure ``figure_title``):
+    a line per method with its 95% interval band over seeds, the random-init floor as a grey band."""
     from langmim.report import pyplot
     from langmim.stats import mean_interval
 
@@ -243,6 +243,7 @@ def plot_sweep(points: list[Point], x_of: Callable[[Point], int], x_label: str, 
         ax.axis("off")
     handles = {label: line for ax in axes.flat for line, label in zip(*ax.get_legend_handles_labels())}
     fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=len(handles), fontsize=9)
+    fig.suptitle(figure_title)
     fig.tight_layout(rect=(0, 0.05, 1, 1))
     fig.savefig(png, dpi=100)
     plt.close(fig)
@@ -250,6 +251,54 @@ def plot_sweep(points: list[Point], x_of: Callable[[Point], int], x_label: str, 
 
 
 COMPARE = (("rils", "clip"), ("milan", "mae"), ("mae", FLOOR), ("milan", FLOOR), ("clip", FLOOR), ("rils", FLOOR))
+CLAIMS = (("rils", "clip"), ("milan", "mae"), ("mae", FLOOR), ("milan", FLOOR))  # the pairs the headline table tests
+HEADLINE_GAP = 25.0  # points the ceiling must clear the floor by for a task to headline
+TEXT_TASKS = ("zeroshot", "compositional")  # the ceiling has no text tower: these tasks have no ceiling
+
+
+def interval_text(values: list[float], signed: bool = False) -> str:
+    """"mean ± 95% half-width" over seeds, one decimal; a single seed reads "mean (n=1)"."""
+    from langmim.stats import mean_interval
+
+    interval = mean_interval(values)
+    mean = f"{interval.mean:+.1f}" if signed else f"{interval.mean:.1f}"
+    return f"{mean} (n=1)" if interval.n == 1 else f"{mean} ± {interval.half_width:.1f}"
+
+
+def claim_text(a: dict[int, dict], b: dict[int, dict], task: str, key: str) -> str:
+    """A - B over the seeds both have, "mean ± half-width, verdict" (paired t-test at 95%)."""
+    from langmim.stats import paired_verdict
+
+    seeds = [s for s in sorted(a.keys() & b.keys()) if key in a[s].get(task, {}) and key in b[s].get(task, {})]
+    if not seeds:
+        return "–"
+    verdict = paired_verdict([a[s][task][key] for s in seeds], [b[s][task][key] for s in seeds])
+    return f"{interval_text([a[s][task][key] - b[s][task][key] for s in seeds], signed=True)} {verdict.verdict}"
+
+
+def headline_table(point: Point) -> str:
+    """Markdown: a row per headline metric at ``point``, each run's mean ± 95% interval over seeds,
+    the ceiling's gap over the floor (a task headlines only past HEADLINE_GAP points; the text
+    tasks have no ceiling) and the protocol's paired claims with their verdicts."""
+    runs = {m: kept_metrics(KEPT_DIR / point.name / m) for m in RUNS if m != FLOOR}
+    runs[FLOOR] = kept_metrics(KEPT_DIR / FLOOR)
+    columns = [FLOOR, CEILING, *(m for m in RUNS if m not in (FLOOR, CEILING))]
+    header = ["metric", *columns, "ceiling − floor", *(f"{a} − {b}" for a, b in CLAIMS)]
+    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    for title, task, key in HEADLINE:
+        cells = []
+        for method in columns:
+            values = seed_values(runs[method], task, key)
+            cells.append(interval_text(values) if values else "–")
+        if task in TEXT_TASKS:
+            gap = "no ceiling (no text tower)"
+        else:
+            gap = claim_text(runs[CEILING], runs[FLOOR], task, key)
+            gap += "" if gap == "–" or float(gap.split()[0]) >= HEADLINE_GAP else f", under {HEADLINE_GAP:.0f}"
+        cells.append(gap)
+        cells += [claim_text(runs[a], runs[b], task, key) for a, b in CLAIMS]
+        lines.append(f"| {title} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def summarize(points: list[Point], data_steps: int, batch_size: int = 128) -> list[Path]:
@@ -267,12 +316,19 @@ def summarize(points: list[Point], data_steps: int, batch_size: int = 128) -> li
         compare = [(a, b) for a, b in COMPARE if {a, b} <= present]
         written.append(write_report(run_dirs + floor_dirs, KEPT_DIR / point.name, floor=FLOOR if floor_dirs else None,
                                     ceiling=CEILING if CEILING in present and floor_dirs else None, compare=compare, seeds=True))
+    tables = [f"## {p.name}\n\n{headline_table(p)}\n" for p in points if (KEPT_DIR / p.name).is_dir()]
+    if tables:
+        (KEPT_DIR / "headline.md").write_text("# Headline metrics per point: mean ± 95% interval over seeds; "
+                                              "differences paired by seed with their verdicts\n\n" + "\n".join(tables))
+        written.append(KEPT_DIR / "headline.md")
     budget = sorted({p for p in points if p.num_scenes is None}, key=lambda p: p.steps)
     data = sorted({p for p in points if p.steps == data_steps}, key=lambda p: p.num_scenes or p.steps * batch_size)
     written += [png for png in (
-        plot_sweep(budget, lambda p: p.steps * batch_size, "images seen (fresh scenes)", KEPT_DIR / "sweep_budget.png"),
-        plot_sweep(data, lambda p: p.num_scenes or p.steps * batch_size,
-                   f"distinct scenes at {data_steps * batch_size:,} images seen (rightmost: a fresh scene per sample)", KEPT_DIR / "sweep_data.png"),
+        plot_sweep(budget, lambda p: p.steps * batch_size, "images seen", "The budget sweep: a fresh scene per sample; "
+                   "mean and 95% interval over seeds", KEPT_DIR / "sweep_budget.png"),
+        plot_sweep(data, lambda p: p.num_scenes or p.steps * batch_size, "distinct scenes",
+                   f"The data-limited sweep: {data_steps * batch_size:,} images seen; rightmost, a fresh scene per sample; "
+                   "mean and 95% interval over seeds", KEPT_DIR / "sweep_data.png"),
     ) if png is not None]
     return written
 
