@@ -151,6 +151,7 @@ def test_features_are_cached_per_checkpoint_and_dataset(runs, tmp_path, monkeypa
 def test_evaluation_scenes_and_renders_use_test_split_items_only(runs, monkeypatch):
     """Every data set a scene or shift task scores on is built from the test split; heads fit on
     train-split scenes only."""
+    from langmim.data import fashion_mnist
     from langmim.data import scenes as scene_data
     from langmim.eval import suite
 
@@ -166,7 +167,7 @@ def test_evaluation_scenes_and_renders_use_test_split_items_only(runs, monkeypat
     shifted = [b for b in built if b[0] != "scenes"]
     assert {b[0] for b in shifted} == {"sketch", "inverted", "small-offcentre", "noisy", "blurred"}
     assert all(split == "test" and n == 40 for _, split, n in shifted)
-    test_items = scene_data.load_fashion_mnist("test")[1]
+    test_items = fashion_mnist.load_fashion_mnist("test")[1]
     sample = real_scenes("test", 32, seed=scene_data.EVAL_SCENE_SEED, length=5)[3]
     assert torch.equal(sample["labels"], torch.from_numpy(test_items[sample["item_indices"].numpy()]).long())
 
