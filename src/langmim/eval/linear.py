@@ -4,15 +4,23 @@ Follows CLIP_benchmark `linear_probe.py` / dinov2 `log_regression.py`: the weigh
 chosen on a validation split carved from train (never the test split), then the classifier is
 refit on all train rows and scored once on test.
 """
+from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from langmim.eval.metrics import topk_accuracy
+
+from .features import POOLS
+from .registry import task
+
+if TYPE_CHECKING:
+    from .context import EvalContext
 
 DEFAULT_WEIGHT_DECAYS = tuple(10.0**e for e in range(-6, 2))  # 1e-6 ... 1e1, 8 values
 
@@ -171,3 +179,18 @@ def linear_probe(
         "n_val": probe.n_val,
         "n_test": test_features.shape[0],
     }
+
+
+@task("linear", headline="top1")
+def linear_task(ctx: EvalContext) -> dict[str, Any]:
+    """The probe of each pool; "top1" is the patch mean's."""
+    test = ctx.classification_features("test")
+    metrics, details = {}, {}
+    for pool in POOLS:
+        probe = ctx.linear_probe(pool)
+        metrics[f"{pool}_top1"] = accuracy(probe(test[pool]), test["labels"])
+        details[pool] = {"best_weight_decay": probe.best_weight_decay, "val_top1": probe.val_score,
+                         "sweep": {str(k): v for k, v in probe.sweep.items()}, "n_train": probe.n_train,
+                         "n_val": probe.n_val, "n_test": len(test["labels"])}
+    metrics["top1"] = metrics["mean_top1"]
+    return {"metrics": metrics, "details": details, "split_sizes": ctx.classification_sizes()}

@@ -1,6 +1,8 @@
 """Zero-shot classification from text embeddings of prompted class names (CLIP / SLIP)."""
+from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -9,6 +11,10 @@ from torch import Tensor, nn
 from langmim.eval.metrics import mean_per_class_recall, topk_accuracy
 
 from .inference import evaluating
+from .registry import task
+
+if TYPE_CHECKING:
+    from .context import EvalContext
 
 
 @torch.no_grad()
@@ -50,3 +56,11 @@ def zeroshot_scores(
             logits.argmax(dim=1), labels, classifier.shape[1]
         ),
     }
+
+
+@task("zeroshot", headline="top1", needs_text=True)
+def zeroshot_task(ctx: EvalContext) -> dict[str, Any]:
+    test = ctx.classification_features("test")
+    return {"metrics": zeroshot_scores(test["embed"], test["labels"], ctx.zeroshot_classifier()),
+            "details": {"templates": list(ctx.classification.templates), "classnames": ctx.classification.classnames},
+            "split_sizes": ctx.classification_sizes(train=False)}
