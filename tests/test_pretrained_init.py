@@ -283,7 +283,7 @@ def test_locked_text_tower_runs_from_a_low_precision_copy_under_autocast(tmp_pat
         with torch.autocast("cpu", dtype=torch.bfloat16):
             low = method.encode_text(tokens)
     assert torch.nn.functional.cosine_similarity(low.float(), reference, dim=-1).min() > 0.99
-    copy = method.__dict__["_frozen_text_copy"][1]
+    copy = method.locked_text.tower
     assert {p.dtype for p in copy.parameters()} == {torch.bfloat16} and set(method.state_dict()) == keys
     g = torch.Generator().manual_seed(1)
     trainer.step({"image": torch.rand(16, 3, 32, 32, generator=g) * 2 - 1, "noise": torch.rand(16, 16, generator=g),

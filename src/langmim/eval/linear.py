@@ -152,16 +152,11 @@ def fit_linear_probe(
 
 
 def linear_probe(
-    train_features: Tensor,
-    train_labels: Tensor,
-    test_features: Tensor,
-    test_labels: Tensor,
-    weight_decays: Sequence[float] | None = None,
-    val_fraction: float = 0.2,
-    seed: int = 0,
-    max_iter: int = 200,
+    train_features: Tensor, train_labels: Tensor, test_features: Tensor, test_labels: Tensor,
+    weight_decays: Sequence[float] | None = None, **fit_options: Any,
 ) -> dict:
-    """`fit_linear_probe` on train, scored once on test.
+    """`fit_linear_probe` on train (``fit_options``: its ``val_fraction``, ``seed``, ``max_iter``),
+    scored once on test.
 
     Returns top-1 (or mAP for multi-label targets) on test, the chosen weight decay, its
     validation score, the whole sweep and the disjoint split sizes (n_train + n_val = train
@@ -169,7 +164,7 @@ def linear_probe(
     """
     multilabel = train_labels.ndim == 2
     num_outputs = train_labels.shape[1] if multilabel else int(max(train_labels.max(), test_labels.max())) + 1
-    probe = fit_linear_probe(train_features, train_labels, weight_decays, val_fraction, seed, max_iter, num_outputs)
+    probe = fit_linear_probe(train_features, train_labels, weight_decays, num_outputs=num_outputs, **fit_options)
     return {
         "top1": probe_score(probe(test_features), test_labels.to(train_features.device)),
         "best_weight_decay": probe.best_weight_decay,
