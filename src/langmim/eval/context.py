@@ -1,6 +1,8 @@
 """What an evaluation task sees: the model, the eval config, the data sources (built-in, an image
 folder, a CSV/TSV table or a CLIP_benchmark set), and the features computed so far, shared between
-tasks through the evaluation's ``FeatureCache``."""
+tasks through the evaluation's ``FeatureCache``. What tasks fit and share beyond features (the
+linear probe, the zero-shot classifier) sits beside its protocol, memoised in ``ctx.cache``; this
+module imports no protocol, so the protocols' task adapters can import it."""
 from __future__ import annotations
 
 import functools
@@ -25,9 +27,7 @@ from ..interface import LoadedModel
 from ..transforms import ZEROSHOT_TEMPLATES, fill_template
 from .feature_cache import FeatureCache
 from .features import extract_features
-from .linear import LinearProbe, fit_linear_probe
 from .scene_features import scene_annotations, scene_tokens
-from .zeroshot import zeroshot_classifier
 
 FOLDER_TEMPLATES = ("a photo of a {}.", "a {}.", "an image of a {}.", "a picture of a {}.")
 
@@ -149,16 +149,4 @@ class EvalContext:
         tokens = self.cache.cached(f"fashion-scenes|{split}|{len(scenes)}|refine{refine}",
                                    lambda: scene_tokens(self.model, scenes, self.patch_size, refine, self.cfg.batch_size))
         return {**tokens, **self.cache.remember(f"annotations|{split}", lambda: scene_annotations(scenes))}
-
-    def linear_probe(self, pool: str) -> LinearProbe:
-        """The classification linear probe on ``pool`` features, fit once and shared by tasks."""
-        def fit() -> LinearProbe:
-            train = self.classification_features("train")
-            return fit_linear_probe(train[pool], train["labels"], seed=self.cfg.seed, num_outputs=len(self.classification.classnames))
-        return self.cache.remember(f"linear-probe|{pool}", fit)
-
-    def zeroshot_classifier(self) -> torch.Tensor:
-        data = self.classification
-        return self.cache.remember(f"zeroshot-classifier|{data.name}",
-                                   lambda: zeroshot_classifier(self.model, data.classnames, data.templates, fill=data.fill))
 

@@ -176,13 +176,22 @@ def linear_probe(
     }
 
 
+def shared_probe(ctx: EvalContext, pool: str) -> LinearProbe:
+    """The classification linear probe on ``pool`` features, fit once per evaluation and shared by
+    the tasks that read it (linear, shift)."""
+    def fit() -> LinearProbe:
+        train = ctx.classification_features("train")
+        return fit_linear_probe(train[pool], train["labels"], seed=ctx.cfg.seed, num_outputs=len(ctx.classification.classnames))
+    return ctx.cache.remember(f"linear-probe|{pool}", fit)
+
+
 @task("linear", headline="top1")
 def linear_task(ctx: EvalContext) -> dict[str, Any]:
     """The probe of each pool; "top1" is the patch mean's."""
     test = ctx.classification_features("test")
     metrics, details = {}, {}
     for pool in POOLS:
-        probe = ctx.linear_probe(pool)
+        probe = shared_probe(ctx, pool)
         metrics[f"{pool}_top1"] = accuracy(probe(test[pool]), test["labels"])
         details[pool] = {"best_weight_decay": probe.best_weight_decay, "val_top1": probe.val_score,
                          "sweep": {str(k): v for k, v in probe.sweep.items()}, "n_train": probe.n_train,

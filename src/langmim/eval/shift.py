@@ -7,9 +7,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..data.shifted import SHIFT_STYLES, FashionMNISTShifted
-from .linear import accuracy
+from .linear import accuracy, shared_probe
 from .registry import task
-from .zeroshot import zeroshot_scores
+from .zeroshot import shared_classifier, zeroshot_scores
 
 if TYPE_CHECKING:
     from .context import EvalContext
@@ -24,8 +24,8 @@ def shift_task(ctx: EvalContext) -> dict[str, Any]:
     rows = range(min(ctx.cfg.shift_test_size, ctx.cfg.test_size))
     clean = ctx.classification_features("test")
     clean = {k: v[: len(rows)] for k, v in clean.items()}
-    probe = ctx.linear_probe("mean")
-    zeroshot = ctx.zeroshot_classifier() if ctx.model.has_text else None
+    probe = shared_probe(ctx, "mean")
+    zeroshot = shared_classifier(ctx) if ctx.model.has_text else None
 
     def scores(feats: dict) -> dict[str, float]:
         out = {"linear": accuracy(probe(feats["mean"]), feats["labels"])}

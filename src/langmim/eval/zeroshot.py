@@ -58,9 +58,17 @@ def zeroshot_scores(
     }
 
 
+def shared_classifier(ctx: EvalContext) -> Tensor:
+    """The zero-shot classifier of the classification data's class names, built once per
+    evaluation and shared by the tasks that read it (zeroshot, shift)."""
+    data = ctx.classification
+    return ctx.cache.remember(f"zeroshot-classifier|{data.name}",
+                              lambda: zeroshot_classifier(ctx.model, data.classnames, data.templates, fill=data.fill))
+
+
 @task("zeroshot", headline="top1", needs_text=True)
 def zeroshot_task(ctx: EvalContext) -> dict[str, Any]:
     test = ctx.classification_features("test")
-    return {"metrics": zeroshot_scores(test["embed"], test["labels"], ctx.zeroshot_classifier()),
+    return {"metrics": zeroshot_scores(test["embed"], test["labels"], shared_classifier(ctx)),
             "details": {"templates": list(ctx.classification.templates), "classnames": ctx.classification.classnames},
             "split_sizes": ctx.classification_sizes(train=False)}
