@@ -1,6 +1,6 @@
 """Pre-train with the demo preset plus overrides, then score zero-shot and k-NN on a subset.
 
-The quick loop used to size the demo (README, "Measured"):
+The quick loop used to size the demo (benchmarks/README.md, "The demo"):
     python benchmarks/demo_trial.py NAME [key=value ...]
     e.g. python benchmarks/demo_trial.py plain08 model.patch_size=16 data.plain_share=0.8
 Trains into /tmp/demo_trial_NAME, evaluates on the first 2,000 Fashion-MNIST test images (k-NN

@@ -10,7 +10,7 @@ evaluation suite on each run; tables carry mean +- 95% interval over seeds and p
 
 METHOD is any of clip, rils, mae, milan, supervised, random-init (default: all). A job is one
 (point, method, seed): pre-train (resuming an interrupted run), then evaluate; jobs already kept
-are skipped, so the protocol runs across sessions and machines in pieces. Seed K sets
+are skipped, so the protocol runs across invocations and machines in pieces. Seed K sets
 ``train.seed=K`` (K from 100 on: the evaluation draws its scenes of train-split items with seed 1,
 which a pre-training seed must not repeat): the scenes drawn (and the fixed set of a data-limited
 point), their order, the initialisation and the masks; the random-init floor of seed K is that

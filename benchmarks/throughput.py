@@ -1,7 +1,7 @@
 """Training throughput of every method against what this machine's matrix multiply can do.
 
     python benchmarks/throughput.py [--quick] [--only NAME_SUBSTRING]
-    python benchmarks/throughput.py --table     # the README table and targets from the recorded results
+    python benchmarks/throughput.py --table     # the table of benchmarks/README.md and the targets, from the recorded results
 
 Each setting runs in a fresh process (peak resident memory is per process) on synthetic batches
 (random images, masking noise, captions): warm-up steps, then timed steps split into forward,
@@ -230,7 +230,7 @@ def contended(record: dict | None) -> bool:
 
 
 def table(records: dict[tuple, dict]) -> str:
-    """Markdown: one row per setting, then each target of the benchmark issue with its figure."""
+    """Markdown: one row per setting, then each throughput target with its figure."""
     rows = ["| shape | method | batch | precision | img/s | step ms | fwd / bwd / opt ms | GFLOP/img | MFU | peak RSS MB | loader img/s |",
             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for (shape, method, batch, precision, size), r in sorted(records.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][3], kv[0][4] or 0, kv[0][2])):
@@ -295,7 +295,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="the default batch size only, no image-size sweep")
     parser.add_argument("--only", default="", help="settings whose shape/method/precision contain this text")
-    parser.add_argument("--table", action="store_true", help="print the README table of the latest results and stop")
+    parser.add_argument("--table", action="store_true", help="print the table of benchmarks/README.md from the latest results and stop")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.table:

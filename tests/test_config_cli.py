@@ -133,7 +133,7 @@ def test_saved_configs_with_renamed_keys_still_load():
 
 
 def test_readme_resume_example_continues_with_the_saved_config(tmp_path, capsys):
-    """README: `pretrain --config demo method=clip ... output_dir=runs/clip`, then
+    """README and docs/usage.md: `pretrain --config demo method=clip ... output_dir=runs/clip`, then
     `pretrain --config runs/clip/config.yaml --resume latest`; options may follow overrides."""
     run = tmp_path / "clip"
     tiny = [o for o in tiny_overrides(run, "clip", steps=3) if not o.startswith("train.ckpt_every")]

@@ -80,7 +80,7 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
-    """Objective hyper-parameters (METHODS.md); the defaults are the papers'."""
+    """Objective hyper-parameters (docs/methods.md, "Hyper-parameters"); the defaults are the papers'."""
 
     mask_ratio: float = 0.75
     norm_pix_loss: bool = True

@@ -111,7 +111,7 @@ def card_text(model: PretrainMethod, fmt: str, name: str) -> str:
         "achieves at paper scale.",
         *(["- Trained on generated captions over 28x28 garment images: not a general-purpose encoder."]
           if cfg.data.name == "fashion-scenes" else []),
-        "- The figures come from langmim's own evaluation protocols (see its `spec/EVAL.md`).",
+        "- The figures come from langmim's own evaluation protocols (see `docs/evaluation.md` in its repository).",
         "", "## Config", "", "```yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False).strip(), "```", "",
     ]
     return "\n".join(lines)
