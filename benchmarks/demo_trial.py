@@ -15,7 +15,7 @@ import time
 from langmim.api import load
 from langmim.config import load_config
 from langmim.engine.loop import pretrain
-from langmim.eval.suite import evaluate
+from langmim.eval.suite import evaluate, headline_value
 
 
 def main() -> None:
@@ -29,7 +29,7 @@ def main() -> None:
     cfg.eval.test_size, cfg.eval.probe_train_size = 2000, 5000
     start = time.time()
     results = evaluate(load(out), ["zeroshot", "knn"], cfg.eval, None, name, log=lambda _: None)
-    scores = {task: round(r["metrics"]["top1"], 1) for task, r in results.items()}
+    scores = {task: round(headline_value(r), 1) for task, r in results.items()}
     print(name, overrides, f"train {train_s:.0f}s eval {time.time() - start:.0f}s", scores, flush=True)
 
 

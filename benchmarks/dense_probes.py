@@ -22,9 +22,9 @@ from langmim.api import load
 from langmim.config import load_config
 from langmim.data.fashion_mnist import CLASS_NAMES
 from langmim.demo import random_init_model
-from langmim.eval.detection import detection_probe
+from langmim.eval.context import EvalContext
+from langmim.eval.detection import detection_probe, item_lists
 from langmim.eval.segmentation import segmentation_probe
-from langmim.eval.suite import EvalContext, item_lists
 from results_log import append_result
 
 # name: (task, refine, probe keyword arguments)

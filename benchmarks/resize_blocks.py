@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from langmim.data.fashion_mnist import load_fashion_mnist
-from langmim.data.scenes import _block_items, _resize_items
+from langmim.data.scenes import block_items, resize_items
 from results_log import append_result
 
 SIDES = (11, 16, 22, 32, 76, 112)  # small and large items at 32, 64 and 224 px
@@ -29,8 +29,8 @@ def pil_resize(items: np.ndarray, side: int) -> np.ndarray:
 
 
 def block_resize(items: np.ndarray, side: int) -> np.ndarray:
-    size = _block_items(side)
-    return np.concatenate([_resize_items(items[i:i + size], side) for i in range(0, len(items), size)])
+    size = block_items(side)
+    return np.concatenate([resize_items(items[i:i + size], side) for i in range(0, len(items), size)])
 
 
 def seconds_per_item(resize, items: np.ndarray, side: int) -> float:
@@ -49,7 +49,7 @@ def main() -> None:
         pil_us = 1e6 * seconds_per_item(pil_resize, items[:2000], side)
         block_us = 1e6 * seconds_per_item(block_resize, items[:2000], side)
         record = {"date": date.today().isoformat(), "torch": torch.__version__, "side": side,
-                  "items": len(items), "block_items": _block_items(side), "mismatched_pixels": mismatched,
+                  "items": len(items), "block_items": block_items(side), "mismatched_pixels": mismatched,
                   "pil_us_per_item": round(pil_us, 1), "block_us_per_item": round(block_us, 1),
                   "speedup": round(pil_us / block_us, 1)}
         append_result("resize_blocks", record)

@@ -42,6 +42,7 @@ def synchronize(device: torch.device) -> None:
 
 def demo(out: Path, device: str, smoke: bool) -> dict:
     from langmim.demo import run_demo
+    from langmim.eval.registry import headline_value
 
     run = out / "demo"
     run_demo([f"output_dir={run}", f"train.device={device}", "train.precision=bf16" if device == "cuda" else "train.precision=fp32",
@@ -50,7 +51,7 @@ def demo(out: Path, device: str, smoke: bool) -> dict:
     for name in ("zeroshot", "knn", "linear", "binding", "compositional"):
         found = sorted((run / "results").glob(f"demo_{name}_*.json"))
         if found:
-            figures[name] = json.loads(found[0].read_text())["metrics"]["top1"]
+            figures[name] = headline_value(json.loads(found[0].read_text()))
     return {"figures": figures}
 
 

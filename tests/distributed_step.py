@@ -1,10 +1,10 @@
-"""Run under torchrun (or plainly): the gradients and logged figures of one training step.
+"""Run under torchrun (or plainly): the gradients and logged scalars of one training step.
 
     python -m torch.distributed.run --standalone --nproc_per_node=2 tests/distributed_step.py OUT.pt KEY=VALUE...
 
 Builds the config from the overrides, restores ``--resume``-style state where the overrides'
 run directory holds a checkpoint, takes one step with the optimizer held, and rank 0 saves the
-gradients (summed over ranks by DDP then averaged) and the figures to OUT.pt.
+gradients (summed over ranks by DDP then averaged) and the scalars to OUT.pt.
 """
 import sys
 from pathlib import Path
@@ -37,10 +37,10 @@ def one_step(out_path: str, overrides: list[str]) -> None:
     trainer.optimizer.zero_grad = lambda set_to_none=True: None
     tokenizer = build_tokenizer(cfg.model.context_length) if method.has_text else None
     loader = build_pretrain_loader(cfg, tokenizer, method.visual.num_patches, start, info.rank, info.world_size)
-    figures = trainer.step(move(next(iter(loader)), info.device))
+    scalars = trainer.step(move(next(iter(loader)), info.device))
     grads = {k: full(p.grad) for k, p in method.named_parameters() if p.grad is not None}  # collective under FSDP
     if dist.is_main():
-        torch.save({"grads": grads, "figures": figures, "start": start}, out_path)
+        torch.save({"grads": grads, "scalars": scalars, "start": start}, out_path)
 
 
 if __name__ == "__main__":

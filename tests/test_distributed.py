@@ -55,7 +55,7 @@ def test_two_ranks_equal_one_process(tmp_path, clip_run, method, sharding):
         single = torch.load(tmp_path / f"single{start}.pt")
         ranks = torch.load(tmp_path / f"ranks{start}.pt")
         assert single["start"] == ranks["start"] == start
-        assert ranks["figures"]["loss"] == pytest.approx(single["figures"]["loss"], rel=1e-5)
+        assert ranks["scalars"]["loss"] == pytest.approx(single["scalars"]["loss"], rel=1e-5)
         assert single["grads"].keys() == ranks["grads"].keys()
         for name, grad in single["grads"].items():
             scale = grad.abs().max().item() + 1e-6

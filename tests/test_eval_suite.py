@@ -133,12 +133,12 @@ def test_image_folder_and_caption_table(runs, tmp_path, capsys):
 
 
 def test_features_are_cached_per_checkpoint_and_dataset(runs, tmp_path, monkeypatch):
-    from langmim.eval import suite
+    from langmim.eval import context
 
     model = load(runs["mae"])
     calls = []
-    real = suite.extract_features
-    monkeypatch.setattr(suite, "extract_features", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = context.extract_features
+    monkeypatch.setattr(context, "extract_features", lambda *a, **k: calls.append(1) or real(*a, **k))
     first = evaluate(model, ["knn"], model.config.eval, tmp_path, "mae", log=lambda _: None)
     assert len(calls) == 2  # test and train features
     second = evaluate(model, ["knn"], model.config.eval, tmp_path, "mae", log=lambda _: None)
@@ -151,13 +151,14 @@ def test_features_are_cached_per_checkpoint_and_dataset(runs, tmp_path, monkeypa
 def test_evaluation_scenes_and_renders_use_test_split_items_only(runs, monkeypatch):
     """Every data set a scene or shift task scores on is built from the test split; heads fit on
     train-split scenes only."""
+    from langmim.data import fashion_mnist
     from langmim.data import scenes as scene_data
-    from langmim.eval import suite
+    from langmim.eval import context, shift
 
     built = []
-    real_scenes, real_shifted = suite.FashionScenes, suite.FashionMNISTShifted
-    monkeypatch.setattr(suite, "FashionScenes", lambda split, *a, **k: built.append(("scenes", split, k["length"])) or real_scenes(split, *a, **k))
-    monkeypatch.setattr(suite, "FashionMNISTShifted",
+    real_scenes, real_shifted = context.FashionScenes, shift.FashionMNISTShifted
+    monkeypatch.setattr(context, "FashionScenes", lambda split, *a, **k: built.append(("scenes", split, k["length"])) or real_scenes(split, *a, **k))
+    monkeypatch.setattr(shift, "FashionMNISTShifted",
                         lambda split, style, *a, **k: built.append((style, split, len(k["indices"]))) or real_shifted(split, style, *a, **k))
     model = load(runs["clip"])
     scene_tasks = [t for t, spec in TASKS.items() if spec.dataset and spec.dataset != "fashion-scenes-captions"]
@@ -166,7 +167,7 @@ def test_evaluation_scenes_and_renders_use_test_split_items_only(runs, monkeypat
     shifted = [b for b in built if b[0] != "scenes"]
     assert {b[0] for b in shifted} == {"sketch", "inverted", "small-offcentre", "noisy", "blurred"}
     assert all(split == "test" and n == 40 for _, split, n in shifted)
-    test_items = scene_data.load_fashion_mnist("test")[1]
+    test_items = fashion_mnist.load_fashion_mnist("test")[1]
     sample = real_scenes("test", 32, seed=scene_data.EVAL_SCENE_SEED, length=5)[3]
     assert torch.equal(sample["labels"], torch.from_numpy(test_items[sample["item_indices"].numpy()]).long())
 

@@ -4,6 +4,7 @@ model cards, report) works from its declarations."""
 import json
 
 import pytest
+import torch
 
 from conftest import TINY_EVAL, tiny_overrides
 from langmim.api import load
@@ -52,3 +53,23 @@ def test_capabilities_are_declared_on_the_classes():
     assert [name for name in METHODS if method_class(name).needs_scene_labels] == ["supervised"]
     with pytest.raises(ConfigError, match="config key 'method' must be one of mae, clip, rils, milan, supervised; got 'nope'"):
         method_class("nope")
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_every_registered_method_trains_saves_loads_evaluates_and_exports(name, tmp_path, request):
+    """The smoke test a method joins by being registered: build it, take two steps (the second
+    is also the checkpoint), load the run, evaluate one task and export it; the export loads back
+    to the same encoder. A method that needs a teacher trains against the shared tiny CLIP run."""
+    extra = {"teacher.source": f"langmim:{request.getfixturevalue('clip_run')}"} if method_class(name).needs_teacher else {}
+    run = tmp_path / name
+    pretrain(load_config(None, tiny_overrides(run, name, steps=2, **extra) + TINY_EVAL), log_tensorboard=False)
+    assert json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 2
+
+    model = load(run)
+    assert type(model) is method_class(name) and model.step == 2
+    result = evaluate(model, ["knn"], model.config.eval, tmp_path / "results", name, log=lambda _: None)["knn"]
+    assert result["headline"] == "top1" and 0.0 <= result["metrics"]["top1"] <= 100.0
+    exported = load(export(model, "safetensors", tmp_path / "export" / f"{name}.safetensors"))
+    images = torch.rand(2, 3, model.image_size, model.image_size) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(exported.eval().encode_image(images), model.eval().encode_image(images))

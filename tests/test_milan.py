@@ -199,7 +199,7 @@ def test_accumulation_and_bf16(tmp_path, clip_run):
     for accum in (1, 4):
         one_step(str(tmp_path / f"accum{accum}.pt"), milan_overrides(tmp_path / f"run{accum}", clip_run, **{"train.accum_freq": accum}))
     one, four = (torch.load(tmp_path / f"accum{k}.pt") for k in (1, 4))
-    assert four["figures"]["loss"] == pytest.approx(one["figures"]["loss"], rel=1e-5)
+    assert four["scalars"]["loss"] == pytest.approx(one["scalars"]["loss"], rel=1e-5)
     for name, grad in one["grads"].items():
         assert torch.allclose(four["grads"][name], grad, rtol=1e-3, atol=1e-6), name
 

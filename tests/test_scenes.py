@@ -19,11 +19,11 @@ from langmim.data.scenes import (
     FashionMNISTCentred,
     FashionScenes,
     PlacedItem,
-    _render_scene,
-    _resize,
-    _resize_items,
     collate_scenes,
     render_centred,
+    render_scene,
+    resize_item,
+    resize_items,
 )
 from langmim.errors import DataError
 from langmim.transforms import fill_template, to_float
@@ -156,11 +156,11 @@ def test_block_resize_equals_pil_bilinear_to_the_bit(train_items, test_items, si
     items = np.concatenate([train_items[0][:1500], test_items[0][:500]])
     expected = np.stack([np.asarray(Image.fromarray(item).resize((side, side), Image.BILINEAR))
                          for item in items])
-    assert np.array_equal(_resize_items(items, side), expected)
+    assert np.array_equal(resize_items(items, side), expected)
 
 
 def test_resized_item_cache_is_bounded_and_changes_nothing(monkeypatch):
-    import langmim.data.scenes as scenes
+    import langmim.data.scenes.datasets as scenes
 
     unbounded = FashionScenes("train", augment=True)
     expected = [unbounded[i]["image"] for i in range(40)]
@@ -178,8 +178,8 @@ def test_later_items_occlude_earlier_ones(train_items):
     a, b = int(np.flatnonzero(labels == 2)[0]), int(np.flatnonzero(labels == 8)[0])
     items = [PlacedItem(a, 2, "red", "large", CENTRE, (0, 0)),
              PlacedItem(b, 8, "blue", "large", POSITIONS.index("right"), (0, 0))]
-    patches = [_resize(images[a], LARGE), _resize(images[b], LARGE)]
-    image, mask, _ = _render_scene(items, patches, CANVAS)
+    patches = [resize_item(images[a], LARGE), resize_item(images[b], LARGE)]
+    image, mask, _ = render_scene(items, patches, CANVAS)
     top = np.zeros((CANVAS, CANVAS), dtype=bool)
     top[16:48, 32:64] = patches[1] > ITEM_THRESHOLD * 255  # the right cell's large item
     assert (mask[top] == 1 + 8).all()
@@ -267,7 +267,7 @@ def test_render_centred_is_a_jitter_free_large_white_centre_scene(test_items):
     images, labels = test_items
     k = 7
     placed = PlacedItem(k, int(labels[k]), "white", "large", CENTRE, (0, 0))
-    scene, _, _ = _render_scene([placed], [FashionScenes("test")._patch(k, LARGE)], CANVAS)
+    scene, _, _ = render_scene([placed], [FashionScenes("test")._patch(k, LARGE)], CANVAS)
     assert np.array_equal(render_centred(images[k], CANVAS), scene)
     # and a real scene of that kind equals it up to its jitter
     ds = FashionScenes("test")

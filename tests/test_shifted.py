@@ -15,10 +15,10 @@ from langmim.data.scenes import (
     POSITIONS,
     FashionMNISTCentred,
     PlacedItem,
-    _render_scene,
-    _resize,
-    _side,
+    item_side,
     render_centred,
+    render_scene,
+    resize_item,
 )
 from langmim.data.shifted import NOISE_SIGMA, SHIFT_STYLES, FashionMNISTShifted, render_shifted
 
@@ -132,14 +132,14 @@ def test_small_offcentre_is_a_training_scene_with_jitter(test_items):
     """Each render equals the training renderer's scene of one small item for some non-plain colour,
     non-centre cell and jitter of at most MAX_JITTER px; the jitter is not always zero."""
     item = test_items[0][12]
-    patch = _resize(item, _side("small", CANVAS))
+    patch = resize_item(item, item_side("small", CANVAS))
     jitters = [(dx, dy) for dx in range(-MAX_JITTER, MAX_JITTER + 1) for dy in range(-MAX_JITTER, MAX_JITTER + 1)]
     matched = []
     for seed in range(12):
         image = render_shifted(item, "small-offcentre", CANVAS, np.random.default_rng(seed))
         matches = [
             jitter for colour in COLOURS if colour not in PLAIN_COLOURS for cell in range(len(POSITIONS)) if cell != CENTRE for jitter in jitters
-            if np.array_equal(image, _render_scene([PlacedItem(0, 0, colour, "small", cell, jitter)], [patch], CANVAS, annotate=False)[0])
+            if np.array_equal(image, render_scene([PlacedItem(0, 0, colour, "small", cell, jitter)], [patch], CANVAS, annotate=False)[0])
         ]
         assert matches, f"seed {seed}: not a training scene"
         matched.append(matches)

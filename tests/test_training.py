@@ -108,7 +108,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(tmp_path, method):
     for flag in ("false", "true"):
         one_step(str(tmp_path / f"{flag}.pt"), tiny_overrides(tmp_path / flag, method, **{"train.grad_checkpointing": flag}))
     plain, recomputed = (torch.load(tmp_path / f"{f}.pt") for f in ("false", "true"))
-    assert recomputed["figures"]["loss"] == pytest.approx(plain["figures"]["loss"], rel=1e-6)
+    assert recomputed["scalars"]["loss"] == pytest.approx(plain["scalars"]["loss"], rel=1e-6)
     for name, grad in plain["grads"].items():
         assert torch.allclose(recomputed["grads"][name], grad, rtol=1e-4, atol=1e-7), name
 

@@ -8,7 +8,7 @@ from langmim.methods.base import PretrainMethod
 
 class TokenShrinkage(PretrainMethod):
     """Masked encoding whose loss pulls the visible tokens towards zero: meaningless, but it has
-    gradients, masking and logged figures like a real objective."""
+    gradients, masking and logged scalars like a real objective."""
 
     name = "toy"
     title = "Toy"

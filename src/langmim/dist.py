@@ -1,5 +1,5 @@
 """torch.distributed helpers that degrade to no-ops in a single process: rank and world size,
-collectives (gather with gradient, sums, means of logged figures), and process-group setup."""
+collectives (gather with gradient, sums, means of logged scalars), and process-group setup."""
 from __future__ import annotations
 
 import os
@@ -44,14 +44,14 @@ def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def mean_over_ranks(figures: dict[str, float]) -> dict[str, float]:
-    """Average logged scalars over ranks, so the log shows the global batch's figures."""
+def mean_over_ranks(scalars: dict[str, float]) -> dict[str, float]:
+    """Average logged scalars over ranks, so the log shows the global batch's values."""
     if not is_distributed():
-        return figures
+        return scalars
     device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
-    values = torch.tensor(list(figures.values()), dtype=torch.float64, device=device)
+    values = torch.tensor(list(scalars.values()), dtype=torch.float64, device=device)
     dist.all_reduce(values)
-    return dict(zip(figures, (values / world_size()).tolist()))
+    return dict(zip(scalars, (values / world_size()).tolist()))
 
 
 @dataclass

@@ -15,6 +15,7 @@ import yaml
 
 from .api import run_name
 from .config import to_dict
+from .eval.registry import LEGACY_HEADLINE, headline_value
 from .methods.base import PretrainMethod
 
 LICENSE = "apache-2.0"  # langmim's own; the weights are the user's, trained on their data
@@ -96,9 +97,11 @@ def card_text(model: PretrainMethod, fmt: str, name: str) -> str:
     if results:
         tasks = sorted({r["task"] for r in results})
         lines += [f"`langmim eval --checkpoint RUN --tasks {','.join(tasks)}` on this checkpoint:", "",
-                  "| task | data set | headline (%) | split sizes |", "|---|---|---|---|"]
-        lines += [f"| {r['task']} | {r['dataset']} | {r['metrics'].get('top1', float('nan')):.2f} | {r.get('split_sizes', {})} |"
-                  for r in sorted(results, key=lambda r: r["task"])]
+                  "| task | data set | headline metric | headline (%) | split sizes |", "|---|---|---|---|---|"]
+        for r in sorted(results, key=lambda r: r["task"]):
+            value = headline_value(r)
+            lines.append(f"| {r['task']} | {r['dataset']} | {r.get('headline', LEGACY_HEADLINE)} | "
+                         f"{float('nan') if value is None else value:.2f} | {r.get('split_sizes', {})} |")
     else:
         lines += ["No evaluation of this checkpoint was found in the run's `results/` folder; run "
                   "`langmim eval --checkpoint RUN --tasks all` before exporting to fill this section."]

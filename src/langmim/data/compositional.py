@@ -28,16 +28,16 @@ from torch.utils.data import Dataset
 
 from langmim.data.fashion_mnist import CLASS_NAMES
 from langmim.data.scenes import (
-    _POSITION_PHRASES,
     CAPTION_TEMPLATES,
     COLOURS,
     NOUNS,
+    POSITION_PHRASES,
     POSITIONS,
     SIZES,
     FashionScenes,
-    _join,
-    _relations,
     item_phrase,
+    join_phrases,
+    relations,
 )
 from langmim.transforms import fix_articles
 
@@ -52,7 +52,7 @@ TEMPLATE = CAPTION_TEMPLATES[0]  # "a photo of {items}."
 
 def _phrase(label: int, colour: str, size: str, position: str) -> str:
     """One item with the size word, the canonical noun and the first position phrase."""
-    return item_phrase(NOUNS[label][0], colour, _POSITION_PHRASES[position][0], size)
+    return item_phrase(NOUNS[label][0], colour, POSITION_PHRASES[position][0], size)
 
 
 def describe(
@@ -61,7 +61,7 @@ def describe(
     """The canonical caption of items given per attribute in drawing order; `relation` (a word of
     `_relations` other than "and"; None for "and") joins the first two items as `_join` does."""
     phrases = [_phrase(int(label), c, s, p) for label, c, s, p in zip(labels, colours, sizes, positions)]
-    return fix_articles(TEMPLATE.format(items=_join(phrases, relation or "and")))
+    return fix_articles(TEMPLATE.format(items=join_phrases(phrases, relation or "and")))
 
 
 def _draw(candidates: list[Any], make: Callable[[Any], str], rng: np.random.Generator, limit: int) -> list[str]:
@@ -94,7 +94,7 @@ def hard_negatives(sample: dict[str, Any], rng: np.random.Generator, per_kind: i
     n = len(labels)
     relation = "and"
     if n > 1:
-        words = [w for w in _relations(POSITIONS.index(positions[0]), POSITIONS.index(positions[1])) if w != "and"]
+        words = [w for w in relations(POSITIONS.index(positions[0]), POSITIONS.index(positions[1])) if w != "and"]
         relation = words[int(rng.integers(len(words)))] if words else "and"
 
     def caption(rel: str = relation, **changed: list[Any]) -> str:

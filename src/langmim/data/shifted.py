@@ -32,11 +32,11 @@ from langmim.data.scenes import (
     POSITIONS,
     FashionMNISTCentred,
     PlacedItem,
-    _render_scene,
-    _resize,
-    _side,
-    _to_chw,
+    item_side,
     render_centred,
+    render_scene,
+    resize_item,
+    to_chw,
 )
 
 __all__ = ["SHIFT_STYLES", "FashionMNISTShifted", "render_shifted"]
@@ -76,11 +76,11 @@ def _outline(silhouette: np.ndarray, width: int) -> np.ndarray:
 def _sketch(item: np.ndarray, canvas: int) -> np.ndarray:
     """The outline of the item's silhouette (where the resized item exceeds ITEM_THRESHOLD, the
     masks' definition of the item), drawn at full white where render_centred draws the item."""
-    patch = _resize(item, _side("large", canvas))
+    patch = resize_item(item, item_side("large", canvas))
     width = max(1, round(_scaled(SKETCH_LINE_PX, canvas)))
     outline = _outline(patch > ITEM_THRESHOLD * 255, width).astype(np.uint8) * 255
     placed = PlacedItem(source=0, label=0, colour="white", size="large", cell=CENTRE, jitter=(0, 0))
-    return _render_scene([placed], [outline], canvas, annotate=False)[0]
+    return render_scene([placed], [outline], canvas, annotate=False)[0]
 
 
 def _small_offcentre(item: np.ndarray, canvas: int, rng: np.random.Generator) -> np.ndarray:
@@ -90,7 +90,7 @@ def _small_offcentre(item: np.ndarray, canvas: int, rng: np.random.Generator) ->
         cell=OFFCENTRE_CELLS[int(rng.integers(len(OFFCENTRE_CELLS)))],
         jitter=tuple(int(j) for j in rng.integers(-MAX_JITTER, MAX_JITTER + 1, size=2)),
     )
-    return _render_scene([placed], [_resize(item, _side(OFFCENTRE_SIZE, canvas))], canvas, annotate=False)[0]
+    return render_scene([placed], [resize_item(item, item_side(OFFCENTRE_SIZE, canvas))], canvas, annotate=False)[0]
 
 
 def _noisy(item: np.ndarray, canvas: int, rng: np.random.Generator) -> np.ndarray:
@@ -166,4 +166,4 @@ class FashionMNISTShifted(FashionMNISTCentred):
         source = int(self.indices[i])
         rng = np.random.default_rng([self.seed, SHIFT_STYLES.index(self.style), source])
         image = render_shifted(self.images[source], self.style, self.canvas, rng)
-        return _to_chw(image), int(self.labels[i])
+        return to_chw(image), int(self.labels[i])

@@ -110,9 +110,9 @@ def dry_run(cfg: Config) -> dict[str, float]:
     cfg.train.batch_size, cfg.train.accum_freq, cfg.train.fsdp = DRY_BATCH, 1, False
     trainer = Trainer(cfg, method, torch.device("cpu"))
     with FlopCounterMode(display=False) as flops:
-        figures = trainer.step(synthetic_batch(cfg, method))
-    if not math.isfinite(figures["loss"]):
-        raise LangmimError(f"dry run: the synthetic step gave loss {figures['loss']}")
+        scalars = trainer.step(synthetic_batch(cfg, method))
+    if not math.isfinite(scalars["loss"]):
+        raise LangmimError(f"dry run: the synthetic step gave loss {scalars['loss']}")
     report = {
         "vision_encoder_params": count(method.visual),
         "text_tower_params": count(getattr(method, "text", None)),
@@ -120,7 +120,7 @@ def dry_run(cfg: Config) -> dict[str, float]:
         "frozen_teacher_params": count(getattr(method, "teacher", None)),
         "trainable_params": count(method, trainable=True),
         "train_gflops_per_image": flops.get_total_flops() / DRY_BATCH / 1e9,
-        "loss": figures["loss"],
+        "loss": scalars["loss"],
     }
     m = cfg.model
     print(f"{cfg.method} {m.arch}: {m.img_size} px, patch {m.patch_size}, width {m.width}, depth {m.depth}")

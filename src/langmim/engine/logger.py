@@ -61,7 +61,7 @@ SINKS = {"tensorboard": TensorBoardSink, "wandb": WandbSink}
 
 
 class MetricLogger:
-    """Averages figures over a log interval and writes them on the main rank only."""
+    """Averages the logged scalars over a log interval and writes them on the main rank only."""
 
     def __init__(self, run_dir: Path, total_steps: int, start_step: int, enabled: bool,
                  report_to: Sequence[str] = ("tensorboard",), config: dict | None = None) -> None:
@@ -78,8 +78,8 @@ class MetricLogger:
             self.sinks = [SINKS[name](run_dir) if name == "tensorboard" else SINKS[name](run_dir, config or {}) for name in report_to]
             self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True, mininterval=2.0)
 
-    def update(self, figures: dict[str, float], images: int, data_time: float) -> None:
-        for key, value in figures.items():
+    def update(self, scalars: dict[str, float], images: int, data_time: float) -> None:
+        for key, value in scalars.items():
             self.sums[key] += value
         self.count += 1
         self.images += images

@@ -98,7 +98,7 @@ class Trainer:
         if parts > 1 and self.method.batch_coupled:
             with torch.no_grad(), autocast(self.device, self.precision):
                 cached = [self.method.features(mb) for mb in micro]
-        figures: dict[str, float] = {}
+        scalars: dict[str, float] = {}
         for i, mb in enumerate(micro):
             with self._sync_context(i == parts - 1), autocast(self.device, self.precision):
                 out = self.model(mb, cached, i) if cached is not None else self.model(mb)
@@ -107,20 +107,20 @@ class Trainer:
             loss.backward()
             clock.lap("backward")
             for key, value in out.items():
-                figures[key] = figures.get(key, 0.0) + float(value.detach()) / parts
-        figures = dist.mean_over_ranks(figures)
+                scalars[key] = scalars.get(key, 0.0) + float(value.detach()) / parts
+        scalars = dist.mean_over_ranks(scalars)
         for param in self.replicated:  # FSDP leaves these to us: average their gradients over ranks
             if param.grad is not None:
                 param.grad = dist.all_reduce_sum(param.grad) / dist.world_size()
         if cfg.grad_clip > 0:
-            figures["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.method.parameters(), cfg.grad_clip))
+            scalars["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.method.parameters(), cfg.grad_clip))
         self.optimizer.step()
         self.method.after_optimizer_step()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         clock.lap("optimizer")
         self.phase_seconds = clock.seconds
-        return figures
+        return scalars
 
     def state_dict(self, step: int) -> dict[str, Any]:
         """The checkpoint after ``step`` (``checkpoint.training_state``); with FSDP every rank must call it."""
@@ -186,11 +186,11 @@ def pretrain(cfg: Config, resume: str | None = None, log_tensorboard: bool = Tru
             problems = batch.pop("data_problems", None)
             if problems is not None:
                 data_problems = problems if data_problems is None else data_problems + problems
-            figures = trainer.step(move(batch, info.device))
+            scalars = trainer.step(move(batch, info.device))
             step += 1
-            if not math.isfinite(figures["loss"]):
-                raise TrainingDiverged(f"loss became {figures['loss']} at step {step}; the last good checkpoint is kept in '{run_dir}'")
-            logger.update(figures, batch["image"].shape[0] * info.world_size, data_time)
+            if not math.isfinite(scalars["loss"]):
+                raise TrainingDiverged(f"loss became {scalars['loss']} at step {step}; the last good checkpoint is kept in '{run_dir}'")
+            logger.update(scalars, batch["image"].shape[0] * info.world_size, data_time)
             if step % cfg.train.log_every == 0 or step == cfg.train.steps:
                 logger.flush(step, trainer.optimizer.param_groups[0]["lr"], problem_counts(data_problems, info.device))
             saved = step % cfg.train.ckpt_every == 0 or step in (cfg.train.steps, stop_after)

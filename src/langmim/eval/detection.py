@@ -35,12 +35,19 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.detection import MeanAveragePrecision
 from torchvision.ops import batched_nms, generalized_box_iou_loss, sigmoid_focal_loss
+
+from ..data.fashion_mnist import CLASS_NAMES
+from .registry import task
+
+if TYPE_CHECKING:
+    from .context import EvalContext
 
 L1_WEIGHT, GIOU_WEIGHT = 5.0, 2.0
 PRIOR_PROBABILITY = 0.01  # initial foreground probability of every class (RetinaNet's bias init)
@@ -264,3 +271,21 @@ def detection_probe(
     scores = detection_metrics(predictions, targets, num_classes)
     scores.update({"n_train": len(train_tokens), "n_test": len(test_tokens), "epochs": epochs})
     return scores
+
+
+def item_lists(split: dict) -> tuple[list[Tensor], list[Tensor]]:
+    """Per scene, its (k, 4) boxes and (k,) labels without the -1 padding."""
+    keep = split["labels"] >= 0
+    return [b[k] for b, k in zip(split["boxes"], keep)], [label[k] for label, k in zip(split["labels"], keep)]
+
+
+@task("detection", headline="ap50", dataset="fashion-scenes-boxes")
+def detection_task(ctx: EvalContext) -> dict[str, Any]:
+    """A light dense head on the refined patch grid, trained on train scenes' boxes; COCO AP."""
+    train, test = ctx.scene_features("train"), ctx.scene_features("test")
+    scores = detection_probe(train["dense"], *item_lists(train), test["dense"], *item_lists(test), image_size=ctx.canvas,
+                             num_classes=len(CLASS_NAMES), epochs=ctx.cfg.detection_epochs, seed=ctx.cfg.seed)
+    per_class = scores.pop("ap50_per_class")
+    sizes = {"train": scores.pop("n_train"), "test": scores.pop("n_test")}
+    return {"metrics": scores, "details": {"ap50_per_class": dict(zip(CLASS_NAMES, per_class)), "refine": ctx.cfg.dense_refine,
+                                           "epochs": scores["epochs"]}, "split_sizes": sizes}

@@ -8,6 +8,8 @@ from ..interface import LoadedModel
 from ..transforms import to_float
 from .inference import evaluating
 
+POOLS = ("mean", "cls")  # the pooled features probes read: the headline patch-token mean, and the CLS token
+
 
 @torch.no_grad()
 def extract_features(model: LoadedModel, dataset: Dataset, batch_size: int = 256, num_workers: int = 0) -> dict[str, torch.Tensor]:

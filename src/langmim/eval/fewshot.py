@@ -9,12 +9,19 @@ sampled.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..errors import DataError
+from .features import POOLS
 from .linear import accuracy, fit_logistic_regression
+from .registry import task
+
+if TYPE_CHECKING:
+    from .context import EvalContext
 
 DEFAULT_SHOTS = (1, 2, 4, 8, 16)
 FEWSHOT_WEIGHT_DECAY = 1e-2
@@ -63,3 +70,19 @@ def fewshot_evaluate(
             for name, v in runs.items()
         }
     return results
+
+
+@task("fewshot", headline="top1")
+def fewshot_task(ctx: EvalContext) -> dict[str, Any]:
+    """Prototype and logistic classifiers on n shots per class of the probe's train subset; "top1"
+    is the patch mean's logistic classifier at the most shots."""
+    test, train, cfg = ctx.classification_features("test"), ctx.classification_features("train"), ctx.cfg
+    shots = {pool: fewshot_evaluate(train[pool], train["labels"], test[pool], test["labels"],
+                                    shots=cfg.fewshot_shots, seeds=range(cfg.fewshot_seeds))
+             for pool in POOLS}
+    if not shots["mean"]:
+        raise DataError(f"few-shot: the smallest class has fewer train images than n={min(cfg.fewshot_shots)}")
+    metrics = {f"{pool}_{name}_{n}shot": r[name]["mean"]
+               for pool, by_n in shots.items() for n, r in by_n.items() for name in r}
+    metrics["top1"] = metrics[f"mean_logistic_{max(shots['mean'], key=int)}shot"]
+    return {"metrics": metrics, "details": shots, "split_sizes": ctx.classification_sizes()}

@@ -9,17 +9,24 @@ from __future__ import annotations
 
 import copy
 import math
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from timm.layers import DropPath
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
+from ..data.eval_rows import seeded_subset
 from ..engine.optim import lr_factor
+from ..errors import DataError
 from ..models.vit import MaskedVisionTransformer
 from ..transforms import to_float
 from .linear import accuracy
+from .registry import task
+
+if TYPE_CHECKING:
+    from .context import EvalContext
 
 
 class FineTuneClassifier(nn.Module):
@@ -105,3 +112,17 @@ def finetune(
             targets.append(labels)
     return {"top1": accuracy(torch.cat(logits), torch.cat(targets)), "steps": total, "epochs": epochs,
             "final_loss": float(loss.detach())}
+
+
+@task("finetune", headline="top1")
+def finetune_task(ctx: EvalContext) -> dict[str, Any]:
+    """Whole encoder + linear head with layer-wise lr decay, on a seeded train subset."""
+    cfg, data = ctx.cfg, ctx.classification
+    if data.train is None:
+        raise DataError(f"{data.name} has no train split, which fine-tuning trains on")
+    train = Subset(data.train, seeded_subset(len(data.train), cfg.finetune_train_size, cfg.seed))
+    settings = {"epochs": cfg.finetune_epochs, "lr": cfg.finetune_lr, "layer_decay": cfg.finetune_layer_decay,
+                "drop_path": cfg.finetune_drop_path, "min_steps": cfg.finetune_min_steps}
+    result = finetune(ctx.model.visual, train, data.test, len(data.classnames), seed=cfg.seed, **settings)
+    return {"metrics": {"top1": result["top1"]}, "details": {**settings, "steps": result["steps"], "epochs_run": result["epochs"]},
+            "split_sizes": {"train": len(train), "test": len(data.test)}}

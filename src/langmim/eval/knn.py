@@ -1,12 +1,20 @@
 """Weighted k-NN classification of frozen features (dinov2 `eval/knn.py` protocol)."""
+from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from langmim.eval.metrics import topk_accuracy
+
+from .features import POOLS
+from .registry import task
+
+if TYPE_CHECKING:
+    from .context import EvalContext
 
 
 @torch.no_grad()
@@ -47,3 +55,15 @@ def knn_classify(
             votes.scatter_add_(1, neighbour_labels[:, :kk], weights[:, :kk])
             n_correct[k] += topk_accuracy(votes, targets, ks=(1,))[1] * queries.shape[0]
     return {f"top1_k{k}": n_correct[k] / test_features.shape[0] for k in ks}
+
+
+@task("knn", headline="top1")
+def knn_task(ctx: EvalContext) -> dict[str, Any]:
+    """Both pools; "top1" is the patch mean's at k=20 (or the first k configured)."""
+    test, train, cfg = ctx.classification_features("test"), ctx.classification_features("train"), ctx.cfg
+    metrics = {}
+    for pool in POOLS:
+        scores = knn_classify(train[pool], train["labels"], test[pool], test["labels"], ks=cfg.knn_k, num_classes=len(ctx.classification.classnames))
+        metrics.update({f"{pool}_{k}": v for k, v in scores.items()})
+    metrics["top1"] = metrics[f"mean_top1_k{20 if 20 in cfg.knn_k else cfg.knn_k[0]}"]
+    return {"metrics": metrics, "details": {"temperature": 0.07}, "split_sizes": ctx.classification_sizes()}

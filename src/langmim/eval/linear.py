@@ -4,15 +4,23 @@ Follows CLIP_benchmark `linear_probe.py` / dinov2 `log_regression.py`: the weigh
 chosen on a validation split carved from train (never the test split), then the classifier is
 refit on all train rows and scored once on test.
 """
+from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from langmim.eval.metrics import topk_accuracy
+
+from .features import POOLS
+from .registry import task
+
+if TYPE_CHECKING:
+    from .context import EvalContext
 
 DEFAULT_WEIGHT_DECAYS = tuple(10.0**e for e in range(-6, 2))  # 1e-6 ... 1e1, 8 values
 
@@ -144,16 +152,11 @@ def fit_linear_probe(
 
 
 def linear_probe(
-    train_features: Tensor,
-    train_labels: Tensor,
-    test_features: Tensor,
-    test_labels: Tensor,
-    weight_decays: Sequence[float] | None = None,
-    val_fraction: float = 0.2,
-    seed: int = 0,
-    max_iter: int = 200,
+    train_features: Tensor, train_labels: Tensor, test_features: Tensor, test_labels: Tensor,
+    weight_decays: Sequence[float] | None = None, **fit_options: Any,
 ) -> dict:
-    """`fit_linear_probe` on train, scored once on test.
+    """`fit_linear_probe` on train (``fit_options``: its ``val_fraction``, ``seed``, ``max_iter``),
+    scored once on test.
 
     Returns top-1 (or mAP for multi-label targets) on test, the chosen weight decay, its
     validation score, the whole sweep and the disjoint split sizes (n_train + n_val = train
@@ -161,7 +164,7 @@ def linear_probe(
     """
     multilabel = train_labels.ndim == 2
     num_outputs = train_labels.shape[1] if multilabel else int(max(train_labels.max(), test_labels.max())) + 1
-    probe = fit_linear_probe(train_features, train_labels, weight_decays, val_fraction, seed, max_iter, num_outputs)
+    probe = fit_linear_probe(train_features, train_labels, weight_decays, num_outputs=num_outputs, **fit_options)
     return {
         "top1": probe_score(probe(test_features), test_labels.to(train_features.device)),
         "best_weight_decay": probe.best_weight_decay,
@@ -171,3 +174,27 @@ def linear_probe(
         "n_val": probe.n_val,
         "n_test": test_features.shape[0],
     }
+
+
+def shared_probe(ctx: EvalContext, pool: str) -> LinearProbe:
+    """The classification linear probe on ``pool`` features, fit once per evaluation and shared by
+    the tasks that read it (linear, shift)."""
+    def fit() -> LinearProbe:
+        train = ctx.classification_features("train")
+        return fit_linear_probe(train[pool], train["labels"], seed=ctx.cfg.seed, num_outputs=len(ctx.classification.classnames))
+    return ctx.cache.remember(f"linear-probe|{pool}", fit)
+
+
+@task("linear", headline="top1")
+def linear_task(ctx: EvalContext) -> dict[str, Any]:
+    """The probe of each pool; "top1" is the patch mean's."""
+    test = ctx.classification_features("test")
+    metrics, details = {}, {}
+    for pool in POOLS:
+        probe = shared_probe(ctx, pool)
+        metrics[f"{pool}_top1"] = accuracy(probe(test[pool]), test["labels"])
+        details[pool] = {"best_weight_decay": probe.best_weight_decay, "val_top1": probe.val_score,
+                         "sweep": {str(k): v for k, v in probe.sweep.items()}, "n_train": probe.n_train,
+                         "n_val": probe.n_val, "n_test": len(test["labels"])}
+    metrics["top1"] = metrics["mean_top1"]
+    return {"metrics": metrics, "details": details, "split_sizes": ctx.classification_sizes()}

@@ -10,9 +10,21 @@ several captions; the texts are all images' captions in order.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from ..data.folders import CaptionTable
+from ..transforms import to_float
+from .inference import evaluating
+from .registry import task
+
+if TYPE_CHECKING:
+    from .context import EvalContext
 
 DEFAULT_KS = (1, 5, 10)
 
@@ -46,3 +58,47 @@ def recall_at_k(similarity: Tensor, relevant: Tensor, ks: Sequence[int] = DEFAUL
         for k in ks:
             out[f"{direction}_R@{k}"] = 100.0 * hits[:, :k].any(dim=1).double().mean().item()
     return out
+
+
+def image_captions_batch(samples: list[dict]) -> dict[str, Any]:
+    """Images and, per image, its captions (one for the built-in scenes and tables, several in
+    a CLIP_benchmark retrieval set)."""
+    return {"image": torch.stack([s["image"] for s in samples]),
+            "captions": [s["captions"] if "captions" in s else [s["caption"]] for s in samples]}
+
+
+def retrieval_pairs(ctx: EvalContext) -> tuple[Dataset, str | None, list[str], bool]:
+    """(image-caption data set, its name where not the built-in one, the samples it skipped,
+    whether a caption with the same text as an image's own is a hit)."""
+    benchmark = ctx.benchmark_set
+    if benchmark is not None and benchmark.kind == "retrieval":
+        return benchmark.test, benchmark.name, benchmark.test.skipped, benchmark.same_text_hits
+    if ctx.table:
+        table = CaptionTable(ctx.dataset, ctx.canvas, ctx.cfg.max_image_pixels)
+        return table, Path(ctx.dataset).stem, table.skipped, True
+    return ctx.scenes("test", ctx.cfg.retrieval_size), None, [], True
+
+
+@task("retrieval", headline="image_to_text_R@1", dataset="fashion-scenes-captions", needs_text=True)
+@torch.no_grad()
+def retrieval_task(ctx: EvalContext) -> dict[str, Any]:
+    """Recall@1/5/10 both ways on image-caption pairs (what counts as a hit: ``relevance_from_captions``)."""
+    model = ctx.model
+    pairs, name, skipped, same_text = retrieval_pairs(ctx)
+    images, texts, image_captions = [], [], []
+    with evaluating(model) as device:
+        for batch in DataLoader(pairs, batch_size=ctx.cfg.batch_size, collate_fn=image_captions_batch):
+            images.append(model.encode_image(to_float(batch["image"].to(device))).float().cpu())
+            flat = [c for captions in batch["captions"] for c in captions]
+            texts.append(model.encode_text(model.tokenizer(flat).to(device)).float().cpu())
+            image_captions += batch["captions"]
+    similarity = F.normalize(torch.cat(images), dim=-1) @ F.normalize(torch.cat(texts), dim=-1).T
+    metrics = recall_at_k(similarity, relevance_from_captions(image_captions, same_text))
+    captions = [c for per_image in image_captions for c in per_image]
+    result = {"metrics": metrics, "details": {"captions": len(captions), "distinct_captions": len(set(captions)),
+                                              "same_text_hits": same_text},
+              "split_sizes": {"test": len(image_captions)}}
+    if name is not None:
+        result["dataset"] = name
+        result["details"]["skipped"] = skipped  # unusable images and empty captions, named
+    return result

@@ -16,6 +16,7 @@ the train scenes with several seeds and fits with a fixed weight decay, as few-s
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -24,11 +25,15 @@ from torch import Tensor
 from ..data.fashion_mnist import CLASS_NAMES
 from ..data.scenes import COLOURS
 from ..models.vit import MaskedVisionTransformer
+from .features import POOLS
 from .fewshot import FEWSHOT_WEIGHT_DECAY, fewshot_evaluate
 from .linear import LinearProbe, accuracy, fit_linear_probe, fit_logistic_regression, mean_average_precision
 from .metrics import mean_per_class_recall
+from .registry import task
+from .scene_features import cell_pooling_weights
 
-POOLS = ("mean", "cls")  # the headline patch-token mean, and the CLS token
+if TYPE_CHECKING:
+    from .context import EvalContext
 pool_tokens = MaskedVisionTransformer.pool
 NUM_GARMENTS = len(CLASS_NAMES)
 
@@ -106,7 +111,6 @@ def presence_probe(train: dict, test: dict, shots: Sequence[int], seeds: Sequenc
     chance = 100.0 * test_y.mean(dim=0)  # the AP of a constant score is the share of positives
     details["chance_ap_per_class"] = dict(zip(CLASS_NAMES, chance.tolist()))
     metrics["chance_map"] = float(chance.mean())
-    metrics["top1"] = metrics["mean_map"]
     return {"metrics": metrics, "details": details, "split_sizes": {"train": len(train_y), "test": len(test_y)}}
 
 
@@ -133,7 +137,6 @@ def cell_probe(train: dict, test: dict, cell_weights: Tensor, shots: Sequence[in
         "empty_share": 100.0 * float((~occupied).double().mean()),
         **lowshot_metrics(lowshot),
     }
-    metrics["top1"] = metrics["occupied_accuracy"]
     details = {**probe_details(probe, lowshot), "classes": ["nothing", *CLASS_NAMES], "chance_occupied_accuracy": 100.0 / NUM_GARMENTS}
     return {"metrics": metrics, "details": details, "split_sizes": {"train_cells": len(train_y), "test_cells": len(test_y)}}
 
@@ -149,7 +152,6 @@ def pooled_probe(train: dict, test: dict, make: Callable[[Tensor, dict], tuple[T
         metrics.update({f"{pool}_{k}": v for k, v in lowshot_metrics(lowshot).items()})
         details[pool] = probe_details(probe, lowshot)
         sizes = {"train": len(train_y), "test": len(test_y)}
-    metrics["top1"] = metrics["mean_top1"]
     return {"metrics": metrics, "details": details, "split_sizes": sizes}
 
 
@@ -165,3 +167,29 @@ def counting_probe(train: dict, test: dict, shots: Sequence[int], seeds: Sequenc
     result = pooled_probe(train, test, lambda x, split: (x, split["count"] - 1), shots, seeds, seed)
     result["details"]["chance"] = 100.0 * float(torch.bincount(test["count"]).max()) / len(test["count"])
     return result
+
+
+def probe_args(ctx: EvalContext) -> tuple[dict, dict, list[int], range]:
+    """The scene features of both splits, the low-shot sizes and the seeds every scene probe takes."""
+    return ctx.scene_features("train"), ctx.scene_features("test"), ctx.cfg.lowshot_shots, range(ctx.cfg.fewshot_seeds)
+
+
+@task("presence", headline="mean_map", dataset="fashion-scenes")
+def presence_task(ctx: EvalContext) -> dict[str, Any]:
+    return presence_probe(*probe_args(ctx), seed=ctx.cfg.seed)
+
+
+@task("cells", headline="occupied_accuracy", dataset="fashion-scenes")
+def cells_task(ctx: EvalContext) -> dict[str, Any]:
+    train, test, shots, seeds = probe_args(ctx)
+    return cell_probe(train, test, cell_pooling_weights(ctx.canvas, ctx.patch_size), shots, seeds, seed=ctx.cfg.seed)
+
+
+@task("binding", headline="mean_top1", dataset="fashion-scenes")
+def binding_task(ctx: EvalContext) -> dict[str, Any]:
+    return binding_probe(*probe_args(ctx), seed=ctx.cfg.seed)
+
+
+@task("counting", headline="mean_top1", dataset="fashion-scenes")
+def counting_task(ctx: EvalContext) -> dict[str, Any]:
+    return counting_probe(*probe_args(ctx), seed=ctx.cfg.seed)

@@ -7,9 +7,17 @@ on scenes of train-split items and is scored on scenes of test-split items.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from ..data.fashion_mnist import CLASS_NAMES
+from .registry import task
+
+if TYPE_CHECKING:
+    from .context import EvalContext
 
 
 def confusion_matrix(pred: Tensor, target: Tensor, num_classes: int) -> Tensor:
@@ -123,3 +131,23 @@ def segmentation_probe(
                    "n_train": len(train_tokens), "n_test": len(test_tokens), "epochs": epochs,
                    "example_predictions": torch.cat(examples)})
     return scores
+
+
+@task("segmentation", headline="miou", dataset="fashion-scenes-masks")
+def segmentation_task(ctx: EvalContext) -> dict[str, Any]:
+    train, test = ctx.scene_features("train"), ctx.scene_features("test")
+    scores = segmentation_probe(train["dense"], train["mask"], test["dense"], test["mask"], num_classes=1 + len(CLASS_NAMES),
+                                batch_size=ctx.cfg.batch_size, epochs=ctx.cfg.segmentation_epochs, seed=ctx.cfg.seed)
+    predictions = scores.pop("example_predictions")
+    if ctx.out_dir is not None:
+        from .figures import plot_segmentation_examples
+
+        ctx.out_dir.mkdir(parents=True, exist_ok=True)
+        scenes = ctx.scenes("test")
+        plot_segmentation_examples([scenes[i] for i in range(len(predictions))], predictions,
+                                   ctx.out_dir / f"{ctx.model_name}_segmentation_examples.png")
+    per_class = scores.pop("per_class_iou")
+    metrics = {key: scores[key] for key in ("miou", "foreground_miou", "pixel_accuracy", "item_iou", "garment_accuracy_on_items")}
+    return {"metrics": metrics, "details": {"per_class_iou": dict(zip(["background", *CLASS_NAMES], per_class)),
+                                            "epochs": scores["epochs"], "refine": ctx.cfg.dense_refine},
+            "split_sizes": {"train": scores["n_train"], "test": scores["n_test"]}}

@@ -1,6 +1,8 @@
 """Zero-shot classification from text embeddings of prompted class names (CLIP / SLIP)."""
+from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -9,6 +11,10 @@ from torch import Tensor, nn
 from langmim.eval.metrics import mean_per_class_recall, topk_accuracy
 
 from .inference import evaluating
+from .registry import task
+
+if TYPE_CHECKING:
+    from .context import EvalContext
 
 
 @torch.no_grad()
@@ -50,3 +56,19 @@ def zeroshot_scores(
             logits.argmax(dim=1), labels, classifier.shape[1]
         ),
     }
+
+
+def shared_classifier(ctx: EvalContext) -> Tensor:
+    """The zero-shot classifier of the classification data's class names, built once per
+    evaluation and shared by the tasks that read it (zeroshot, shift)."""
+    data = ctx.classification
+    return ctx.cache.remember(f"zeroshot-classifier|{data.name}",
+                              lambda: zeroshot_classifier(ctx.model, data.classnames, data.templates, fill=data.fill))
+
+
+@task("zeroshot", headline="top1", needs_text=True)
+def zeroshot_task(ctx: EvalContext) -> dict[str, Any]:
+    test = ctx.classification_features("test")
+    return {"metrics": zeroshot_scores(test["embed"], test["labels"], shared_classifier(ctx)),
+            "details": {"templates": list(ctx.classification.templates), "classnames": ctx.classification.classnames},
+            "split_sizes": ctx.classification_sizes(train=False)}

@@ -3,7 +3,6 @@ and the inference API (``encode_image`` / ``encode_text``)."""
 from __future__ import annotations
 
 import abc
-import copy
 import functools
 import math
 from collections.abc import Callable
@@ -19,7 +18,7 @@ from ..errors import ConfigError, LangmimError
 from ..models.masking import Masking, mask_from_noise, num_visible
 from ..models.open_clip_weights import load_open_clip_text
 from ..models.pretrained import load_timm_vision, split_text_source
-from ..models.text import build_text_tower, build_tokenizer, lock_text_tower
+from ..models.text import LockedTextRunner, build_text_tower, build_tokenizer, lock_text_tower
 from ..models.vit import MaskedVisionTransformer
 from ..transforms import build_preprocess
 
@@ -29,7 +28,7 @@ LOGIT_SCALE_MAX = math.log(100)
 
 class PretrainMethod(nn.Module, abc.ABC):
     """A model plus its objective. ``features`` maps a batch to per-sample tensors (dim 0 is the
-    sample) and ``loss`` maps them to a dict with ``loss`` and logged figures. The split lets the
+    sample) and ``loss`` maps them to a dict with ``loss`` and logged scalars. The split lets the
     engine cache features across accumulation steps for objectives that couple samples."""
 
     # What the method is and needs, read by the engine, evaluation, export and model cards.
@@ -122,7 +121,7 @@ class PretrainMethod(nn.Module, abc.ABC):
 
     @abc.abstractmethod
     def loss(self, feats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Losses (key ``loss``) and logged figures from the whole batch's features."""
+        """Losses (key ``loss``) and logged scalars from the whole batch's features."""
 
     def forward(self, batch: dict, cached: list[dict] | None = None, index: int = 0) -> dict[str, torch.Tensor]:
         """Losses of a batch; with ``cached`` features of the other micro-batches (gradient
@@ -145,6 +144,18 @@ class PretrainMethod(nn.Module, abc.ABC):
         raise LangmimError(f"method '{self.name}' has no text tower; encode_text needs a CLIP or RILS checkpoint")
 
 
+class MaskedImageModelling:
+    """What the masked-image-modelling methods (MAE, RILS, MILAN) share: their tag, and the masked
+    pass, in which the encoder sees the visible patches only and ``self.decoder`` (mask tokens put
+    back in place) predicts every patch. Put it before the ``PretrainMethod`` base."""
+
+    tags: tuple[str, ...] = ("masked-image-modeling",)
+
+    def predict_masked(self, images: torch.Tensor, masking: Masking) -> torch.Tensor:
+        """The decoder's prediction for every patch from the encoder tokens of the visible ones."""
+        return self.decoder(self.visual.forward_features(images, masking.ids_keep), masking.ids_restore)
+
+
 class ImageTextMethod(PretrainMethod):
     """Adds the CLIP text tower, the image projection W (D x E, no bias) and the logit scale."""
 
@@ -157,6 +168,7 @@ class ImageTextMethod(PretrainMethod):
         self.text = build_text_tower(
             m.text_width, m.text_depth, m.text_heads, m.context_length, m.embed_dim, cfg.init.text, m.text_quick_gelu)
         self.text_locked = cfg.init.lock_text  # frozen in training: no activations to recompute
+        self.locked_text = LockedTextRunner()  # runs it under autocast (not a module: kept out of the state dict)
         self.image_projection = nn.Parameter(torch.randn(m.width, m.embed_dim) * m.width**-0.5)
         self.logit_scale = nn.Parameter(torch.tensor(LOGIT_SCALE_INIT))
 
@@ -183,29 +195,8 @@ class ImageTextMethod(PretrainMethod):
 
     def encode_text(self, tokens: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         locked_under_autocast = self.text_locked and torch.is_autocast_enabled(tokens.device.type)
-        emb = self.locked_text(tokens) if locked_under_autocast else self.text(tokens)
+        emb = self.locked_text(self.text, tokens) if locked_under_autocast else self.text(tokens)
         return F.normalize(emb, dim=-1) if normalize else emb
-
-    def locked_text(self, tokens: torch.Tensor) -> torch.Tensor:
-        """A locked tower under autocast: its frozen part runs from a copy in the autocast dtype
-        with autocast off, then its trainable projection runs live. Autocast would re-cast every
-        frozen weight on each call, and torch's matmul sends ``nn.MultiheadAttention``'s
-        in-projection of a weight without ``requires_grad`` down an unfolded, weight-expanding
-        batched matmul; the copy, kept out of the state dict, leaves the saved weights untouched."""
-        device, dtype = tokens.device, torch.get_autocast_dtype(tokens.device.type)
-        name = "text_projection" if hasattr(self.text, "text_projection") else "proj"
-        cached = self.__dict__.get("_frozen_text_copy")
-        if cached is None or cached[0] != (dtype, device):
-            tower = copy.deepcopy(self.text)
-            setattr(tower, name, None if name == "text_projection" else nn.Identity())
-            # requires_grad on the copy costs nothing under no_grad, and keeps torch's matmul folding the
-            # batch of a transposed 3-D input into one GEMM instead of expanding the weight (18x slower in bf16)
-            self.__dict__["_frozen_text_copy"] = ((dtype, device), tower.to(device=device, dtype=dtype).requires_grad_(True))
-        tower = self.__dict__["_frozen_text_copy"][1].train(self.text.training)
-        with torch.no_grad(), torch.autocast(device.type, enabled=False):
-            pooled = tower(tokens)
-        projection = getattr(self.text, name)
-        return pooled @ projection if isinstance(projection, nn.Parameter) else projection(pooled)
 
     def after_optimizer_step(self) -> None:
         """Clamp the logit scale to [0, ln 100] in place, as SLIP and open_clip do. A clamp in the

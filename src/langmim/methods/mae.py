@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import torch
 
-from ..config import Config
+from ..config import Config, ModelConfig
 from ..models.decoder import MaskTokenDecoder
-from .base import PretrainMethod
+from .base import MaskedImageModelling, PretrainMethod
 
 
 def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
@@ -31,27 +31,27 @@ def masked_pixel_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tens
     return (per_patch * mask).sum() / mask.sum()
 
 
-class MAE(PretrainMethod):
+def pixel_decoder(m: ModelConfig, grid_size: int) -> MaskTokenDecoder:
+    """MAE's decoder: narrower and shallower than the encoder (``model.decoder_*``), predicting
+    each patch's pixels."""
+    return MaskTokenDecoder(m.width, m.decoder_width, m.decoder_depth, m.decoder_heads, out_dim=m.patch_size**2 * 3, grid_size=grid_size)
+
+
+class MAE(MaskedImageModelling, PretrainMethod):
     name = "mae"
     title = "MAE"
-    tags = ("masked-image-modeling",)
 
     def __init__(self, cfg: Config) -> None:
         super().__init__(cfg)
-        m = cfg.model
-        self.norm_pix_loss = cfg.loss.norm_pix_loss
-        self.decoder = MaskTokenDecoder(
-            m.width, m.decoder_width, m.decoder_depth, m.decoder_heads,
-            out_dim=m.patch_size**2 * 3, grid_size=self.visual.grid_size,
-        )
+        self.decoder = pixel_decoder(cfg.model, self.visual.grid_size)
 
     def features(self, batch: dict) -> dict[str, torch.Tensor]:
         images = batch["image"]
         masking = self.masking(batch)
-        tokens = self.visual.forward_features(images, masking.ids_keep)
-        pred = self.decoder(tokens, masking.ids_restore)
+        pred = self.predict_masked(images, masking)
         return {"pred": pred, "target": patchify(images, self.visual.patch_size), "mask": masking.mask}
 
     def loss(self, feats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        loss = masked_pixel_loss(feats["pred"].float(), feats["target"].float(), feats["mask"], self.norm_pix_loss)
+        norm_pix = self.config.loss.norm_pix_loss
+        loss = masked_pixel_loss(feats["pred"].float(), feats["target"].float(), feats["mask"], norm_pix)
         return {"loss": loss}

@@ -23,7 +23,7 @@ from ..models.decoder import MaskTokenDecoder
 from ..models.masking import Masking, mask_from_noise
 from ..models.prompt_decoder import PromptingDecoder
 from ..models.teacher import Teacher
-from .base import PretrainMethod
+from .base import MaskedImageModelling, PretrainMethod
 
 TEACHER_PREFIX = "teacher."
 
@@ -40,10 +40,9 @@ def semantic_masking(importance: torch.Tensor, uniform: torch.Tensor, num_keep: 
     return mask_from_noise(-keys, num_keep)
 
 
-class MILAN(PretrainMethod):
+class MILAN(MaskedImageModelling, PretrainMethod):
     name = "milan"
     title = "MILAN"
-    tags = ("masked-image-modeling",)
     needs_teacher = True
 
     @classmethod
@@ -78,7 +77,7 @@ class MILAN(PretrainMethod):
         images = batch["image"]
         target = self.teacher(images)
         masking = self.masking(batch, self.teacher.importance(target, self.importance_kind))
-        pred = self.decoder(self.visual.forward_features(images, masking.ids_keep), masking.ids_restore)
+        pred = self.predict_masked(images, masking)
         return {"pred": pred, "target": target.tokens, "mask": masking.mask}
 
     def loss(self, feats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

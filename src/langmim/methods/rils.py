@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from .. import dist
 from ..config import Config
 from ..models.decoder import MaskTokenDecoder
-from .base import ImageTextMethod
+from .base import ImageTextMethod, MaskedImageModelling
 
 
 def reconstruction_kl(
@@ -44,10 +44,9 @@ def retrieval_hits(image_embed: torch.Tensor, all_text_embed: torch.Tensor) -> t
     return ((image_embed @ all_text_embed.T).argmax(dim=-1) == own).float()
 
 
-class RILS(ImageTextMethod):
+class RILS(MaskedImageModelling, ImageTextMethod):
     name = "rils"
     title = "RILS"
-    tags = ("masked-image-modeling",)
 
     def __init__(self, cfg: Config) -> None:
         super().__init__(cfg)
@@ -62,7 +61,7 @@ class RILS(ImageTextMethod):
     def features(self, batch: dict) -> dict[str, torch.Tensor]:
         images = batch["image"]
         masking = self.masking(batch)
-        masked_pred = self.decoder(self.visual.forward_features(images, masking.ids_keep), masking.ids_restore)
+        masked_pred = self.predict_masked(images, masking)
         unmasked_feat = self.visual.forward_features(images)
         return {
             "image_embed": F.normalize(self.image_embedding(unmasked_feat), dim=-1),
