@@ -30,9 +30,9 @@ from results_log import append_result
 
 VARIANTS = {
     "mae": ["method=mae"],
-    "milan-attention": ["teacher.importance=attention"],
-    "milan-similarity": ["teacher.importance=similarity"],
-    "milan-random": ["loss.masking=random"],
+    "milan-attention": ["milan.teacher.importance=attention"],
+    "milan-similarity": ["milan.teacher.importance=similarity"],
+    "milan-random": ["milan.masking=random"],
 }
 
 

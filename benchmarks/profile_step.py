@@ -32,7 +32,7 @@ def main() -> None:
     overrides = [*SHAPES[args.shape], f"method={args.method}", f"train.batch_size={args.batch}",
                  f"train.precision={args.precision}", "output_dir=/tmp/langmim_profile"]
     if args.method == "milan":
-        overrides.append(f"teacher.source=langmim:{teacher_checkpoint(args.shape, None)}")
+        overrides.append(f"milan.teacher.source=langmim:{teacher_checkpoint(args.shape, None)}")
     cfg = load_config(None, overrides)
     method = build_method(cfg, with_teacher=True)
     trainer = Trainer(cfg, method, torch.device("cpu"))

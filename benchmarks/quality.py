@@ -23,8 +23,8 @@ training log, merged config and result JSONs (benchmarks/results/quality/protoco
 one line per job in benchmarks/results/quality.jsonl, and the summary tables and figures.
 
 Optimiser settings follow each family's preset: CLIP and RILS use the demo's (lr 5e-4, betas
-0.9/0.98, open_clip's), MAE, MILAN and the supervised ceiling the milan_demo preset's (lr 1e-3,
-betas 0.9/0.95). Precision is the presets' ``auto``: bf16 autocast where the CPU has native bf16.
+0.9/0.98, open_clip's), MAE, MILAN and the supervised ceiling the mae_demo and milan_demo presets'
+(lr 1e-3, betas 0.9/0.95). Precision is the presets' ``auto``: bf16 autocast where the CPU has native bf16.
 """
 from __future__ import annotations
 
@@ -49,9 +49,9 @@ FIRST_SEED = 100  # clear of the evaluation scenes' seed (EVAL_SCENE_SEED = 1), 
 RUNS = {  # name: (preset, overrides); milan's teacher is added per point and seed
     "clip": ("demo", ["method=clip"]),
     "rils": ("demo", ["method=rils"]),
-    "mae": ("milan_demo", ["method=mae"]),
+    "mae": ("mae_demo", []),
     "milan": ("milan_demo", []),
-    CEILING: ("milan_demo", ["method=supervised"]),
+    CEILING: ("mae_demo", ["method=supervised"]),
     FLOOR: ("demo", ["method=rils"]),
 }
 DEFAULT_TASKS = ("zeroshot", "retrieval", "knn", "linear", "fewshot", "presence", "cells", "binding", "counting",
@@ -103,7 +103,7 @@ def build_config(job: Job, extra: list[str]):
 
     preset, overrides = RUNS[job.method]
     if job.method == "milan":
-        overrides = [f"teacher.source=langmim:{Job(job.point, 'clip', job.seed).work_dir}"]
+        overrides = [f"milan.teacher.source=langmim:{Job(job.point, 'clip', job.seed).work_dir}"]
     return load_config(preset, [f"output_dir={job.work_dir}", f"train.seed={job.seed}", "train.ckpt_every=200",
                                 "train.precision=auto", "train.report_to=[]", *job.point.overrides(), *overrides, *extra]), preset
 

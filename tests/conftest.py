@@ -3,6 +3,8 @@ import os
 import pytest
 import torch
 
+from langmim.method_specs import METHODS
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
@@ -10,12 +12,15 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 TINY_MODEL = [
     "model.img_size=32", "model.patch_size=8", "model.width=64", "model.depth=2", "model.heads=2",
     "model.embed_dim=32", "model.text_width=32", "model.text_depth=1", "model.text_heads=2",
-    "model.context_length=24", "model.decoder_width=32", "model.decoder_depth=1", "model.decoder_heads=2",
+    "model.context_length=24",
 ]
+TINY_DECODER = {"decoder_width": 32, "decoder_depth": 1, "decoder_heads": 2}  # methods whose section sizes a decoder
 
 
 def tiny_overrides(run_dir, method: str, steps: int = 4, **extra) -> list[str]:
-    base = TINY_MODEL + [
+    settings = METHODS[method].settings if method in METHODS else None
+    decoder = [f"{method}.{k}={v}" for k, v in TINY_DECODER.items() if settings and k in settings.__dataclass_fields__]
+    base = TINY_MODEL + decoder + [
         f"method={method}", f"output_dir={run_dir}", f"train.steps={steps}", "train.batch_size=16",
         "train.warmup_steps=2", "train.log_every=1", f"train.ckpt_every={steps}", "train.lr=1e-3",
     ]

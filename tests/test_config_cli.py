@@ -132,6 +132,78 @@ def test_saved_configs_with_renamed_keys_still_load():
     assert (cfg.eval.scene_train_size, cfg.eval.scene_test_size) == (123, 45)
 
 
+def old_format(saved: dict) -> dict:
+    """A config as runs saved it before each method owned its section: every method's settings
+    under ``loss``, ``teacher`` and ``model.decoder_*``, whichever method trained."""
+    old = {k: v for k, v in saved.items() if k != saved["method"]}
+    own = dict(saved.get(saved["method"], {}))
+    teacher = own.pop("teacher", {})
+    old["loss"] = {"mask_ratio": own.get("mask_ratio", 0.75), "norm_pix_loss": own.get("norm_pix_loss", True),
+                   "rec_weight": own.get("rec_weight", 0.5), "student_temperature": own.get("prediction_temperature", 0.1),
+                   "teacher_temperature": own.get("target_temperature", 0.04), "masking": own.get("masking", "semantic")}
+    old["teacher"] = {"source": teacher.get("source"), "importance": teacher.get("importance", "attention"),
+                      "embed_dim": teacher.get("embed_dim")}
+    old["model"] = {**saved["model"], "decoder_width": own.get("decoder_width", 32), "decoder_depth": own.get("decoder_depth", 1),
+                    "decoder_heads": own.get("decoder_heads", 2), "decoder_type": own.get("decoder_type", "prompting")}
+    return old
+
+
+@pytest.mark.parametrize("method, own", [("milan", ["milan.masking=random", "milan.teacher.importance=similarity"]),
+                                         ("rils", ["rils.target_temperature=0.05"])])
+def test_a_run_saved_with_the_old_keys_resumes_and_evaluates(method, own, tmp_path, capsys, clip_run):
+    """A run directory written before the methods owned their sections (its config.yaml and its
+    checkpoint's config in the old keys) resumes from its saved config and evaluates, its
+    settings read into the method's own section."""
+    from langmim.api import load
+    from langmim.eval.suite import evaluate
+    from langmim.io import atomic_save, checkpoint_path, load_checkpoint
+
+    run = tmp_path / method
+    teacher = [f"milan.teacher.source=langmim:{clip_run}"] if method == "milan" else []
+    tiny = [o for o in tiny_overrides(run, method, steps=3) if not o.startswith("train.ckpt_every")]
+    assert main(["pretrain", *tiny, *teacher, *own, "--no-tensorboard", "--stop-after", "2"]) == 0
+    new = load_config(None, [*tiny, *teacher, *own]).settings
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    (run / "config.yaml").write_text(yaml.safe_dump(old_format(saved), sort_keys=False))
+    state = load_checkpoint(checkpoint_path(run, 2))
+    state["config"] = old_format(state["config"])
+    atomic_save(state, checkpoint_path(run, 2))
+    assert "loss" in yaml.safe_load((run / "config.yaml").read_text()) and method not in state["config"]
+
+    assert main(["pretrain", "--config", str(run / "config.yaml"), "--resume", "latest", "--no-tensorboard"]) == 0
+    assert f"resumed from '{checkpoint_path(run, 2)}' at step 2 of 3" in capsys.readouterr().out
+    model = load(run)
+    assert model.step == 3 and type(model.settings) is type(new)
+    assert all(getattr(model.settings, k) == getattr(new, k) for k in ("mask_ratio", "masking", "target_temperature") if hasattr(new, k))
+    if method == "milan":
+        assert model.settings.teacher.importance == "similarity" and model.settings.teacher.embed_dim == 32
+    result = evaluate(model, ["knn"], model.config.eval, tmp_path / "results", method, log=lambda _: None)["knn"]
+    assert 0.0 <= result["metrics"]["top1"] <= 100.0
+
+
+@pytest.mark.parametrize("overrides, words", [
+    (["method=rils", "mae.norm_pix_loss=false"], ["'mae.norm_pix_loss' is a setting of method mae", "rils.target_temperature"]),
+    (["method=rils", "loss.norm_pix_loss=false"], ["'loss.norm_pix_loss' is now a method's own setting (mae.norm_pix_loss)"]),
+    (["method=clip", "model.decoder_width=64"], ["(mae.decoder_width or milan.decoder_width)", "method clip has no settings"]),
+    (["method=milan", "milan.teacher.importance=cls"], ["milan.teacher.importance", "attention, similarity"]),
+    (["method=mae", "mae.mask_ratio=1"], ["mae.mask_ratio must be in [0, 1)"]),
+])
+def test_a_key_of_another_methods_section_names_that_section(overrides, words):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, overrides)
+    assert all(w in str(err.value) for w in words), str(err.value)
+
+
+def test_old_keys_on_the_command_line_read_as_the_methods_own():
+    cfg = load_config(None, ["method=rils", "loss.teacher_temperature=0.07", "loss.mask_ratio=0.5"])
+    assert (cfg.settings.target_temperature, cfg.settings.mask_ratio) == (0.07, 0.5)
+    cfg = load_config(None, ["teacher.source=langmim:runs/x", "model.decoder_type=mae", "method=milan"])  # order does not matter
+    assert (cfg.settings.teacher.source, cfg.settings.decoder_type) == ("langmim:runs/x", "mae")
+    assert load_config("milan_demo", []).settings.decoder_width == 128  # unset decoder sizes come from model.arch
+    with pytest.raises(ConfigError, match="preset 'milan_demo': config key 'milan.teacher.source' is a setting of method milan"):
+        load_config("milan_demo", ["method=mae"])  # a preset's section of another method is refused too
+
+
 def test_readme_resume_example_continues_with_the_saved_config(tmp_path, capsys):
     """README and docs/usage.md: `pretrain --config demo method=clip ... output_dir=runs/clip`, then
     `pretrain --config runs/clip/config.yaml --resume latest`; options may follow overrides."""
@@ -179,18 +251,31 @@ def test_every_checkpoint_reader_says_what_a_bad_file_is(tmp_path, capsys, comma
         assert "weights_only=False" not in err and "Traceback" not in err
 
 
+METHOD_RULE_MISTAKES = {  # a method-rule mistake on the command line, and the words of its one-line refusal
+    "method=mae init.lock_text=true": "init.text and init.lock_text need a text tower; method mae has none",
+    "method=rils init.lock_vision=true": "init.lock_vision freezes the encoder that method rils trains",
+    "method=milan train.fsdp=true": "train.fsdp is not supported for MILAN",
+    "method=supervised data.name=csv data.root=x.csv": "method supervised trains on fashion-scenes' ground truth",
+    "method=supervised model.patch_size=6 model.img_size=60": "model.patch_size=6 must be a multiple of 4",
+    "method=rils mae.norm_pix_loss=false": "'mae.norm_pix_loss' is a setting of method mae",
+}
+
+
 def test_help_and_config_errors_start_without_torch():
-    """`langmim --help` and a config mistake answer before torch, open_clip or timm are imported."""
+    """`langmim --help`, a config mistake and every method-rule mistake answer with exit code 2
+    before torch, open_clip or timm are imported."""
     import subprocess
     import sys
 
+    mistakes = [["pretrain", "train.lrr=1"], ["pretrain", "method=byol"]] + [["pretrain", *m.split()] for m in METHOD_RULE_MISTAKES]
     code = ("import sys; from langmim.cli import build_parser, main; build_parser(); "
-            "rc = main(['pretrain', 'train.lrr=1']) + main(['pretrain', 'method=byol']); "
-            "print(rc, sorted(m for m in ('torch', 'open_clip', 'timm', 'matplotlib') if m in sys.modules))")
+            f"print([main(argv) for argv in {mistakes!r}], sorted(m for m in ('torch', 'open_clip', 'timm', 'matplotlib') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert result.stdout.strip() == "4 []", result.stdout + result.stderr
-    assert "unknown config key 'train.lrr'" in result.stderr
-    assert "config key 'method' must be one of mae, clip, rils, milan, supervised; got 'byol'" in result.stderr  # the method registry's names
+    assert result.stdout.strip() == f"{[2] * len(mistakes)} []", result.stdout + result.stderr
+    errors = result.stderr.strip().splitlines()
+    assert len(errors) == len(mistakes) and "unknown config key 'train.lrr'" in errors[0]
+    assert "config key 'method' must be one of mae, clip, rils, milan, supervised; got 'byol'" in errors[1]  # the method registry's names
+    assert all(words in line for words, line in zip(METHOD_RULE_MISTAKES.values(), errors[2:])), errors
 
 
 def test_configs_saved_before_a_key_existed_load_with_what_those_runs_did():

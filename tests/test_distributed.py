@@ -40,7 +40,7 @@ def test_two_ranks_equal_one_process(tmp_path, clip_run, method, sharding):
     with FSDP the checkpoint written at step 2 is the full state, which every rank re-shards."""
     from distributed_step import one_step
 
-    extra = {"teacher.source": f"langmim:{clip_run}"} if method == "milan" else {}
+    extra = {"milan.teacher.source": f"langmim:{clip_run}"} if method == "milan" else {}
     extra["train.fsdp"] = str(sharding == "fsdp").lower()
     extra["train.no_weight_decay"] = "[]"  # the CLI run below starts from the demo preset, which exempts more
     for start in (0, 2):
@@ -63,10 +63,10 @@ def test_two_ranks_equal_one_process(tmp_path, clip_run, method, sharding):
 
 
 def test_milan_trains_under_torchrun(tmp_path, clip_run):
-    overrides = tiny_overrides(tmp_path, "milan", steps=3, **{"teacher.source": f"langmim:{clip_run}"})
+    overrides = tiny_overrides(tmp_path, "milan", steps=3, **{"milan.teacher.source": f"langmim:{clip_run}"})
     torchrun(["-m", "langmim.cli", "pretrain", "--no-tensorboard", *overrides])
     state = load_checkpoint(tmp_path / "checkpoint-00000003.pt")
-    assert state["step"] == 3 and state["config"]["teacher"]["embed_dim"] == 32  # the teacher was built and used
+    assert state["step"] == 3 and state["config"]["milan"]["teacher"]["embed_dim"] == 32  # the teacher was built and used
     losses = [json.loads(line)["loss"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert len(losses) == 3 and all(math.isfinite(v) for v in losses)
 

@@ -38,7 +38,7 @@ def file_summary(path: Path, run_dir: Path) -> object:
 
 
 def exported_files(method: str, tmp_path: Path) -> dict:
-    extra = {"teacher.embed_dim": 32} if method == "milan" else {}
+    extra = {"milan.teacher.embed_dim": 32} if method == "milan" else {}
     cfg = load_config(None, tiny_overrides(tmp_path / method, method, **extra))
     torch.manual_seed(0)
     model = build_method(cfg).eval()

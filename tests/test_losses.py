@@ -12,7 +12,7 @@ from langmim.methods.mae import masked_pixel_loss, patchify
 from langmim.methods.rils import reconstruction_kl, retrieval_hits
 
 
-def test_kl_is_zero_when_student_equals_teacher():
+def test_kl_is_zero_when_prediction_equals_target():
     feats = F.normalize(torch.randn(2, 5, 8), dim=-1)
     protos = F.normalize(torch.randn(4, 8), dim=-1)
     kl = reconstruction_kl(feats, feats, protos, 0.1, 0.1)
@@ -24,12 +24,12 @@ def test_kl_is_zero_when_student_equals_teacher():
 
 def test_kl_matches_hand_computation():
     protos = torch.eye(2)
-    student = torch.tensor([[[1.0, 0.0]]])
-    teacher = torch.tensor([[[0.0, 1.0]]])
+    prediction = torch.tensor([[[1.0, 0.0]]])
+    target = torch.tensor([[[0.0, 1.0]]])
     q = torch.softmax(torch.tensor([1.0, 0.0]) / 0.5, 0)
     p = torch.softmax(torch.tensor([0.0, 1.0]) / 0.25, 0)
     expected = (p * (p.log() - q.log())).sum()
-    assert reconstruction_kl(student, teacher, protos, 0.5, 0.25).item() == pytest.approx(expected.item(), rel=1e-5)
+    assert reconstruction_kl(prediction, target, protos, 0.5, 0.25).item() == pytest.approx(expected.item(), rel=1e-5)
 
 
 def test_retrieval_hits_flags_wrong_retrievals():
@@ -50,13 +50,13 @@ def test_rils_reconstruction_only_counts_masked_patches_of_hit_samples():
     feats = {
         "image_embed": torch.tensor([[1.0, 0, 0], [1.0, 0.1, 0], [0, 0, 1.0]]),
         "text_embed": texts,
-        "student": F.normalize(torch.randn(b, n, e), dim=-1),
-        "teacher": F.normalize(torch.randn(b, n, e), dim=-1),
+        "prediction": F.normalize(torch.randn(b, n, e), dim=-1),
+        "target": F.normalize(torch.randn(b, n, e), dim=-1),
         "mask": torch.tensor([[1.0, 1, 0, 0], [1, 1, 1, 1], [0, 1, 1, 0]]),
         "logit_scale": torch.full((b,), 10.0),
     }
     out = model.loss(feats)
-    kl = reconstruction_kl(feats["student"], feats["teacher"], texts, 0.1, 0.04)
+    kl = reconstruction_kl(feats["prediction"], feats["target"], texts, 0.1, 0.04)
     # sample 1 retrieves the wrong caption, so only sample 0's and 2's masked patches count
     expected = (kl[0, :2].sum() + kl[2, 1:3].sum()) / 4
     assert out["loss_rec"].item() == pytest.approx(expected.item(), rel=1e-5)

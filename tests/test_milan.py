@@ -23,7 +23,7 @@ from langmim.models.prompt_decoder import PromptingDecoder
 
 
 def milan_overrides(run_dir, teacher_run, steps=4, **extra):
-    return tiny_overrides(run_dir, "milan", steps, **{"teacher.source": f"langmim:{teacher_run}", **extra})
+    return tiny_overrides(run_dir, "milan", steps, **{"milan.teacher.source": f"langmim:{teacher_run}", **extra})
 
 
 def test_loss_is_two_minus_two_cos_over_every_token():
@@ -140,7 +140,7 @@ def test_open_clip_vit_b16_teacher_matches_open_clip(tmp_path):
 
 
 def test_teacher_errors_are_clear(tmp_path, clip_run):
-    with pytest.raises(ConfigError, match="teacher.source"):
+    with pytest.raises(ConfigError, match="milan.teacher.source"):
         build_teacher(None)
     with pytest.raises(ConfigError, match="openclip:MODEL:WEIGHTS"):
         build_teacher("openclip:ViT-B-16")
@@ -155,14 +155,14 @@ def test_teacher_errors_are_clear(tmp_path, clip_run):
 def test_milan_trains_and_keeps_its_teacher_frozen(tmp_path, clip_run, importance):
     cfg = load_config(None, milan_overrides(
         tmp_path, clip_run, steps=40, **{"train.lr": 3e-3, "train.batch_size": 32, "train.warmup_steps": 5,
-                                         "teacher.importance": importance}))
+                                         "milan.teacher.importance": importance}))
     pretrain(cfg, log_tensorboard=False)
     losses = [json.loads(line)["loss"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert sum(losses[-5:]) / 5 < 0.9 * sum(losses[:5]) / 5
 
     state = load_checkpoint(list_checkpoints(tmp_path)[-1])
     assert not any(k.startswith("teacher.") for k in state["model"])  # rebuilt from its source
-    assert state["config"]["teacher"]["embed_dim"] == 32
+    assert state["config"]["milan"]["teacher"]["embed_dim"] == 32
     assert build_method(cfg).teacher is None  # a loaded MILAN model encodes without it
     build_method(cfg).load_state_dict(state["model"])
 
@@ -181,13 +181,13 @@ def test_teacher_is_bit_identical_after_training_steps(tmp_path, clip_run):
     assert not torch.equal(method.visual.blocks[0].mlp.fc1.weight, student_before)
 
 
-@pytest.mark.parametrize("overrides", [{"loss.masking": "random"}, {"model.decoder_type": "mae"}])
+@pytest.mark.parametrize("overrides", [{"milan.masking": "random"}, {"milan.decoder_type": "mae"}])
 def test_paper_ablations_train(tmp_path, clip_run, overrides):
     cfg = load_config(None, milan_overrides(tmp_path, clip_run, steps=2, **overrides))
     run = pretrain(cfg, log_tensorboard=False)
     model = load(run)
-    expected = MaskTokenDecoder if overrides.get("model.decoder_type") == "mae" else PromptingDecoder
-    assert type(model.decoder) is expected and model.config.loss.masking == cfg.loss.masking
+    expected = MaskTokenDecoder if overrides.get("milan.decoder_type") == "mae" else PromptingDecoder
+    assert type(model.decoder) is expected and model.config.settings.masking == cfg.settings.masking
     losses = [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
 

@@ -12,7 +12,8 @@ from langmim.cli import main
 from langmim.config import load_config
 from langmim.engine.loop import Trainer, pretrain
 from langmim.errors import CheckpointError, ConfigError
-from langmim.methods import build_method, check_training_config
+from langmim.method_specs import check_method_rules
+from langmim.methods import build_method
 from langmim.models.text import build_tokenizer
 
 
@@ -77,7 +78,7 @@ def test_bad_text_sources_are_config_errors(value, match):
 
 def test_text_init_needs_a_text_tower():
     with pytest.raises(ConfigError, match="init.text and init.lock_text need a text tower"):
-        check_training_config(load_config(None, ["method=mae", f"init.text=sentence-transformers:{minilm()}"]))
+        check_method_rules(load_config(None, ["method=mae", f"init.text=sentence-transformers:{minilm()}"]))
 
 
 def test_export_then_import_is_lossless(tmp_path):
@@ -156,7 +157,7 @@ def test_locked_vision_tower_stays_while_its_projection_trains():
 
 def test_lock_vision_is_refused_for_masked_image_modelling():
     with pytest.raises(ConfigError, match="init.lock_vision freezes the encoder that method rils trains"):
-        check_training_config(load_config(None, ["method=rils", "init.lock_vision=true"]))
+        check_method_rules(load_config(None, ["method=rils", "init.lock_vision=true"]))
 
 
 def test_open_clip_export_of_a_minilm_run_gives_the_same_text_embeddings(tmp_path):

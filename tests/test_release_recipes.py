@@ -95,9 +95,9 @@ def test_weights_that_contradict_a_quickgelu_name_are_refused(clip_weights):
 
 def test_unrecorded_activation_is_warned_about_where_open_clip_knows_quickgelu_weights(capsys):
     unknown = TrainedActivation(None, "nothing records it")
-    assert choose_quick_gelu("ViT-B-16", unknown, "teacher.source") is False
+    assert choose_quick_gelu("ViT-B-16", unknown, "milan.teacher.source") is False
     assert "ViT-B-16-quickgelu" in capsys.readouterr().err  # OpenAI's ViT-B/16 weights need it
-    assert choose_quick_gelu("tiny-recipe", unknown, "teacher.source") is False  # no known QuickGELU weights: quiet
+    assert choose_quick_gelu("tiny-recipe", unknown, "milan.teacher.source") is False  # no known QuickGELU weights: quiet
     assert capsys.readouterr().err == ""
 
 
@@ -129,7 +129,7 @@ def test_openai_torchscript_release_is_refused_without_unsafe_advice(tmp_path):
     path = tmp_path / "ViT-B-16.pt"
     torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), path)
     with pytest.raises(CheckpointError, match="TorchScript archive") as err:
-        create_open_clip("tiny-recipe", path, "teacher.source")
+        create_open_clip("tiny-recipe", path, "milan.teacher.source")
     assert "weights_only=False" not in str(err.value) and "open_clip_config.json" in str(err.value)
     assert set(OPENAI_ONLY_KEYS) == {"input_resolution", "context_length", "vocab_size"}
 
@@ -241,7 +241,7 @@ def test_paper_presets_follow_their_releases(preset):
     d, t = cfg.data, cfg.train
     assert (d.crop_scale, d.interpolation, d.hflip, t.grad_clip, t.no_weight_decay, cfg.model.text_quick_gelu) == RELEASE_RECIPES[preset]
     if preset == "milan_vit_b16":
-        assert cfg.teacher.source.startswith("openclip:ViT-B-16-quickgelu:")
+        assert cfg.settings.teacher.source.startswith("openclip:ViT-B-16-quickgelu:")
 
 
 @pytest.mark.parametrize("clip", [0.0, 1e-3])
@@ -317,9 +317,9 @@ def test_timm_teacher_drops_register_tokens():
 
 def test_milan_trains_with_a_timm_teacher(tmp_path, timm_weights):
     cfg = load_config(None, tiny_overrides(tmp_path / "run", "milan", steps=3,
-                                           **{"teacher.source": f"timm:vit_tiny_patch16_224:{timm_weights}"}))
+                                           **{"milan.teacher.source": f"timm:vit_tiny_patch16_224:{timm_weights}"}))
     run = pretrain(cfg)
-    assert load_checkpoint(checkpoint_path(run, 3))["config"]["teacher"]["embed_dim"] == 192
+    assert load_checkpoint(checkpoint_path(run, 3))["config"]["milan"]["teacher"]["embed_dim"] == 192
     losses = [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
     assert len(losses) == 3 and all(math.isfinite(v) for v in losses)
 

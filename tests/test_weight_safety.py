@@ -61,7 +61,7 @@ READERS = {
     "weights file": lambda path: read_weights(path, ()),
     "init.vision (timm weights)": lambda path: load_timm_vision(nn.Identity(), path),
     "init.text (open_clip weights)": lambda path: load_open_clip_text(nn.Identity(), path, quick_gelu=False),
-    "open_clip model (teacher.source, --checkpoint openclip:)": lambda path: create_open_clip("ViT-B-32", path, "teacher.source"),
+    "open_clip model (teacher.source, --checkpoint openclip:)": lambda path: create_open_clip("ViT-B-32", path, "milan.teacher.source"),
     "external timm model (--checkpoint timm:)": lambda path: load_external(f"timm:vit_tiny_patch16_224:{path}"),
     "feature cache": feature_cache,
 }

@@ -8,15 +8,29 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .errors import ConfigError, LangmimError
-from .methods.registry import METHODS
+from .method_specs import METHODS
 
 OVERRIDE_HELP = "config overrides as key=value, e.g. train.steps=100 model.arch=demo method=clip"
+SEEDS_HELP = ("runs that report the same model name are seeds of one column, each cell 'mean +- half-width (n=K)' of "
+              "the 95%% Student-t interval; a run's seed is the seed-K directory in its path (runs/clip/seed-0), else "
+              "the train seed its results record")
+COMPARE_HELP = ("verdict columns: A - B over paired seeds (seed k of A with seed k of B; a model with one run, e.g. "
+                "random-init, is paired with every seed) with its 95%% interval and 'ahead', 'level' (the interval "
+                "holds 0), 'behind' or 'cannot tell' (under two pairs), from a paired t-test")
 
 
 def _presets() -> str:
     from .config import preset_names
 
     return ", ".join(preset_names())
+
+
+def _method_settings() -> str:
+    """Each registered method's own keys, from its spec."""
+    from .config.keys import section_keys
+
+    return "; ".join(f"{name}: " + (", ".join(section_keys(spec.settings(), f"{name}.")) if spec.settings else "none")
+                     for name, spec in METHODS.items())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("pretrain", help="pre-train one method; writes checkpoints, metrics and config.yaml",
                        description=f"Pre-train a method (method={'|'.join(METHODS)}) from a preset or YAML file "
-                       "with key=value overrides. Run it under torchrun for several processes.")
+                       "with key=value overrides. Run it under torchrun for several processes. Each method's own "
+                       f"settings ({_method_settings()}).")
     p.add_argument("--config", default="demo", help=f"a packaged preset ({_presets()}) or a YAML file; default: demo")
     p.add_argument("--resume", default=None, metavar="latest|PATH",
                    help="'latest' continues from the newest checkpoint in output_dir (starting fresh if there "
@@ -83,14 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--ceiling", default=None, metavar="MODEL",
                    help="with --floor, a model's column (e.g. supervised): every other model's share of the "
                    "floor-to-ceiling gap, in percent ('n/a' when the gap is under 0.01 points)")
-    r.add_argument("--seeds", action="store_true",
-                   help="runs that report the same model name are seeds of one column, each cell 'mean +- half-width "
-                   "(n=K)' of the 95%% Student-t interval; a run's seed is the seed-K directory in its path "
-                   "(runs/clip/seed-0), else the train seed its results record")
-    r.add_argument("--compare", default=None, metavar="A:B[,C:D]",
-                   help="verdict columns: A - B over paired seeds (seed k of A with seed k of B; a model with one run, "
-                   "e.g. random-init, is paired with every seed) with its 95%% interval and 'ahead', 'level' (the "
-                   "interval holds 0), 'behind' or 'cannot tell' (under two pairs), from a paired t-test")
+    r.add_argument("--seeds", action="store_true", help=SEEDS_HELP)
+    r.add_argument("--compare", default=None, metavar="A:B[,C:D]", help=COMPARE_HELP)
 
     x = sub.add_parser("export", help="export a checkpoint for timm (vision tower), open_clip (CLIP/RILS) or as safetensors",
                        description="Write the vision tower as a timm local-dir folder (timm.create_model('local-dir:OUT', "
@@ -224,10 +233,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "pretrain":
             from .config import load_config
-            from .methods.registry import check_method_name
+            from .method_specs import check_method_rules
 
-            cfg = load_config(args.config, args.overrides)  # config mistakes surface before torch is imported
-            check_method_name(cfg.method)
+            cfg = load_config(args.config, args.overrides)  # config mistakes, method rules included, surface before torch is imported
+            check_method_rules(cfg)
             from . import dist
             from .engine.loop import pretrain
 

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..method_specs import SUBCELLS
 from .fashion_mnist import CLASS_NAMES
 from .scenes import COLOURS, POSITIONS
 
@@ -17,7 +18,6 @@ NUM_GARMENTS = len(CLASS_NAMES)
 MAX_ITEMS = 3  # fashion-scenes hold 1 to 3 items
 NO_GARMENT = NUM_GARMENTS  # the centre target of a scene whose centre cell is empty
 IGNORE = -1  # a target that does not apply (a garment the scene lacks, or one in two colours)
-SUBCELLS = 4  # per patch side: each token names the garment of SUBCELLS x SUBCELLS cells
 _COLOUR_INDEX = {name: i for i, name in enumerate(COLOURS)}
 _CENTRE = POSITIONS.index("centre")
 

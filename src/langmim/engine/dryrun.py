@@ -14,8 +14,8 @@ from ..config import Config
 from ..data.pretrain import masking_noise
 from ..data.scene_labels import random_scene_labels
 from ..errors import LangmimError
-from ..methods import build_method, check_training_config
-from ..methods.registry import method_class
+from ..method_specs import check_method_rules, method_spec
+from ..methods import build_method
 from ..models.teacher import build_library_teacher, parse_teacher_source
 from ..models.text import build_tokenizer
 from .loop import Trainer
@@ -25,7 +25,7 @@ DRY_BATCH = 2
 
 
 def build_for_dry_run(cfg: Config) -> torch.nn.Module:
-    source = parse_teacher_source(cfg.teacher.source) if method_class(cfg.method).needs_teacher else None
+    source = parse_teacher_source(cfg.settings.teacher.source) if method_spec(cfg.method).needs_teacher else None
     if source is not None and source.kind in ("openclip", "timm") and not Path(source.location).exists():
         print(f"teacher weights '{source.location}' not on disk: random {source.model} teacher for the dry run")
         teacher = build_library_teacher(source, cfg.model.img_size // cfg.model.patch_size, random_weights=True)
@@ -103,7 +103,7 @@ def recipe_lines(cfg: Config, method: torch.nn.Module) -> list[str]:
 
 
 def dry_run(cfg: Config) -> dict[str, float]:
-    check_training_config(cfg)
+    check_method_rules(cfg)
     torch.manual_seed(cfg.train.seed)
     method = build_for_dry_run(cfg)
     recipe = recipe_lines(cfg, method)

@@ -17,7 +17,8 @@ from ..data.captioned import PROBLEM_KINDS
 from ..data.pretrain import build_pretrain_loader
 from ..errors import LangmimError
 from ..io import load_checkpoint
-from ..methods import build_method, check_training_config
+from ..method_specs import check_method_rules
+from ..methods import build_method
 from ..methods.base import PretrainMethod
 from ..models.text import build_tokenizer
 from ..transforms import to_float
@@ -137,7 +138,7 @@ def pretrain(cfg: Config, resume: str | None = None, log_tensorboard: bool = Tru
     ``stop_after`` ends this invocation after that global step (with a checkpoint), leaving the
     schedule of ``train.steps`` intact: a time-boxed job continues later with ``resume``.
     """
-    check_training_config(cfg)
+    check_method_rules(cfg)
     info = dist.setup(cfg.train.device)
     run_dir = Path(cfg.output_dir)
     resume_path = find_resume_checkpoint(resume, run_dir)
@@ -146,7 +147,7 @@ def pretrain(cfg: Config, resume: str | None = None, log_tensorboard: bool = Tru
         for stale in remove_stale_temporaries(run_dir):
             print(f"removed {stale.name}, left by a run killed while writing a checkpoint")
     torch.manual_seed(cfg.train.seed)
-    method = build_method(cfg, with_teacher=True).to(info.device)  # fills teacher.embed_dim
+    method = build_method(cfg, with_teacher=True).to(info.device)  # fills the teacher's embed_dim
     method.set_grad_checkpointing(cfg.train.grad_checkpointing)
     if cfg.train.compile:
         method.compile_towers()

@@ -22,7 +22,6 @@ from ..transforms import to_float
 from .inference import evaluating
 
 
-
 def shift_images(images: Tensor, dx: int, dy: int) -> Tensor:
     """uint8 (B, 3, H, W) translated so that output pixel (y, x) = input (y + dy, x + dx); what
     comes in from outside the canvas is black (the scenes' background)."""

@@ -1,11 +1,11 @@
-"""Pre-training methods: one file each (a ``PretrainMethod`` subclass declaring its capabilities),
-registered by name in ``registry``. ``build_method``, ``load_method``, ``build_teacher`` and
-``check_training_config`` live in ``build`` and import torch on first use, so the command line reads the registry without it."""
+"""Pre-training methods: one file each (a ``PretrainMethod`` subclass), registered by name with
+its spec in ``langmim.method_specs``. ``build_method``, ``load_method`` and ``build_teacher`` live
+in ``build`` and import torch on first use."""
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["build_method", "build_teacher", "check_training_config", "load_method"]
+__all__ = ["build_method", "build_teacher", "load_method"]
 
 
 def __getattr__(name: str) -> Any:

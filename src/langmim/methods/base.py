@@ -14,7 +14,8 @@ from torch import nn
 
 from .. import dist
 from ..config import Config
-from ..errors import ConfigError, LangmimError
+from ..errors import LangmimError
+from ..method_specs import MethodSpec, method_spec
 from ..models.masking import Masking, mask_from_noise, num_visible
 from ..models.open_clip_weights import load_open_clip_text
 from ..models.pretrained import load_timm_vision, split_text_source
@@ -31,27 +32,30 @@ class PretrainMethod(nn.Module, abc.ABC):
     sample) and ``loss`` maps them to a dict with ``loss`` and logged scalars. The split lets the
     engine cache features across accumulation steps for objectives that couple samples."""
 
-    # What the method is and needs, read by the engine, evaluation, export and model cards.
-    name = ""  # its registry name (``method=NAME``)
+    name = ""  # its registry name (``method=NAME``); what it needs is declared in its spec (``langmim.method_specs``)
     title = ""  # as the paper writes it, for model cards
     tags: tuple[str, ...] = ()  # Hugging Face tags of its kind of pre-training
-    has_text = False  # a text tower: zero-shot and retrieval, init.text, init.lock_text
-    needs_teacher = False  # trains against a frozen tower built from teacher.source
-    can_lock_vision = False  # init.lock_vision leaves it something to train (LiT)
-    batch_coupled = False  # True where one sample's loss depends on the others (contrastive)
-    needs_scene_labels = False  # trains on fashion-scenes' ground truth (masks, garments, colours), not on captions
     text_locked = False
     checkpoint_path: str | None = None  # set when loaded from a saved model (``load_method``)
     step: int | None = None
 
-    @classmethod
-    def check_config(cls, cfg: Config) -> None:
-        """Refuse settings this method cannot honour, naming the key."""
-        if (cfg.init.text or cfg.init.lock_text) and not cls.has_text:
-            raise ConfigError(f"init.text and init.lock_text need a text tower; method {cls.name} has none")
-        if cfg.init.lock_vision and not cls.can_lock_vision:
-            raise ConfigError(f"init.lock_vision freezes the encoder that method {cls.name} trains; "
-                              "LiT locks it for a method that trains a text tower against it (clip)")
+    @property
+    def spec(self) -> MethodSpec:
+        return method_spec(self.name)
+
+    @property
+    def has_text(self) -> bool:
+        """A text tower: zero-shot and retrieval."""
+        return self.spec.has_text
+
+    @property
+    def needs_scene_labels(self) -> bool:
+        return self.spec.needs_scene_labels
+
+    @property
+    def batch_coupled(self) -> bool:
+        """One sample's loss depends on the others (contrastive)."""
+        return self.spec.batch_coupled
 
     def fsdp_blocks(self) -> list[nn.Module]:
         """What FSDP shards one by one: the transformer blocks of the trained towers."""
@@ -62,8 +66,8 @@ class PretrainMethod(nn.Module, abc.ABC):
         super().__init__()
         self.config = cfg
         m = cfg.model
+        self.settings = cfg.settings  # the method's own section (``NAME.*``)
         self.visual = MaskedVisionTransformer(m.img_size, m.patch_size, m.width, m.depth, m.heads, m.mlp_ratio)
-        self.num_keep = num_visible(self.visual.num_patches, cfg.loss.mask_ratio)
 
     @property
     def source(self) -> str:
@@ -112,9 +116,6 @@ class PretrainMethod(nn.Module, abc.ABC):
     def after_optimizer_step(self) -> None:
         """Constraints put back on parameters after each optimizer step (none here)."""
 
-    def masking(self, batch: dict) -> Masking:
-        return mask_from_noise(batch["noise"], self.num_keep)
-
     @abc.abstractmethod
     def features(self, batch: dict) -> dict[str, torch.Tensor]:
         """Per-sample tensors of a batch (dim 0 is the sample)."""
@@ -145,11 +146,19 @@ class PretrainMethod(nn.Module, abc.ABC):
 
 
 class MaskedImageModelling:
-    """What the masked-image-modelling methods (MAE, RILS, MILAN) share: their tag, and the masked
-    pass, in which the encoder sees the visible patches only and ``self.decoder`` (mask tokens put
-    back in place) predicts every patch. Put it before the ``PretrainMethod`` base."""
+    """What the masked-image-modelling methods (MAE, RILS, MILAN) share: their tag, the mask drawn
+    from the batch's noise at their section's ``mask_ratio``, and the masked pass, in which the
+    encoder sees the visible patches only and ``self.decoder`` (mask tokens put back in place)
+    predicts every patch. Put it before the ``PretrainMethod`` base."""
 
     tags: tuple[str, ...] = ("masked-image-modeling",)
+
+    @property
+    def num_keep(self) -> int:
+        return num_visible(self.visual.num_patches, self.settings.mask_ratio)
+
+    def masking(self, batch: dict) -> Masking:
+        return mask_from_noise(batch["noise"], self.num_keep)
 
     def predict_masked(self, images: torch.Tensor, masking: Masking) -> torch.Tensor:
         """The decoder's prediction for every patch from the encoder tokens of the visible ones."""
@@ -158,9 +167,6 @@ class MaskedImageModelling:
 
 class ImageTextMethod(PretrainMethod):
     """Adds the CLIP text tower, the image projection W (D x E, no bias) and the logit scale."""
-
-    has_text = True
-    batch_coupled = True
 
     def __init__(self, cfg: Config) -> None:
         super().__init__(cfg)

@@ -7,6 +7,7 @@ from pathlib import Path
 from ..config import Config, config_from_dict
 from ..errors import ConfigError
 from ..io import read_saved_model
+from ..method_specs import method_spec
 from ..models.teacher import LangmimTeacher, Teacher, build_library_teacher, parse_teacher_source
 from .base import PretrainMethod
 from .registry import method_class
@@ -14,26 +15,22 @@ from .registry import method_class
 
 def build_method(cfg: Config, with_teacher: bool = False, teacher: Teacher | None = None) -> PretrainMethod:
     """The method named by ``cfg.method``. A method that ``needs_teacher`` gets its frozen tower
-    (``teacher``, or one built from ``teacher.source``) only ``with_teacher`` (training); a loaded
-    checkpoint encodes images without it. Training checks ``check_config`` first
-    (``check_training_config``); a saved model loads whatever it trained with."""
+    (``teacher``, or one built from its section's ``teacher.source``) only ``with_teacher``
+    (training); a loaded checkpoint encodes images without it. Training checks the method's rules
+    first (``check_method_rules``); a saved model loads whatever it trained with."""
     cls = method_class(cfg.method)
-    if not cls.needs_teacher:
+    if not method_spec(cfg.method).needs_teacher:
         return cls(cfg)
+    own, prefix = cfg.settings.teacher, f"{cfg.method}.teacher"
     if with_teacher and teacher is None:
-        teacher = build_teacher(cfg.teacher.source, cfg.model.img_size // cfg.model.patch_size)
+        teacher = build_teacher(own.source, cfg.model.img_size // cfg.model.patch_size)
     if teacher is not None:
-        if cfg.teacher.embed_dim not in (None, teacher.embed_dim):
-            raise ConfigError(f"teacher.embed_dim={cfg.teacher.embed_dim} but the teacher '{cfg.teacher.source}' gives {teacher.embed_dim}")
-        cfg.teacher.embed_dim = teacher.embed_dim
-    if cfg.teacher.embed_dim is None:
-        raise ConfigError(f"method={cfg.method} needs the teacher's feature width: set teacher.source (or teacher.embed_dim)")
+        if own.embed_dim not in (None, teacher.embed_dim):
+            raise ConfigError(f"{prefix}.embed_dim={own.embed_dim} but the teacher '{own.source}' gives {teacher.embed_dim}")
+        own.embed_dim = teacher.embed_dim
+    if own.embed_dim is None:
+        raise ConfigError(f"method={cfg.method} needs the teacher's feature width: set {prefix}.source (or {prefix}.embed_dim)")
     return cls(cfg, teacher)
-
-
-def check_training_config(cfg: Config) -> None:
-    """Refuse, before anything is built or written, settings the method cannot train with."""
-    method_class(cfg.method).check_config(cfg)
 
 
 def load_method(path: str | Path) -> PretrainMethod:
@@ -48,7 +45,7 @@ def load_method(path: str | Path) -> PretrainMethod:
 
 
 def build_teacher(source: str | None, grid_size: int | None = None, random_weights: bool = False) -> Teacher:
-    """The frozen tower ``teacher.source`` names: ``openclip:MODEL:WEIGHTS``, ``timm:MODEL:WEIGHTS``
+    """The frozen tower a ``teacher.source`` names: ``openclip:MODEL:WEIGHTS``, ``timm:MODEL:WEIGHTS``
     (built for the student's ``grid_size``; without weights when ``random_weights``, for dry
     runs) or ``langmim:RUN_OR_CHECKPOINT`` (a CLIP or RILS model saved by langmim)."""
     parsed = parse_teacher_source(source)

@@ -12,7 +12,6 @@ class CLIP(ImageTextMethod):
     name = "clip"
     title = "CLIP"
     tags = ("contrastive",)
-    can_lock_vision = True
 
     def features(self, batch: dict) -> dict[str, torch.Tensor]:
         tokens = self.visual.forward_features(batch["image"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from ..config import Config, ModelConfig
+from ..method_specs import MAESettings
 from ..models.decoder import MaskTokenDecoder
 from .base import MaskedImageModelling, PretrainMethod
 
@@ -31,10 +32,10 @@ def masked_pixel_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tens
     return (per_patch * mask).sum() / mask.sum()
 
 
-def pixel_decoder(m: ModelConfig, grid_size: int) -> MaskTokenDecoder:
-    """MAE's decoder: narrower and shallower than the encoder (``model.decoder_*``), predicting
+def pixel_decoder(m: ModelConfig, own: MAESettings, grid_size: int) -> MaskTokenDecoder:
+    """MAE's decoder: narrower and shallower than the encoder (``mae.decoder_*``), predicting
     each patch's pixels."""
-    return MaskTokenDecoder(m.width, m.decoder_width, m.decoder_depth, m.decoder_heads, out_dim=m.patch_size**2 * 3, grid_size=grid_size)
+    return MaskTokenDecoder(m.width, own.decoder_width, own.decoder_depth, own.decoder_heads, out_dim=m.patch_size**2 * 3, grid_size=grid_size)
 
 
 class MAE(MaskedImageModelling, PretrainMethod):
@@ -43,7 +44,7 @@ class MAE(MaskedImageModelling, PretrainMethod):
 
     def __init__(self, cfg: Config) -> None:
         super().__init__(cfg)
-        self.decoder = pixel_decoder(cfg.model, self.visual.grid_size)
+        self.decoder = pixel_decoder(cfg.model, cfg.settings, self.visual.grid_size)
 
     def features(self, batch: dict) -> dict[str, torch.Tensor]:
         images = batch["image"]
@@ -52,6 +53,5 @@ class MAE(MaskedImageModelling, PretrainMethod):
         return {"pred": pred, "target": patchify(images, self.visual.patch_size), "mask": masking.mask}
 
     def loss(self, feats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        norm_pix = self.config.loss.norm_pix_loss
-        loss = masked_pixel_loss(feats["pred"].float(), feats["target"].float(), feats["mask"], norm_pix)
+        loss = masked_pixel_loss(feats["pred"].float(), feats["target"].float(), feats["mask"], self.settings.norm_pix_loss)
         return {"loss": loss}

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import Config
-from ..errors import ConfigError, LangmimError
+from ..errors import LangmimError
 from ..models.decoder import MaskTokenDecoder
 from ..models.masking import Masking, mask_from_noise
 from ..models.prompt_decoder import PromptingDecoder
@@ -43,27 +43,20 @@ def semantic_masking(importance: torch.Tensor, uniform: torch.Tensor, num_keep: 
 class MILAN(MaskedImageModelling, PretrainMethod):
     name = "milan"
     title = "MILAN"
-    needs_teacher = True
-
-    @classmethod
-    def check_config(cls, cfg: Config) -> None:
-        super().check_config(cfg)
-        if cfg.train.fsdp:
-            raise ConfigError("train.fsdp is not supported for MILAN yet (its frozen teacher would be sharded too); use DDP")
 
     def __init__(self, cfg: Config, teacher: Teacher | None = None) -> None:
         super().__init__(cfg)
-        m = cfg.model
-        self.importance_kind = cfg.teacher.importance
-        self.semantic = cfg.loss.masking == "semantic"
+        own = cfg.settings
+        self.importance_kind = own.teacher.importance
+        self.semantic = own.masking == "semantic"
         if teacher is not None:
             teacher.check_grid(self.visual.grid_size)
         self.teacher = teacher
-        decoder = PromptingDecoder if m.decoder_type == "prompting" else MaskTokenDecoder
-        extra = {} if m.decoder_type == "prompting" else {"predict_cls": True}
+        prompting = own.decoder_type == "prompting"
+        decoder = PromptingDecoder if prompting else MaskTokenDecoder
         self.decoder = decoder(
-            m.width, m.decoder_width, m.decoder_depth, m.decoder_heads,
-            out_dim=cfg.teacher.embed_dim, grid_size=self.visual.grid_size, **extra,
+            cfg.model.width, own.decoder_width, own.decoder_depth, own.decoder_heads,
+            out_dim=own.teacher.embed_dim, grid_size=self.visual.grid_size, **({} if prompting else {"predict_cls": True}),
         )
 
     def masking(self, batch: dict, importance: torch.Tensor | None = None) -> Masking:
@@ -88,7 +81,7 @@ class MILAN(MaskedImageModelling, PretrainMethod):
             masked_cos = (cos * feats["mask"]).sum() / feats["mask"].sum().clamp_min(1)
         return {"loss": loss, "masked_cos": masked_cos}
 
-    # The frozen teacher is rebuilt from teacher.source; checkpoints hold only what trains.
+    # The frozen teacher is rebuilt from milan.teacher.source; checkpoints hold only what trains.
     def state_dict(self, *args, **kwargs) -> dict:
         state = super().state_dict(*args, **kwargs)
         return type(state)((k, v) for k, v in state.items() if not k.startswith(TEACHER_PREFIX))

@@ -6,11 +6,12 @@ Per step the same image goes through the same encoder twice:
 2. full pass: encoder on all patches (``unmasked_feat``).
 With one projection W into the joint space and the batch's caption embeddings T as prototypes:
 - ``L_clip``: symmetric InfoNCE between v = norm(mean_k unmasked_feat @ W) and the captions;
-- ``L_rec``: per masked patch, KL(p || q) with the student q = softmax(norm(masked_pred W) T^T / 0.1)
-  and the stop-gradient teacher p = softmax(norm(unmasked_feat W) T^T / 0.04), averaged over
-  masked patches of the samples whose image->text argmax is their own caption (c_i = 1).
-L = L_clip + 0.5 L_rec. Prototypes are all ranks' captions, detached; the count that
-normalises L_rec is global, so N ranks compute exactly what one process would.
+- ``L_rec``: per masked patch, KL(p || q) with the prediction q = softmax(norm(masked_pred W) T^T / 0.1)
+  and the stop-gradient target p = softmax(norm(unmasked_feat W) T^T / 0.04) of the same encoder,
+  averaged over masked patches of the samples whose image->text argmax is their own caption (c_i = 1).
+L = L_clip + 0.5 L_rec (``rils.rec_weight``, ``rils.prediction_temperature``, ``rils.target_temperature``).
+Prototypes are all ranks' captions, detached; the count that normalises L_rec is global, so N ranks
+compute exactly what one process would.
 """
 from __future__ import annotations
 
@@ -24,16 +25,16 @@ from .base import ImageTextMethod, MaskedImageModelling
 
 
 def reconstruction_kl(
-    student: torch.Tensor,
-    teacher: torch.Tensor,
+    prediction: torch.Tensor,
+    target: torch.Tensor,
     prototypes: torch.Tensor,
-    student_temperature: float,
-    teacher_temperature: float,
+    prediction_temperature: float,
+    target_temperature: float,
 ) -> torch.Tensor:
-    """KL(p || q) per patch, (B, N): p from the teacher features (no gradient), q from the student."""
-    log_q = F.log_softmax(student @ prototypes.T / student_temperature, dim=-1)
+    """KL(p || q) per patch, (B, N): p from the target features (no gradient), q from the prediction."""
+    log_q = F.log_softmax(prediction @ prototypes.T / prediction_temperature, dim=-1)
     with torch.no_grad():
-        log_p = F.log_softmax(teacher @ prototypes.T / teacher_temperature, dim=-1)
+        log_p = F.log_softmax(target @ prototypes.T / target_temperature, dim=-1)
     return (log_p.exp() * (log_p - log_q)).sum(dim=-1)
 
 
@@ -51,9 +52,6 @@ class RILS(MaskedImageModelling, ImageTextMethod):
     def __init__(self, cfg: Config) -> None:
         super().__init__(cfg)
         m = cfg.model
-        self.rec_weight = cfg.loss.rec_weight
-        self.student_temperature = cfg.loss.student_temperature
-        self.teacher_temperature = cfg.loss.teacher_temperature
         self.decoder = MaskTokenDecoder(
             m.width, m.width, depth=1, heads=m.heads, out_dim=m.width, grid_size=self.visual.grid_size
         )
@@ -66,8 +64,8 @@ class RILS(MaskedImageModelling, ImageTextMethod):
         return {
             "image_embed": F.normalize(self.image_embedding(unmasked_feat), dim=-1),
             "text_embed": self.encode_text(batch["text"]),
-            "student": F.normalize(masked_pred @ self.image_projection, dim=-1),
-            "teacher": self.patch_embeddings(unmasked_feat),
+            "prediction": F.normalize(masked_pred @ self.image_projection, dim=-1),
+            "target": self.patch_embeddings(unmasked_feat),
             "mask": masking.mask,
             "logit_scale": self.scale_per_sample(images.shape[0]),
         }
@@ -78,17 +76,16 @@ class RILS(MaskedImageModelling, ImageTextMethod):
         loss_clip = self.contrastive_loss(image_embed, text_embed, scale)
 
         prototypes = dist.gather_with_grad(text_embed).detach()
+        own = self.settings
         kl = reconstruction_kl(
-            feats["student"].float(), feats["teacher"].float(), prototypes,
-            self.student_temperature, self.teacher_temperature,
-        )
+            feats["prediction"].float(), feats["target"].float(), prototypes, own.prediction_temperature, own.target_temperature)
         hits = retrieval_hits(image_embed.detach(), prototypes)
         weights = feats["mask"] * hits[:, None]
         global_count = dist.all_reduce_sum(weights.sum())
         # DDP averages gradients over ranks, so each rank's share is scaled back by world size.
         loss_rec = (weights * kl).sum() * dist.world_size() / (global_count + 1e-6)
 
-        loss = loss_clip + self.rec_weight * loss_rec
+        loss = loss_clip + own.rec_weight * loss_rec
         return {
             "loss": loss,
             "loss_clip": loss_clip.detach(),

@@ -17,9 +17,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import Config
-from ..data.scene_labels import IGNORE, MAX_ITEMS, NUM_GARMENTS, SUBCELLS
+from ..data.scene_labels import IGNORE, MAX_ITEMS, NUM_GARMENTS
 from ..data.scenes import COLOURS
-from ..errors import ConfigError
+from ..method_specs import SUBCELLS
 from .base import PretrainMethod
 
 TERMS = ("loss_patch", "loss_presence", "loss_colour", "loss_count", "loss_centre")
@@ -39,16 +39,6 @@ class Supervised(PretrainMethod):
     name = "supervised"
     title = "Supervised on scene labels"
     tags = ("image-segmentation", "image-classification")
-    needs_scene_labels = True
-
-    @classmethod
-    def check_config(cls, cfg: Config) -> None:
-        super().check_config(cfg)
-        if cfg.data.name != "fashion-scenes":
-            raise ConfigError(f"method supervised trains on fashion-scenes' ground truth; data.name={cfg.data.name} has none")
-        if cfg.model.patch_size % SUBCELLS:
-            raise ConfigError(f"method supervised labels {SUBCELLS} x {SUBCELLS} cells per patch: "
-                              f"model.patch_size={cfg.model.patch_size} must be a multiple of {SUBCELLS}")
 
     def __init__(self, cfg: Config) -> None:
         super().__init__(cfg)

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import IMPORTANCES
 from ..errors import ConfigError
+from ..method_specs import IMPORTANCES
 from ..transforms import IMAGE_MEAN, IMAGE_STD
 from .open_clip_weights import create_open_clip
 from .pretrained import load_timm_vision
@@ -67,7 +67,7 @@ class Teacher(nn.Module, abc.ABC):
     def check_grid(self, student_grid: int) -> None:
         if student_grid != self.grid_size:
             raise ConfigError(
-                f"teacher.source has a {self.grid_size}x{self.grid_size} patch grid but the student has "
+                f"milan.teacher.source has a {self.grid_size}x{self.grid_size} patch grid but the student has "
                 f"{student_grid}x{student_grid}; set model.img_size / model.patch_size so that they match"
             )
 
@@ -113,7 +113,7 @@ class Teacher(nn.Module, abc.ABC):
             patches = F.normalize(out.tokens[:, 1:], dim=-1)
             pooled = F.normalize(out.embedding, dim=-1)
             return (patches @ pooled.unsqueeze(-1)).squeeze(-1) + 1.0
-        raise ConfigError(f"teacher.importance must be one of {', '.join(IMPORTANCES)}; got {kind!r}")
+        raise ConfigError(f"the teacher's importance must be one of {', '.join(IMPORTANCES)}; got {kind!r}")
 
 
 class OpenCLIPTeacher(Teacher):
@@ -127,12 +127,12 @@ class OpenCLIPTeacher(Teacher):
             try:
                 model = open_clip.create_model(model_name, pretrained=None)
             except RuntimeError as err:
-                raise ConfigError(f"teacher.source: unknown open_clip model {model_name!r} ({err})") from None
+                raise ConfigError(f"milan.teacher.source: unknown open_clip model {model_name!r} ({err})") from None
         else:
-            model = create_open_clip(model_name, weights, "teacher.source")
+            model = create_open_clip(model_name, weights, "milan.teacher.source")
         visual = model.visual
         if not hasattr(visual, "transformer") or visual.attn_pool is not None or visual.final_ln_after_pool:
-            raise ConfigError(f"teacher.source: open_clip {model_name} is not a plain ViT image tower")
+            raise ConfigError(f"milan.teacher.source: open_clip {model_name} is not a plain ViT image tower")
         grid = visual.grid_size[0]
         patch = visual.patch_size[0]
         preprocess = open_clip.get_model_preprocess_cfg(model)
@@ -182,7 +182,7 @@ class TimmTeacher(Teacher):
         from timm.models.vision_transformer import VisionTransformer
 
         if not isinstance(model, VisionTransformer) or model.cls_token is None or not hasattr(model.blocks[-1].attn, "qkv"):
-            raise ConfigError(f"teacher.source: timm {type(model).__name__} is not a plain ViT with a class token")
+            raise ConfigError(f"milan.teacher.source: timm {type(model).__name__} is not a plain ViT with a class token")
         data = resolve_model_data_config(model)
         super().__init__(grid_size, model.patch_embed.patch_size[0], model.num_features, tuple(data["mean"]), tuple(data["std"]))
         self.model = model
@@ -196,7 +196,7 @@ class TimmTeacher(Teacher):
         try:
             model = timm.create_model(model_name, pretrained=False, num_classes=0, dynamic_img_size=True)
         except (RuntimeError, TypeError) as err:
-            raise ConfigError(f"teacher.source: cannot build timm model {model_name!r} ({str(err).splitlines()[0]})") from None
+            raise ConfigError(f"milan.teacher.source: cannot build timm model {model_name!r} ({str(err).splitlines()[0]})") from None
         if weights is not None:
             load_timm_vision(model, weights, what=f"timm {model_name} teacher")
         return cls(model, grid_size)
@@ -218,7 +218,7 @@ class LangmimTeacher(Teacher):
 
     def __init__(self, model: nn.Module, path: str) -> None:
         if not model.has_text:
-            raise ConfigError(f"teacher.source: '{path}' is a {model.config.method} checkpoint; a teacher must be language-supervised (clip or rils)")
+            raise ConfigError(f"milan.teacher.source: '{path}' is a {model.config.method} checkpoint; a teacher must be language-supervised (clip or rils)")
         visual = model.visual
         super().__init__(visual.grid_size, visual.patch_size, model.image_projection.shape[1], IMAGE_MEAN, IMAGE_STD)
         self.visual = visual
@@ -248,16 +248,16 @@ class TeacherSource:
 def parse_teacher_source(source: str | None) -> TeacherSource:
     """``openclip:MODEL:WEIGHTS``, ``timm:MODEL:WEIGHTS`` or ``langmim:RUN_OR_CHECKPOINT``, with clear errors."""
     if not source:
-        raise ConfigError(f"method=milan needs teacher.source, one of {SOURCES}")
+        raise ConfigError(f"method=milan needs milan.teacher.source, one of {SOURCES}")
     kind, _, rest = source.partition(":")
     if kind in ("openclip", "timm"):
         model_name, _, weights = rest.partition(":")
         if not model_name or not weights:
-            raise ConfigError(f"teacher.source={source!r}: expected {kind}:MODEL:WEIGHTS, e.g. {kind}:{EXAMPLES[kind]}")
+            raise ConfigError(f"milan.teacher.source={source!r}: expected {kind}:MODEL:WEIGHTS, e.g. {kind}:{EXAMPLES[kind]}")
         return TeacherSource(kind, model_name, weights)
     if kind == "langmim" and rest:
         return TeacherSource(kind, "", rest)
-    raise ConfigError(f"teacher.source={source!r} must be one of {SOURCES}")
+    raise ConfigError(f"milan.teacher.source={source!r} must be one of {SOURCES}")
 
 
 def build_library_teacher(source: TeacherSource, grid_size: int | None = None, random_weights: bool = False) -> Teacher:

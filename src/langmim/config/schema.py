@@ -1,0 +1,179 @@
+"""The sections every run shares (model, init, data, train, eval) as dataclasses, the
+architectures that fill unset sizes, and the choices of string keys. Each method's own section
+(``NAME.*``) is declared beside its registry line in ``langmim.method_specs``."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from ..method_specs import method_spec
+
+DATASETS = ("fashion-scenes", "csv", "imagefolder", "webdataset")
+PRECISIONS = ("fp32", "bf16", "auto")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+INTERPOLATIONS = ("bicubic", "bilinear")
+REPORT_SINKS = ("tensorboard", "wandb")
+
+# Each entry fills every ``model.*`` key the user leaves unset, and the decoder sizes of a method
+# whose section has them (``mae.decoder_width``, ``milan.decoder_width``...).
+ARCHS: dict[str, dict] = {
+    # CPU-sized: 64 px scenes, 16 px patches (16 tokens: 2.5x the images/s of 8 px patches,
+    # which decided the demo's accuracy on 2 cores); text context cut to 32 tokens since the
+    # generated captions are short and the text tower would otherwise dominate.
+    "demo": dict(
+        img_size=64, patch_size=16, width=128, depth=6, heads=4, mlp_ratio=4.0, embed_dim=128,
+        text_width=128, text_depth=3, text_heads=4, context_length=32,
+        decoder_width=128, decoder_depth=2, decoder_heads=4,
+    ),
+    "vit_s16": dict(
+        img_size=224, patch_size=16, width=384, depth=12, heads=6, mlp_ratio=4.0, embed_dim=384,
+        text_width=512, text_depth=12, text_heads=8, context_length=77,
+        decoder_width=512, decoder_depth=8, decoder_heads=16,
+    ),
+    "vit_b16": dict(
+        img_size=224, patch_size=16, width=768, depth=12, heads=12, mlp_ratio=4.0, embed_dim=512,
+        text_width=512, text_depth=12, text_heads=8, context_length=77,
+        decoder_width=512, decoder_depth=8, decoder_heads=16,
+    ),
+    "vit_l16": dict(  # the releases' ViT-L settings: MAE's decoder, CLIP ViT-L/14's text tower and joint width
+        img_size=224, patch_size=16, width=1024, depth=24, heads=16, mlp_ratio=4.0, embed_dim=768,
+        text_width=768, text_depth=12, text_heads=12, context_length=77,
+        decoder_width=512, decoder_depth=8, decoder_heads=16,
+    ),
+}
+
+
+@dataclass
+class ModelConfig:
+    """Encoder and text tower sizes; unset ones come from ``arch``."""
+
+    arch: str = "demo"
+    img_size: Optional[int] = None
+    patch_size: Optional[int] = None
+    width: Optional[int] = None
+    depth: Optional[int] = None
+    heads: Optional[int] = None
+    mlp_ratio: Optional[float] = None
+    embed_dim: Optional[int] = None
+    text_width: Optional[int] = None
+    text_depth: Optional[int] = None
+    text_heads: Optional[int] = None
+    context_length: Optional[int] = None
+    text_quick_gelu: bool = False  # CLIP text tower with QuickGELU: OpenAI's weights and open_clip's -quickgelu ones need it
+
+
+@dataclass
+class InitConfig:
+    """Pre-trained weights a fresh run starts from, and which towers stay frozen."""
+
+    vision: Optional[str] = None  # a timm ViT weights file or folder (.safetensors, .pth, .bin; local-dir)
+    text: Optional[str] = None  # openclip:WEIGHTS (same text tower shape) or sentence-transformers:FOLDER (replaces it)
+    lock_vision: bool = False  # clip: keep the vision tower frozen (LiT); its projection still trains
+    lock_text: bool = False  # keep the text tower frozen; its projection still trains
+
+
+@dataclass
+class DataConfig:
+    name: str = "fashion-scenes"
+    root: Optional[str] = None  # fashion-scenes: the Fashion-MNIST idx files; csv: the table; imagefolder: the folder;
+    # webdataset: a brace-expanded shard list, e.g. /data/laion/{00000..01023}.tar
+    resampled: bool = False  # webdataset: draw shards with replacement (open_clip's --dataset-resampled)
+    augment: bool = True
+    # csv, imagefolder, webdataset: RandomResizedCrop's area share, resampling, and a horizontal flip
+    # (fashion-scenes draws its own layouts; with augment it flips them, swapping left/right in the caption)
+    crop_scale: list[float] = field(default_factory=lambda: [0.5, 1.0])
+    interpolation: str = "bicubic"
+    hflip: bool = False
+    max_image_pixels: int = 89_478_485  # csv, imagefolder, webdataset: larger images are skipped as decompression bombs
+    plain_share: float = 0.3  # fashion-scenes: share of single white/grey centred items
+    num_scenes: Optional[int] = None  # fashion-scenes: a fixed set of N scenes visited in seeded epochs; unset: a fresh scene per sample
+    num_workers: int = 0
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    batch_size: int = 128  # global batch, split over ranks
+    accum_freq: int = 1
+    lr: float = 1e-3
+    min_lr: float = 0.0
+    warmup_steps: int = 50
+    weight_decay: float = 0.05
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1e-8
+    grad_clip: float = 0.0  # max global gradient norm; 0 disables clipping (timm's, open_clip's and MAE's default)
+    # exempt from weight decay besides 1-D parameters (biases, norms, the logit scale): names or
+    # name suffixes, e.g. [cls_token, mask_token]; [] decays the rest, as MAE, SLIP and open_clip do
+    no_weight_decay: list[str] = field(default_factory=list)
+    precision: str = "fp32"  # auto: bf16 autocast where the device has native bf16 (CUDA, AVX512-BF16/AMX CPUs)
+    grad_checkpointing: bool = False  # recompute block activations in the backward pass: less memory, more compute
+    fsdp: bool = False  # under torchrun: shard parameters, gradients and optimizer state (FSDP2) instead of DDP
+    compile: bool = False  # torch.compile the vision and text towers (in place: checkpoints keep their keys)
+    device: str = "auto"
+    seed: int = 0
+    log_every: int = 10
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])  # scalars beside metrics.jsonl: tensorboard, wandb
+    ckpt_every: int = 100
+    keep_checkpoints: int = 2
+
+
+@dataclass
+class EvalConfig:
+    probe_train_size: int = 20000  # Fashion-MNIST train images the probes fit on
+    test_size: int = 10000
+    batch_size: int = 256
+    seed: int = 0  # fixes the probe subset and the validation split
+    knn_k: list[int] = field(default_factory=lambda: [10, 20, 100, 200])
+    fewshot_shots: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])
+    fewshot_seeds: int = 5
+    retrieval_size: int = 1000  # held-out captioned scenes
+    scene_train_size: int = 2000  # scenes of train-split items the scene probes, detection and segmentation heads fit on
+    scene_test_size: int = 1000  # scenes of test-split items they (and compositional) are scored on
+    dense_refine: int = 2  # detection, segmentation: patch tokens on a grid refine x finer (refine**2 shifted passes)
+    lowshot_shots: list[int] = field(default_factory=lambda: [1, 4, 16])  # scene probes: labelled examples per class
+    segmentation_epochs: int = 20
+    detection_epochs: int = 30
+    shift_test_size: int = 2000  # test items rendered in each shifted style
+    finetune_train_size: int = 20000  # Fashion-MNIST train images fine-tuning trains on (as the probes)
+    finetune_epochs: int = 2
+    finetune_min_steps: int = 300  # a smaller train set gets more epochs (the built-in 20,000 images: 2 epochs, 312 steps)
+    finetune_lr: float = 3e-3
+    finetune_layer_decay: float = 0.75  # MAE uses 0.65 for ViT-B's 12 blocks; the demo has 6
+    finetune_drop_path: float = 0.1
+    max_image_pixels: int = 89_478_485  # image folders, caption tables, CLIP_benchmark sets: larger images are skipped as decompression bombs
+
+
+@dataclass
+class Config:
+    method: str = "rils"
+    output_dir: str = "runs/default"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    init: InitConfig = field(default_factory=InitConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    # the method's own section (``NAME.*``, a dataclass from its spec), None where it has none;
+    # set with ``method`` and written under the method's name
+    settings: Any = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.settings is None:
+            spec = method_spec(self.method)
+            self.settings = spec.settings() if spec.settings is not None else None
+
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "model.arch": tuple(ARCHS),
+    "data.name": DATASETS,
+    "train.precision": PRECISIONS,
+    "train.device": DEVICES,
+    "data.interpolation": INTERPOLATIONS,
+}
+
+# Keys a resumed run may change without invalidating its checkpoint.
+RESUMABLE_CHANGES = (
+    "output_dir", "train.steps", "train.log_every", "train.ckpt_every", "train.keep_checkpoints",
+    "train.device", "train.report_to", "data.num_workers", "data.root", "eval.",
+)
+
+
