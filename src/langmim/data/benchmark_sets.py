@@ -45,7 +45,7 @@ IMAGE_EXTENSIONS = ("webp", "png", "jpg", "jpeg")
 LABEL_EXTENSION = {"classification": "cls", "retrieval": "txt"}
 METADATA_FILE = "langmim.json"
 PROMPTS_FILE = "zeroshot_classification_prompts.json"  # CLIP_benchmark's --custom_template_file: the texts langmim scores
-SAVE_OPTIONS = {"webp": {"format": "webp", "lossless": True, "quality": 0, "method": 0},  # least effort: 50x faster, same pixels
+SAVE_OPTIONS = {"webp": {"format": "webp", "lossless": True, "quality": 0, "method": 0},  # least effort: lossless, so the same pixels, and far faster
                 "png": {"format": "png"}}
 
 

@@ -88,9 +88,10 @@ def _bilinear_weights(in_size: int, out_size: int) -> np.ndarray:
 def resize_items(items: np.ndarray, side: int) -> np.ndarray:
     """Bilinear resize of uint8 (n, H, W) items to (n, side, side), equal to PIL's per-item
     Image.resize(BILINEAR): rows first, rounded to uint8, then columns. A block of items takes two
-    matrix products (exact in float64: every sum is an integer below 2**31), 2-12x cheaper per
-    item than a call into PIL (benchmarks/resize_blocks.py). The weights are non-negative and sum to one (in fixed point), so no
-    value leaves 0..255 and truncating to uint8 is Pillow's rounding shift."""
+    matrix products (exact in float64: every sum is an integer below 2**31), cheaper per item
+    than a call into PIL (measured by benchmarks/resize_blocks.py). The weights are non-negative
+    and sum to one (in fixed point), so no value leaves 0..255 and truncating to uint8 is
+    Pillow's rounding shift."""
     n, height, width = items.shape
     half, unit = float(1 << (_PIL_PRECISION_BITS - 1)), 1.0 / (1 << _PIL_PRECISION_BITS)
     rows = items.reshape(n * height, width).astype(np.float64) @ _bilinear_weights(width, side).T
@@ -133,7 +134,7 @@ def _paste(
     x0, y0 = _origin(placed.cell, placed.jitter, side, image.shape[0])
     covered = patch > 0
     region = (slice(y0, y0 + side), slice(x0, x0 + side))
-    tinted = _COLOUR_TABLES[placed.colour].take(patch, axis=0)  # take: 4x faster than [patch]
+    tinted = _COLOUR_TABLES[placed.colour].take(patch, axis=0)  # take: faster than fancy indexing
     np.copyto(image[region], tinted, where=covered[..., None])
     if mask is None:
         return None
