@@ -184,7 +184,8 @@ def test_a_run_saved_with_the_old_keys_resumes_and_evaluates(method, own, tmp_pa
 @pytest.mark.parametrize("overrides, words", [
     (["method=rils", "mae.norm_pix_loss=false"], ["'mae.norm_pix_loss' is a setting of method mae", "rils.target_temperature"]),
     (["method=rils", "loss.norm_pix_loss=false"], ["'loss.norm_pix_loss' is now a method's own setting (mae.norm_pix_loss)"]),
-    (["method=clip", "model.decoder_width=64"], ["(mae.decoder_width or milan.decoder_width)", "method clip has no settings"]),
+    (["method=clip", "model.decoder_width=64"], ["(mae.decoder_width or milan.decoder_width)", "method clip's own settings are clip.contrastive_loss"]),
+    (["method=clip", "clip.contrastive_loss=hinge"], ["clip.contrastive_loss", "softmax, sigmoid"]),
     (["method=milan", "milan.teacher.importance=cls"], ["milan.teacher.importance", "attention, similarity"]),
     (["method=mae", "mae.mask_ratio=1"], ["mae.mask_ratio must be in [0, 1)"]),
 ])
@@ -274,7 +275,7 @@ def test_help_and_config_errors_start_without_torch():
     assert result.stdout.strip() == f"{[2] * len(mistakes)} []", result.stdout + result.stderr
     errors = result.stderr.strip().splitlines()
     assert len(errors) == len(mistakes) and "unknown config key 'train.lrr'" in errors[0]
-    assert "config key 'method' must be one of mae, clip, rils, milan, supervised; got 'byol'" in errors[1]  # the method registry's names
+    assert "config key 'method' must be one of mae, clip, siglip, flip, rils, milan, supervised; got 'byol'" in errors[1]  # the method registry's names
     assert all(words in line for words, line in zip(METHOD_RULE_MISTAKES.values(), errors[2:])), errors
 
 

@@ -33,7 +33,7 @@ def torchrun(args: list[str], nproc: int = 2) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
 
 
-@pytest.mark.parametrize("method, sharding", [("clip", "ddp"), ("rils", "ddp"), ("milan", "ddp"), ("rils", "fsdp")])
+@pytest.mark.parametrize("method, sharding", [("clip", "ddp"), ("rils", "ddp"), ("milan", "ddp"), ("rils", "fsdp"), ("siglip", "ddp"), ("flip", "ddp")])
 def test_two_ranks_equal_one_process(tmp_path, clip_run, method, sharding):
     """Two ranks with B/2 images each give the loss and gradients of one process with B images,
     at the first step and after resuming at step 2 (so data position and state carry over);

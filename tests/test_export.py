@@ -63,6 +63,16 @@ def test_open_clip_export_gives_the_same_embeddings(rils_run, tmp_path):
     assert preprocess["size"] == size and preprocess["mean"] == [0.5] * 3
 
 
+def test_open_clip_export_of_a_sigmoid_loss_run_carries_its_logit_bias(tmp_path):
+    run = tmp_path / "siglip"
+    pretrain(load_config(None, tiny_overrides(run, "siglip", steps=2)), log_tensorboard=False)
+    assert main(["export", str(run), "--format", "open_clip", "--out", str(tmp_path / "oc")]) == 0
+    ours = load(run)
+    theirs = open_clip.create_model(f"local-dir:{tmp_path / 'oc'}").eval()  # strict: logit_bias is expected and present
+    assert theirs.logit_bias.item() == pytest.approx(ours.logit_bias.item()) and ours.logit_bias.item() != -10.0  # it trained
+    assert theirs.logit_scale.item() == pytest.approx(ours.logit_scale.item())
+
+
 def test_safetensors_round_trip_is_lossless(rils_run, tmp_path):
     out = tmp_path / "model.safetensors"
     assert main(["export", str(rils_run), "--format", "safetensors", "--out", str(out)]) == 0
@@ -105,7 +115,7 @@ def test_langmims_timm_export_evaluates_as_an_external_model(rils_run, tmp_path)
 def test_open_clip_export_of_mae_is_a_clear_error(tmp_path, capsys):
     pretrain(load_config(None, tiny_overrides(tmp_path, "mae", steps=1)), log_tensorboard=False)
     assert main(["export", str(tmp_path), "--format", "open_clip"]) == 2
-    assert "CLIP or RILS" in capsys.readouterr().err
+    assert "CLIP, SigLIP or RILS" in capsys.readouterr().err
 
 
 def test_exports_carry_a_model_card_with_the_runs_own_figures(rils_run, tmp_path):

@@ -75,6 +75,38 @@ def test_clip_loss_is_log_batch_for_uninformative_features():
     assert low["loss"].item() < 1e-6
 
 
+@pytest.mark.parametrize("overrides", [["method=siglip"], ["method=clip", "clip.contrastive_loss=sigmoid"],
+                                       ["method=rils", "rils.contrastive_loss=sigmoid"]])
+def test_the_sigmoid_loss_is_open_clips_siglip_loss_in_float64(overrides):
+    """The sigmoid loss, wherever it is chosen, starts at SigLIP's scale and bias and equals
+    open_clip's SigLipLoss (and the paper's sum over pairs, by hand) in value and gradients."""
+    from open_clip.loss import SigLipLoss
+
+    model = build_method(load_config(None, TINY_MODEL + overrides)).double()
+    assert (model.logit_scale.item(), model.logit_bias.item()) == (pytest.approx(math.log(10)), -10.0)
+    torch.manual_seed(0)
+    b, e = 5, 4
+    image, text = (F.normalize(torch.randn(b, e, dtype=torch.float64), dim=-1).requires_grad_() for _ in range(2))
+    with torch.no_grad():
+        model.logit_scale.fill_(math.log(7.0))
+        model.logit_bias.fill_(-2.5)
+    ours = model.contrastive_loss(image, text, model.logits_per_sample(b))
+    ours_grads = torch.autograd.grad(ours, [image, text, model.logit_scale, model.logit_bias])
+    theirs = SigLipLoss()(image, text, model.logit_scale.exp(), model.logit_bias)
+    theirs_grads = torch.autograd.grad(theirs, [image, text, model.logit_scale, model.logit_bias])
+    signs = 2 * torch.eye(b, dtype=torch.float64) - 1  # +1 for an image's own caption, -1 for every other
+    by_hand = -F.logsigmoid(signs * (7.0 * image @ text.T - 2.5)).sum() / b
+    assert ours.item() == pytest.approx(theirs.item(), rel=1e-12) == pytest.approx(by_hand.item(), rel=1e-12)
+    for a, c in zip(ours_grads, theirs_grads):
+        assert torch.allclose(a, c, rtol=1e-12, atol=1e-15)
+
+
+def test_the_softmax_loss_has_no_bias():
+    model = build_method(load_config(None, TINY_MODEL + ["method=clip"]))
+    assert model.logit_bias is None and "logit_bias" not in model.state_dict()
+    assert model.logit_scale.item() == pytest.approx(math.log(1 / 0.07))
+
+
 def test_mae_loss_counts_masked_patches_only():
     torch.manual_seed(0)
     pred, target = torch.randn(2, 4, 6), torch.randn(2, 4, 6)

@@ -65,7 +65,7 @@ def test_checkpoint_loads_with_weights_only_and_carries_full_state(tmp_path):
     assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]
 
 
-@pytest.mark.parametrize("method", ["clip", "rils"])
+@pytest.mark.parametrize("method", ["clip", "rils", "siglip"])
 def test_cached_accumulation_equals_full_batch(tmp_path, method):
     grads = []
     for accum in (1, 4):

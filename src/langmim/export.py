@@ -4,7 +4,7 @@
   ``timm.create_model("local-dir:OUT", pretrained=True)``, or the architecture in ``config.json``
   with its ``model_args`` and a strict ``load_state_dict``. The state dict needs no renaming:
   langmim's tower uses timm's parameter names.
-- ``open_clip``: a CLIP or RILS model as an open_clip ``local-dir`` folder
+- ``open_clip``: a CLIP, SigLIP or RILS model as an open_clip ``local-dir`` folder
   (``open_clip_config.json`` + ``open_clip_model.safetensors``): vision + text + projection + logit
   scale, loaded by ``open_clip.create_model("local-dir:OUT")``. open_clip's patch embedding has no
   bias, so ours is folded into the position embedding; its CLS token carries its position
@@ -91,9 +91,9 @@ def text_cfg(model: PretrainMethod) -> dict:
 
 
 def open_clip_export(model: PretrainMethod) -> tuple[dict[str, torch.Tensor], dict]:
-    """(state dict, open_clip_config.json) of a CLIP or RILS model."""
+    """(state dict, open_clip_config.json) of a CLIP, SigLIP or RILS model."""
     if not model.has_text:
-        raise LangmimError(f"--format open_clip needs a CLIP or RILS checkpoint; this one is {model.config.method} (use --format timm)")
+        raise LangmimError(f"--format open_clip needs a CLIP, SigLIP or RILS checkpoint; this one is {model.config.method} (use --format timm)")
     if model.config.model.text_quick_gelu:
         raise LangmimError("--format open_clip: open_clip's quick_gelu switches both towers and langmim's vision tower uses GELU; "
                            "export with --format safetensors or timm")
@@ -121,7 +121,11 @@ def open_clip_export(model: PretrainMethod) -> tuple[dict[str, torch.Tensor], di
                 break
         state[f"visual.transformer.resblocks.{index}.{rest}"] = value
     state.update({f"text.{k}": t for k, t in model.text.state_dict().items()})
-    config = {"model_cfg": open_clip_model_cfg(model), "preprocess_cfg": preprocess_cfg(model.config.model.img_size)}
+    model_cfg = open_clip_model_cfg(model)
+    if model.logit_bias is not None:  # the sigmoid loss's learnt bias (SigLIP)
+        state["logit_bias"] = model.logit_bias
+        model_cfg["init_logit_bias"] = float(model.logit_bias)
+    config = {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg(model.config.model.img_size)}
     return {k: t.detach().clone().contiguous() for k, t in state.items()}, config
 
 

@@ -26,6 +26,33 @@ def choices(default: str, options: tuple[str, ...]) -> str:
     return field(default=default, metadata={"choices": options})
 
 
+CONTRASTIVE_LOSSES = ("softmax", "sigmoid")  # CLIP's batch softmax (InfoNCE); SigLIP's pairwise sigmoid with a learnt bias
+
+
+@dataclass
+class ContrastiveSettings:
+    """What every method with an image-text contrastive term sets: the loss. ``sigmoid`` starts its
+    logit scale at log 10 and its learnt bias at -10, as SigLIP does."""
+
+    contrastive_loss: str = choices("softmax", CONTRASTIVE_LOSSES)
+
+
+@dataclass
+class SigLIPSettings(ContrastiveSettings):
+    """SigLIP: CLIP with the pairwise sigmoid loss."""
+
+    contrastive_loss: str = choices("sigmoid", CONTRASTIVE_LOSSES)
+
+
+@dataclass
+class FLIPSettings(ContrastiveSettings):
+    """FLIP: the share of each image's patches the encoder never sees in training, and how many
+    final steps see them all (unmasked tuning)."""
+
+    patch_dropout: float = 0.5
+    unmasked_steps: int = 0
+
+
 @dataclass
 class MaskedSettings:
     """What every masked-image-modelling method sets: the share of patches hidden from the encoder."""
@@ -44,7 +71,7 @@ class MAESettings(MaskedSettings):
 
 
 @dataclass
-class RILSSettings(MaskedSettings):
+class RILSSettings(MaskedSettings, ContrastiveSettings):
     """RILS: L = L_clip + rec_weight * L_rec, where L_rec is KL(target || prediction) over the batch's
     captions, the prediction (masked pass) at one temperature and the stop-gradient target of the
     same encoder (full pass) at a sharper one."""
@@ -81,6 +108,15 @@ def milan_rules(cfg: Config) -> None:
         raise ConfigError("train.fsdp is not supported for MILAN yet (its frozen teacher would be sharded too); use DDP")
 
 
+def flip_rules(cfg: Config) -> None:
+    own = cfg.settings
+    if not 0.0 < own.patch_dropout < 1.0:
+        raise ConfigError(f"flip.patch_dropout={own.patch_dropout}: the share of patches dropped must be in (0, 1); "
+                          "for none, use method=clip")
+    if not 0 <= own.unmasked_steps <= cfg.train.steps:
+        raise ConfigError(f"flip.unmasked_steps={own.unmasked_steps} must be between 0 and train.steps={cfg.train.steps}")
+
+
 def supervised_rules(cfg: Config) -> None:
     if cfg.data.name != "fashion-scenes":
         raise ConfigError(f"method supervised trains on fashion-scenes' ground truth; data.name={cfg.data.name} has none")
@@ -106,7 +142,10 @@ class MethodSpec:
 
 METHODS: dict[str, MethodSpec] = {
     "mae": MethodSpec("langmim.methods.mae:MAE", MAESettings),
-    "clip": MethodSpec("langmim.methods.clip:CLIP", has_text=True, can_lock_vision=True, batch_coupled=True),
+    "clip": MethodSpec("langmim.methods.clip:CLIP", ContrastiveSettings, has_text=True, can_lock_vision=True, batch_coupled=True),
+    "siglip": MethodSpec("langmim.methods.siglip:SigLIP", SigLIPSettings, has_text=True, can_lock_vision=True, batch_coupled=True),
+    "flip": MethodSpec("langmim.methods.flip:FLIP", FLIPSettings, has_text=True, can_lock_vision=True, batch_coupled=True,
+                       rules=flip_rules),
     "rils": MethodSpec("langmim.methods.rils:RILS", RILSSettings, has_text=True, batch_coupled=True),
     "milan": MethodSpec("langmim.methods.milan:MILAN", MILANSettings, needs_teacher=True, rules=milan_rules),
     "supervised": MethodSpec("langmim.methods.supervised:Supervised", needs_scene_labels=True, rules=supervised_rules),

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from open_clip.loss import ClipLoss
+from open_clip.loss import ClipLoss, SigLipLoss
 from torch import nn
 
 from .. import dist
@@ -25,6 +25,7 @@ from ..transforms import build_preprocess
 
 LOGIT_SCALE_INIT = math.log(1 / 0.07)
 LOGIT_SCALE_MAX = math.log(100)
+SIGMOID_SCALE_INIT, SIGMOID_BIAS_INIT = math.log(10), -10.0
 
 
 class PretrainMethod(nn.Module, abc.ABC):
@@ -142,7 +143,7 @@ class PretrainMethod(nn.Module, abc.ABC):
         return F.normalize(emb, dim=-1) if normalize else emb
 
     def encode_text(self, tokens: torch.Tensor, normalize: bool = True) -> torch.Tensor:
-        raise LangmimError(f"method '{self.name}' has no text tower; encode_text needs a CLIP or RILS checkpoint")
+        raise LangmimError(f"method '{self.name}' has no text tower; encode_text needs a CLIP, SigLIP or RILS checkpoint")
 
 
 class MaskedImageModelling:
@@ -166,7 +167,8 @@ class MaskedImageModelling:
 
 
 class ImageTextMethod(PretrainMethod):
-    """Adds the CLIP text tower, the image projection W (D x E, no bias) and the logit scale."""
+    """Adds the CLIP text tower, the image projection W (D x E, no bias), the logit scale and,
+    with the sigmoid loss (``contrastive_loss=sigmoid`` in the method's section), its logit bias."""
 
     def __init__(self, cfg: Config) -> None:
         super().__init__(cfg)
@@ -176,7 +178,9 @@ class ImageTextMethod(PretrainMethod):
         self.text_locked = cfg.init.lock_text  # frozen in training: no activations to recompute
         self.locked_text = LockedTextRunner()  # runs it under autocast (not a module: kept out of the state dict)
         self.image_projection = nn.Parameter(torch.randn(m.width, m.embed_dim) * m.width**-0.5)
-        self.logit_scale = nn.Parameter(torch.tensor(LOGIT_SCALE_INIT))
+        sigmoid = cfg.settings.contrastive_loss == "sigmoid"  # SigLIP's initial scale and bias (Zhai et al. 2023)
+        self.logit_scale = nn.Parameter(torch.tensor(SIGMOID_SCALE_INIT if sigmoid else LOGIT_SCALE_INIT))
+        self.logit_bias = nn.Parameter(torch.tensor(SIGMOID_BIAS_INIT)) if sigmoid else None
 
     def lock_towers(self, cfg: Config) -> None:
         super().lock_towers(cfg)
@@ -210,14 +214,22 @@ class ImageTextMethod(PretrainMethod):
         with torch.no_grad():
             self.logit_scale.clamp_(0.0, LOGIT_SCALE_MAX)
 
-    def scale_per_sample(self, batch_size: int) -> torch.Tensor:
-        """exp(logit scale) repeated per sample: with cached accumulation features only the live
-        micro-batch's copy carries a gradient, so the mean over the batch gives the scale
-        exactly one full-batch gradient."""
-        return self.logit_scale.exp().expand(batch_size)
+    def logits_per_sample(self, batch_size: int) -> dict[str, torch.Tensor]:
+        """exp(logit scale), and the sigmoid loss's logit bias, repeated per sample: with cached
+        accumulation features only the live micro-batch's copy carries a gradient, so the mean
+        over the batch gives each exactly one full-batch gradient."""
+        out = {"logit_scale": self.logit_scale.exp().expand(batch_size)}
+        if self.logit_bias is not None:
+            out["logit_bias"] = self.logit_bias.expand(batch_size)
+        return out
 
-    @staticmethod
-    def contrastive_loss(image_embed: torch.Tensor, text_embed: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-        """Symmetric InfoNCE over all ranks' features, gathered with gradient (open_clip local loss)."""
-        loss_fn = ClipLoss(local_loss=True, gather_with_grad=True, rank=dist.rank(), world_size=dist.world_size())
-        return loss_fn(image_embed, text_embed, scale.mean())
+    def contrastive_loss(self, image_embed: torch.Tensor, text_embed: torch.Tensor, feats: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Over all ranks' features, gathered with gradient, so N ranks compute what one process
+        would: CLIP's symmetric InfoNCE (open_clip's ``ClipLoss``, local loss) or SigLIP's pairwise
+        sigmoid with its learnt bias (open_clip's ``SigLipLoss``, the captions gathered)."""
+        scale = feats["logit_scale"].mean()
+        if self.logit_bias is None:
+            loss_fn = ClipLoss(local_loss=True, gather_with_grad=True, rank=dist.rank(), world_size=dist.world_size())
+            return loss_fn(image_embed, text_embed, scale)
+        loss_fn = SigLipLoss(rank=dist.rank(), world_size=dist.world_size(), dist_impl="gather")
+        return loss_fn(image_embed, text_embed, scale, feats["logit_bias"].mean())

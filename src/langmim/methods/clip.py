@@ -18,10 +18,9 @@ class CLIP(ImageTextMethod):
         return {
             "image_embed": F.normalize(self.image_embedding(tokens), dim=-1),
             "text_embed": self.encode_text(batch["text"]),
-            "logit_scale": self.scale_per_sample(tokens.shape[0]),
+            **self.logits_per_sample(tokens.shape[0]),
         }
 
     def loss(self, feats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        scale = feats["logit_scale"]
-        loss = self.contrastive_loss(feats["image_embed"].float(), feats["text_embed"].float(), scale)
-        return {"loss": loss, "loss_clip": loss.detach(), "logit_scale": scale.mean().detach()}
+        loss = self.contrastive_loss(feats["image_embed"].float(), feats["text_embed"].float(), feats)
+        return {"loss": loss, "loss_clip": loss.detach(), "logit_scale": feats["logit_scale"].mean().detach()}

@@ -67,13 +67,12 @@ class RILS(MaskedImageModelling, ImageTextMethod):
             "prediction": F.normalize(masked_pred @ self.image_projection, dim=-1),
             "target": self.patch_embeddings(unmasked_feat),
             "mask": masking.mask,
-            "logit_scale": self.scale_per_sample(images.shape[0]),
+            **self.logits_per_sample(images.shape[0]),
         }
 
     def loss(self, feats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         image_embed, text_embed = feats["image_embed"].float(), feats["text_embed"].float()
-        scale = feats["logit_scale"]
-        loss_clip = self.contrastive_loss(image_embed, text_embed, scale)
+        loss_clip = self.contrastive_loss(image_embed, text_embed, feats)
 
         prototypes = dist.gather_with_grad(text_embed).detach()
         own = self.settings
@@ -91,5 +90,5 @@ class RILS(MaskedImageModelling, ImageTextMethod):
             "loss_clip": loss_clip.detach(),
             "loss_rec": loss_rec.detach(),
             "match_rate": dist.all_reduce_sum(hits.sum()) / (hits.numel() * dist.world_size()),
-            "logit_scale": scale.mean().detach(),
+            "logit_scale": feats["logit_scale"].mean().detach(),
         }
