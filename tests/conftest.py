@@ -14,13 +14,14 @@ TINY_MODEL = [
     "model.embed_dim=32", "model.text_width=32", "model.text_depth=1", "model.text_heads=2",
     "model.context_length=24",
 ]
-TINY_DECODER = {"decoder_width": 32, "decoder_depth": 1, "decoder_heads": 2}  # methods whose section sizes a decoder
+# the sizes a method's own section may hold (a decoder, SLIP's MLP), for the methods whose section has them
+TINY_SECTION = {"decoder_width": 32, "decoder_depth": 1, "decoder_heads": 2, "ssl_mlp_dim": 32, "ssl_embed_dim": 16}
 
 
 def tiny_overrides(run_dir, method: str, steps: int = 4, **extra) -> list[str]:
     settings = METHODS[method].settings if method in METHODS else None
-    decoder = [f"{method}.{k}={v}" for k, v in TINY_DECODER.items() if settings and k in settings.__dataclass_fields__]
-    base = TINY_MODEL + decoder + [
+    sizes = [f"{method}.{k}={v}" for k, v in TINY_SECTION.items() if settings and k in settings.__dataclass_fields__]
+    base = TINY_MODEL + sizes + [
         f"method={method}", f"output_dir={run_dir}", f"train.steps={steps}", "train.batch_size=16",
         "train.warmup_steps=2", "train.log_every=1", f"train.ckpt_every={steps}", "train.lr=1e-3",
     ]

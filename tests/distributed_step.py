@@ -36,7 +36,8 @@ def one_step(out_path: str, overrides: list[str]) -> None:
     trainer.optimizer.step = lambda: None  # keep the gradients
     trainer.optimizer.zero_grad = lambda set_to_none=True: None
     tokenizer = build_tokenizer(cfg.model.context_length) if method.has_text else None
-    loader = build_pretrain_loader(cfg, tokenizer, method.visual.num_patches, start, info.rank, info.world_size)
+    loader = build_pretrain_loader(cfg, tokenizer, method.visual.num_patches, start, info.rank, info.world_size,
+                                   views=method.spec.needs_views)
     scalars = trainer.step(move(next(iter(loader)), info.device))
     grads = {k: full(p.grad) for k, p in method.named_parameters() if p.grad is not None}  # collective under FSDP
     if dist.is_main():

@@ -275,7 +275,7 @@ def test_help_and_config_errors_start_without_torch():
     assert result.stdout.strip() == f"{[2] * len(mistakes)} []", result.stdout + result.stderr
     errors = result.stderr.strip().splitlines()
     assert len(errors) == len(mistakes) and "unknown config key 'train.lrr'" in errors[0]
-    assert "config key 'method' must be one of mae, clip, siglip, flip, rils, milan, supervised; got 'byol'" in errors[1]  # the method registry's names
+    assert "config key 'method' must be one of mae, clip, siglip, flip, slip, rils, milan, supervised; got 'byol'" in errors[1]  # the method registry's names
     assert all(words in line for words, line in zip(METHOD_RULE_MISTAKES.values(), errors[2:])), errors
 
 

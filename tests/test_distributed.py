@@ -33,7 +33,8 @@ def torchrun(args: list[str], nproc: int = 2) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
 
 
-@pytest.mark.parametrize("method, sharding", [("clip", "ddp"), ("rils", "ddp"), ("milan", "ddp"), ("rils", "fsdp"), ("siglip", "ddp"), ("flip", "ddp")])
+@pytest.mark.parametrize("method, sharding", [("clip", "ddp"), ("rils", "ddp"), ("milan", "ddp"), ("rils", "fsdp"),
+                                              ("siglip", "ddp"), ("flip", "ddp"), ("slip", "ddp")])
 def test_two_ranks_equal_one_process(tmp_path, clip_run, method, sharding):
     """Two ranks with B/2 images each give the loss and gradients of one process with B images,
     at the first step and after resuming at step 2 (so data position and state carry over);
@@ -57,9 +58,15 @@ def test_two_ranks_equal_one_process(tmp_path, clip_run, method, sharding):
         assert single["start"] == ranks["start"] == start
         assert ranks["scalars"]["loss"] == pytest.approx(single["scalars"]["loss"], rel=1e-5)
         assert single["grads"].keys() == ranks["grads"].keys()
+        # SLIP's MLP normalises over 16 samples, which amplifies the float32 rounding of the 8- and
+        # 16-sample passes to about 1e-4 of a gradient; the biases right before its batch norms
+        # have a true gradient of zero and hold only rounding, at most 1e-4 of the largest gradient
+        rel = 1e-3 if method == "slip" else 1e-4
+        largest = max(g.abs().max().item() for g in single["grads"].values())
         for name, grad in single["grads"].items():
             scale = grad.abs().max().item() + 1e-6
-            assert (ranks["grads"][name] - grad).abs().max().item() <= 1e-4 * scale + 1e-7, name
+            floor = 1e-4 * largest if name.endswith(("image_mlp.layer1.bias", "image_mlp.layer2.bias")) else 1e-7
+            assert (ranks["grads"][name] - grad).abs().max().item() <= rel * scale + floor, name
 
 
 def test_milan_trains_under_torchrun(tmp_path, clip_run):

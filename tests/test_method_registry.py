@@ -50,10 +50,10 @@ def test_methods_refuse_to_train_with_what_they_cannot_honour(method, overrides,
 def test_capabilities_are_declared_in_the_specs():
     capabilities = {name: (spec.has_text, spec.needs_teacher, spec.can_lock_vision) for name, spec in METHODS.items()}
     assert capabilities == {"mae": (False, False, False), "clip": (True, False, True), "siglip": (True, False, True),
-                            "flip": (True, False, True), "rils": (True, False, False),
+                            "flip": (True, False, True), "slip": (True, False, False), "rils": (True, False, False),
                             "milan": (False, True, False), "supervised": (False, False, False)}
     assert [name for name, spec in METHODS.items() if spec.needs_scene_labels] == ["supervised"]
-    with pytest.raises(ConfigError, match="config key 'method' must be one of mae, clip, siglip, flip, rils, milan, supervised; got 'nope'"):
+    with pytest.raises(ConfigError, match="config key 'method' must be one of mae, clip, siglip, flip, slip, rils, milan, supervised; got 'nope'"):
         method_class("nope")
 
 

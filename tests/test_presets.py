@@ -28,5 +28,6 @@ def test_paper_scale_preset_dry_run(preset, capsys, tmp_path, monkeypatch):
     assert recipe["activations"] == expected.get(preset, "vision GELU, text QuickGELU, teacher none")
 
 
-def test_four_paper_scale_presets_ship():
-    assert {p for p in preset_names() if p.endswith("_vit_b16")} == {"rils_vit_b16", "clip_vit_b16", "mae_vit_b16", "milan_vit_b16"}
+def test_the_paper_scale_presets_ship():
+    assert {p for p in preset_names() if p.endswith("_vit_b16")} == {"rils_vit_b16", "clip_vit_b16", "slip_vit_b16", "mae_vit_b16",
+                                                                      "milan_vit_b16"}

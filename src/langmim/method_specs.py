@@ -54,6 +54,17 @@ class FLIPSettings(ContrastiveSettings):
 
 
 @dataclass
+class SLIPSettings(ContrastiveSettings):
+    """SLIP: L = L_clip + ssl_scale * L_simclr, SimCLR's NT-Xent at ssl_temperature on an MLP
+    (hidden ssl_mlp_dim, output ssl_embed_dim; unset: from ``model.arch``) over two views."""
+
+    ssl_scale: float = 1.0
+    ssl_temperature: float = 0.1
+    ssl_mlp_dim: Optional[int] = None
+    ssl_embed_dim: Optional[int] = None
+
+
+@dataclass
 class MaskedSettings:
     """What every masked-image-modelling method sets: the share of patches hidden from the encoder."""
 
@@ -137,6 +148,7 @@ class MethodSpec:
     can_lock_vision: bool = False  # init.lock_vision leaves it something to train (LiT)
     batch_coupled: bool = False  # one sample's loss depends on the others (contrastive)
     needs_scene_labels: bool = False  # trains on fashion-scenes' ground truth, not on captions
+    needs_views: bool = False  # two augmented views of each image beside it (``data/views.py``)
     rules: Optional[Callable[[Config], None]] = None  # refuses what it cannot honour, naming the key
 
 
@@ -146,6 +158,7 @@ METHODS: dict[str, MethodSpec] = {
     "siglip": MethodSpec("langmim.methods.siglip:SigLIP", SigLIPSettings, has_text=True, can_lock_vision=True, batch_coupled=True),
     "flip": MethodSpec("langmim.methods.flip:FLIP", FLIPSettings, has_text=True, can_lock_vision=True, batch_coupled=True,
                        rules=flip_rules),
+    "slip": MethodSpec("langmim.methods.slip:SLIP", SLIPSettings, has_text=True, batch_coupled=True, needs_views=True),
     "rils": MethodSpec("langmim.methods.rils:RILS", RILSSettings, has_text=True, batch_coupled=True),
     "milan": MethodSpec("langmim.methods.milan:MILAN", MILANSettings, needs_teacher=True, rules=milan_rules),
     "supervised": MethodSpec("langmim.methods.supervised:Supervised", needs_scene_labels=True, rules=supervised_rules),

@@ -20,6 +20,7 @@ from .captioned import CaptionedImages, CropRecipe
 from .scene_labels import scene_label_batch
 from .scenes import FashionScenes
 from .shards import ShardStream
+from .views import ViewMaker
 
 NOISE_STREAM = 7919  # separates the masking-noise RNG stream from the scene stream
 EPOCH_STREAM = 104729  # the visiting order of a fixed scene set, per epoch
@@ -52,11 +53,13 @@ def masking_noise(seed: int, index: int, num_patches: int) -> torch.Tensor:
 class PretrainCollator:
     """Stacks uint8 images, tokenises captions (unless the method has no text tower), draws each
     sample's masking noise and, given ``label_patch`` (the patch size), adds the scene targets of
-    annotated fashion-scenes (``scene_labels.scene_label_batch``)."""
+    annotated fashion-scenes (``scene_labels.scene_label_batch``); given ``views``, two augmented
+    views of each image (``views.ViewMaker``)."""
 
     def __init__(self, tokenizer: Callable[[Sequence[str]], torch.Tensor] | None, num_patches: int, seed: int,
-                 label_patch: int | None = None) -> None:
+                 label_patch: int | None = None, views: ViewMaker | None = None) -> None:
         self.tokenizer, self.num_patches, self.seed, self.label_patch = tokenizer, num_patches, seed, label_patch
+        self.views = views
 
     def __call__(self, samples: list[dict]) -> dict[str, torch.Tensor]:
         indices = [int(s["index"]) for s in samples]
@@ -69,6 +72,8 @@ class PretrainCollator:
             batch["text"] = self.tokenizer([s["caption"] for s in samples])
         if self.label_patch is not None:
             batch.update(scene_label_batch(samples, self.label_patch))
+        if self.views is not None:
+            batch["views"] = torch.stack([self.views(s["image"], i) for s, i in zip(samples, indices)])
         if "data_problems" in samples[0]:
             batch["data_problems"] = torch.stack([s["data_problems"] for s in samples]).sum(dim=0)
             batch["data_problem_files"] = [name for s in samples for name in s["data_problem_files"]]
@@ -138,11 +143,12 @@ class StepLimitedLoader:
 
 def build_pretrain_loader(
     cfg: Config, tokenizer: Callable | None, num_patches: int, start_step: int, rank: int = 0, world_size: int = 1,
-    scene_labels: bool = False,
+    scene_labels: bool = False, views: bool = False,
 ) -> DataLoader | StepLimitedLoader:
     """Batches from ``start_step`` on, this rank's share; ``scene_labels`` adds fashion-scenes'
-    ground truth (for methods that train on it)."""
-    collator = PretrainCollator(tokenizer, num_patches, cfg.train.seed, cfg.model.patch_size if scene_labels else None)
+    ground truth (for methods that train on it), ``views`` two augmented views of each image."""
+    view_maker = ViewMaker(cfg.data.name, cfg.model.img_size, cfg.train.seed) if views else None
+    collator = PretrainCollator(tokenizer, num_patches, cfg.train.seed, cfg.model.patch_size if scene_labels else None, view_maker)
     workers = {"num_workers": cfg.data.num_workers, "prefetch_factor": 4 if cfg.data.num_workers > 0 else None,
                "worker_init_fn": ignore_interrupts if cfg.data.num_workers > 0 else None}
     if cfg.data.name == "webdataset":

@@ -34,8 +34,8 @@ def build_for_dry_run(cfg: Config) -> torch.nn.Module:
 
 
 def synthetic_batch(cfg: Config, method: torch.nn.Module, batch_size: int = DRY_BATCH) -> dict[str, torch.Tensor]:
-    """Random images, masking noise, captions (image-text methods) and scene targets (methods that
-    train on them) of ``batch_size`` samples."""
+    """Random images, masking noise, captions (image-text methods), scene targets and views (methods
+    that train on them) of ``batch_size`` samples."""
     size, generator = cfg.model.img_size, torch.Generator().manual_seed(0)
     batch = {
         "image": torch.rand(batch_size, 3, size, size, generator=generator) * 2 - 1,
@@ -47,6 +47,8 @@ def synthetic_batch(cfg: Config, method: torch.nn.Module, batch_size: int = DRY_
         batch["text"] = build_tokenizer(cfg.model.context_length, cfg.init.text)(captions)
     if method.needs_scene_labels:
         batch.update(random_scene_labels(batch_size, method.visual.num_patches, generator))
+    if method.spec.needs_views:
+        batch["views"] = torch.rand(batch_size, 2, 3, size, size, generator=generator) * 2 - 1
     return batch
 
 

@@ -43,10 +43,14 @@ class TrainingDiverged(LangmimError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
+IMAGE_KEYS = {"image", "views"}
+
+
 def move(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    """A batch on ``device``, its uint8 images normalised to float there (4x less to copy)."""
+    """A batch on ``device``, its uint8 images (and views) normalised to float there (4x less to copy)."""
     out = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-    out["image"] = to_float(out["image"])
+    for key in IMAGE_KEYS & out.keys():
+        out[key] = to_float(out[key])
     return out
 
 
@@ -172,7 +176,7 @@ def pretrain(cfg: Config, resume: str | None = None, log_tensorboard: bool = Tru
 
     tokenizer = build_tokenizer(cfg.model.context_length, cfg.init.text) if method.has_text else None
     loader = build_pretrain_loader(cfg, tokenizer, method.visual.num_patches, start_step, info.rank, info.world_size,
-                                   scene_labels=method.needs_scene_labels)
+                                   scene_labels=method.needs_scene_labels, views=method.spec.needs_views)
     report_to = [sink for sink in cfg.train.report_to if log_tensorboard or sink != "tensorboard"]
     logger = MetricLogger(run_dir, cfg.train.steps, start_step, dist.is_main(), report_to, to_dict(cfg))
     method.train()

@@ -28,6 +28,11 @@ LOGIT_SCALE_MAX = math.log(100)
 SIGMOID_SCALE_INIT, SIGMOID_BIAS_INIT = math.log(10), -10.0
 
 
+def upcast(x: torch.Tensor) -> torch.Tensor:
+    """A loss input in at least float32: bf16 or fp16 features (autocast) are raised, float64 stays."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 class PretrainMethod(nn.Module, abc.ABC):
     """A model plus its objective. ``features`` maps a batch to per-sample tensors (dim 0 is the
     sample) and ``loss`` maps them to a dict with ``loss`` and logged scalars. The split lets the

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import ImageTextMethod
+from .base import ImageTextMethod, upcast
 
 
 class CLIP(ImageTextMethod):
@@ -22,5 +22,5 @@ class CLIP(ImageTextMethod):
         }
 
     def loss(self, feats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        loss = self.contrastive_loss(feats["image_embed"].float(), feats["text_embed"].float(), feats)
+        loss = self.contrastive_loss(upcast(feats["image_embed"]), upcast(feats["text_embed"]), feats)
         return {"loss": loss, "loss_clip": loss.detach(), "logit_scale": feats["logit_scale"].mean().detach()}

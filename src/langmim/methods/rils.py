@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from .. import dist
 from ..config import Config
 from ..models.decoder import MaskTokenDecoder
-from .base import ImageTextMethod, MaskedImageModelling
+from .base import ImageTextMethod, MaskedImageModelling, upcast
 
 
 def reconstruction_kl(
@@ -71,13 +71,13 @@ class RILS(MaskedImageModelling, ImageTextMethod):
         }
 
     def loss(self, feats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        image_embed, text_embed = feats["image_embed"].float(), feats["text_embed"].float()
+        image_embed, text_embed = upcast(feats["image_embed"]), upcast(feats["text_embed"])
         loss_clip = self.contrastive_loss(image_embed, text_embed, feats)
 
         prototypes = dist.gather_with_grad(text_embed).detach()
         own = self.settings
         kl = reconstruction_kl(
-            feats["prediction"].float(), feats["target"].float(), prototypes, own.prediction_temperature, own.target_temperature)
+            upcast(feats["prediction"]), upcast(feats["target"]), prototypes, own.prediction_temperature, own.target_temperature)
         hits = retrieval_hits(image_embed.detach(), prototypes)
         weights = feats["mask"] * hits[:, None]
         global_count = dist.all_reduce_sum(weights.sum())
