@@ -38,7 +38,7 @@ def simclr_loss(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.T
 class SLIP(CLIP):
     name = "slip"
     title = "SLIP"
-    tags = ("contrastive", "self-supervised")
+    tags = (*CLIP.tags, "self-supervised")
 
     def __init__(self, cfg: Config) -> None:
         super().__init__(cfg)
