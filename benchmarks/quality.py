@@ -313,6 +313,24 @@ def headline_table(point: Point) -> str:
     return "\n".join(out)
 
 
+BENCHMARKS_README = Path(__file__).with_name("README.md")
+
+
+def point_title(point: Point, batch_size: int) -> str:
+    seen = f"{point.steps:,} steps of {batch_size} ({point.steps * batch_size:,} images seen)"
+    return f"{seen}, " + (f"a fixed set of {point.num_scenes:,} scenes" if point.num_scenes else "a fresh scene per sample")
+
+
+def replace_block(path: Path, name: str, text: str) -> Path:
+    """Put ``text`` between the ``<!-- name -->`` and ``<!-- /name -->`` lines of ``path``."""
+    start, end = f"<!-- {name} -->", f"<!-- /{name} -->"
+    before, found, rest = path.read_text().partition(start)
+    if not found or end not in rest:
+        raise SystemExit(f"{path}: no {start} ... {end} block to write the tables into")
+    path.write_text(f"{before}{start}\n{text}\n{end}{rest.split(end, 1)[1]}")
+    return path
+
+
 def summarize(points: list[Point], data_steps: int, batch_size: int = 128) -> list[Path]:
     """Per point, report.md (mean +- 95% interval over seeds, margins over the floor, shares of the
     floor-to-ceiling gap, paired verdicts); the two sweep figures."""
@@ -328,11 +346,11 @@ def summarize(points: list[Point], data_steps: int, batch_size: int = 128) -> li
         compare = [(a, b) for a, b in COMPARE if {a, b} <= present]
         written.append(write_report(run_dirs + floor_dirs, KEPT_DIR / point.name, floor=FLOOR if floor_dirs else None,
                                     ceiling=CEILING if CEILING in present and floor_dirs else None, compare=compare, seeds=True))
-    tables = [f"## {p.name}\n\n{headline_table(p)}\n" for p in points if (KEPT_DIR / p.name).is_dir()]
+    tables = [f"#### {point_title(p, batch_size)}\n\n{headline_table(p)}\n" for p in points if (KEPT_DIR / p.name).is_dir()]
     if tables:
         (KEPT_DIR / "headline.md").write_text("# Headline metrics per point: mean ± 95% interval over seeds; "
                                               "differences paired by seed with their verdicts\n\n" + "\n".join(tables))
-        written.append(KEPT_DIR / "headline.md")
+        written += [KEPT_DIR / "headline.md", replace_block(BENCHMARKS_README, "quality-headline", "\n".join(tables))]
     budget = sorted({p for p in points if p.num_scenes is None}, key=lambda p: p.steps)
     data = sorted({p for p in points if p.steps == data_steps}, key=lambda p: p.num_scenes or p.steps * batch_size)
     written += [png for png in (
