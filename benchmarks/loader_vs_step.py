@@ -57,7 +57,7 @@ def main() -> None:
         "precision": cfg.train.precision, "num_workers": cfg.data.num_workers,
         "loader_images_per_s": round(loader_rate, 1), "train_step_images_per_s": round(step_rate, 1),
         "loader_to_step_ratio": round(loader_rate / step_rate, 1),
-        "config": to_dict(cfg)["model"],
+        "config": to_dict(cfg),
     }
     print(json.dumps({k: v for k, v in record.items() if k != "config"}))
     append_result("loader_vs_step", record)

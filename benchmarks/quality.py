@@ -33,6 +33,7 @@ import json
 import multiprocessing
 import platform
 import shutil
+import statistics
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -287,10 +288,10 @@ def known_room(runs: dict[str, dict[int, dict]], task: str, key: str) -> tuple[s
         gap = claim_text(runs[CEILING], runs[FLOOR], task, key)
         return gap, None if gap == "–" else float(gap.split()[0])
     best = max((m for m in runs if m not in (FLOOR, CEILING) and seed_values(runs[m], task, key)),
-               key=lambda m: sum(seed_values(runs[m], task, key)), default=None)
-    if best is None:
-        return "–", None
-    gap = claim_text(runs[best], runs[FLOOR], task, key)
+               key=lambda m: statistics.mean(seed_values(runs[m], task, key)), default=None)
+    gap = "–" if best is None else claim_text(runs[best], runs[FLOOR], task, key)
+    if gap == "–":
+        return gap, None
     return f"{gap} ({best}; no ceiling: it has no text tower)", float(gap.split()[0])
 
 

@@ -106,3 +106,29 @@ def test_resume_latest_says_when_it_starts_fresh(tmp_path, capsys):
 
     pretrain(load_config(None, tiny_overrides(tmp_path, "mae", steps=1)), resume="latest", log_tensorboard=False)
     assert "no checkpoint in" in capsys.readouterr().out
+
+
+def test_a_live_runs_directory_is_refused_and_a_dead_runs_directory_resumes(tmp_path, capsys):
+    """A second `langmim pretrain` on a directory another live process holds ends with one line
+    naming that process and its host; once the holder is SIGKILLed, the directory resumes."""
+    import socket
+
+    from langmim.cli import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    code = (f"import time; from pathlib import Path; from langmim.engine.run_lock import RunLock; "
+            f"lock = RunLock.acquire(Path({str(run)!r})); lock.claim(); print('locked', flush=True); time.sleep(300)")
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        overrides = tiny_overrides(run, "clip", steps=2)
+        assert main(["pretrain", "--no-tensorboard", *overrides]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"in use by the run of process {holder.pid} on {socket.gethostname()}" in err[0], err
+        assert not list_checkpoints(run)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert main(["pretrain", "--no-tensorboard", "--resume", "latest", *overrides]) == 0  # the dead run's lock went with it
+    assert [p.name for p in list_checkpoints(run)] == ["checkpoint-00000002.pt"]

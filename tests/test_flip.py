@@ -39,7 +39,7 @@ def test_flip_drops_the_patches_open_clips_patch_dropout_drops(dropout):
     ids_keep = mask_from_noise(noise, patches_kept(n, dropout)).ids_keep
     assert torch.equal(model.visual.embed(images, ids_keep), theirs)
 
-    batch = {"image": images, "noise": noise, "index": torch.arange(b), "text": model.tokenizer(["a red bag."] * b)}
+    batch = {"image": images, "noise": noise, "step": torch.zeros(b), "text": model.tokenizer(["a red bag."] * b)}
     with torch.no_grad():
         expected = F.normalize(model.image_embedding(model.visual.norm(model.visual.blocks(theirs))), dim=-1)
         assert torch.allclose(model.features(batch)["image_embed"], expected, atol=1e-6)
@@ -55,7 +55,7 @@ def test_the_last_unmasked_steps_see_every_patch():
     with torch.no_grad():
         full = model.encode_image(images)
         for step, dropped in ((0, True), (6, True), (7, False), (9, False)):
-            batch = {"image": images, "noise": noise, "index": torch.arange(4) + 4 * step, "text": text}
+            batch = {"image": images, "noise": noise, "step": torch.full((4,), step), "text": text}
             assert torch.allclose(model.features(batch)["image_embed"], full, atol=1e-6) != dropped, step
 
 
@@ -65,3 +65,25 @@ def test_the_last_unmasked_steps_see_every_patch():
 def test_flip_refuses_what_it_cannot_do(overrides, words):
     with pytest.raises(ConfigError, match=words.replace("(", r"\(").replace(")", r"\)")):
         check_method_rules(load_config(None, ["method=flip", *overrides]))
+
+
+def test_the_trainer_hands_flip_its_step_and_a_resume_restores_it(tmp_path):
+    """The phase follows the trainer's optimisation step (the scheduler's count, which a
+    checkpoint restores), not the data's sample indices, which a shard stream restarts."""
+    from langmim.engine.dryrun import synthetic_batch
+    from langmim.engine.loop import Trainer
+
+    cfg = load_config(None, TINY_MODEL + ["method=flip", "train.steps=4", "train.batch_size=4", "flip.unmasked_steps=2"])
+    model = build_method(cfg)
+    seen = []
+    features = model.features
+    model.features = lambda batch: seen.append(int(batch["step"][0])) or features(batch)
+    trainer = Trainer(cfg, model, torch.device("cpu"))
+    batch = synthetic_batch(cfg, model, 4)
+    trainer.step(batch)
+    trainer.step(batch)
+    state = trainer.state_dict(2)
+    resumed = Trainer(cfg, model, torch.device("cpu"))
+    assert resumed.load_state_dict(state) == 2
+    resumed.step(batch)
+    assert seen == [0, 1, 2] and model.first_unmasked == 2

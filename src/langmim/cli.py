@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     x = sub.add_parser("export", help="export a checkpoint for timm (vision tower), open_clip (CLIP/RILS) or as safetensors",
                        description="Write the vision tower as a timm local-dir folder (timm.create_model('local-dir:OUT', "
-                       "pretrained=True)), a CLIP, SigLIP or RILS model as an open_clip local-dir folder "
+                       "pretrained=True)), a model with a text tower as an open_clip local-dir folder "
                        "(open_clip.create_model('local-dir:OUT')), or the whole state dict as safetensors with the "
                        "resolved config as metadata. The preprocessing travels with every export.")
     x.add_argument("run", metavar="RUN", help="a checkpoint file or a run directory (newest checkpoint)")

@@ -4,7 +4,7 @@
   ``timm.create_model("local-dir:OUT", pretrained=True)``, or the architecture in ``config.json``
   with its ``model_args`` and a strict ``load_state_dict``. The state dict needs no renaming:
   langmim's tower uses timm's parameter names.
-- ``open_clip``: a CLIP, SigLIP or RILS model as an open_clip ``local-dir`` folder
+- ``open_clip``: a model with a text tower (CLIP, SigLIP, FLIP, SLIP, RILS) as an open_clip ``local-dir`` folder
   (``open_clip_config.json`` + ``open_clip_model.safetensors``): vision + text + projection + logit
   scale, loaded by ``open_clip.create_model("local-dir:OUT")``. open_clip's patch embedding has no
   bias, so ours is folded into the position embedding; its CLS token carries its position
@@ -23,6 +23,7 @@ from safetensors.torch import save_file
 
 from .config import to_dict
 from .errors import LangmimError
+from .method_specs import methods_with
 from .methods.base import PretrainMethod
 from .model_card import write_model_card
 from .models.pretrained import sentence_transformer_parts
@@ -91,9 +92,10 @@ def text_cfg(model: PretrainMethod) -> dict:
 
 
 def open_clip_export(model: PretrainMethod) -> tuple[dict[str, torch.Tensor], dict]:
-    """(state dict, open_clip_config.json) of a CLIP, SigLIP or RILS model."""
+    """(state dict, open_clip_config.json) of a model with a text tower."""
     if not model.has_text:
-        raise LangmimError(f"--format open_clip needs a CLIP, SigLIP or RILS checkpoint; this one is {model.config.method} (use --format timm)")
+        raise LangmimError(f"--format open_clip needs a checkpoint with a text tower ({methods_with('has_text')}); "
+                           f"this one is {model.config.method} (use --format timm)")
     if model.config.model.text_quick_gelu:
         raise LangmimError("--format open_clip: open_clip's quick_gelu switches both towers and langmim's vision tower uses GELU; "
                            "export with --format safetensors or timm")

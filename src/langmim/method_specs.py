@@ -165,6 +165,11 @@ METHODS: dict[str, MethodSpec] = {
 }
 
 
+def methods_with(flag: str) -> str:
+    """The registered methods whose spec sets ``flag`` (e.g. ``has_text``), for messages."""
+    return ", ".join(name for name, spec in METHODS.items() if getattr(spec, flag))
+
+
 def method_spec(name: str) -> MethodSpec:
     if name not in METHODS:
         raise ConfigError(f"config key 'method' must be one of {', '.join(METHODS)}; got {name!r}")
@@ -179,6 +184,6 @@ def check_method_rules(cfg: Config) -> None:
         raise ConfigError(f"init.text and init.lock_text need a text tower; method {cfg.method} has none")
     if cfg.init.lock_vision and not spec.can_lock_vision:
         raise ConfigError(f"init.lock_vision freezes the encoder that method {cfg.method} trains; "
-                          "LiT locks it for a method that trains a text tower against it (clip)")
+                          f"LiT locks it for a method that trains a text tower against it ({methods_with('can_lock_vision')})")
     if spec.rules is not None:
         spec.rules(cfg)

@@ -19,7 +19,7 @@ from torchvision.transforms import v2
 
 from .scenes.sampler import MAX_SHIFT
 
-VIEW_STREAM = 104729  # separates the views' RNG stream from the scene and masking-noise streams
+VIEW_STREAM = 15485863  # separates the views' RNG stream from the scene, noise, epoch and visit streams
 
 
 def view_transform(data_name: str, size: int, blur: float = 0.5) -> v2.Compose:
@@ -44,6 +44,6 @@ class ViewMaker:
         self.transform, self.seed = view_transform(data_name, size), seed
 
     def __call__(self, image: torch.Tensor, index: int) -> torch.Tensor:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(np.random.default_rng([self.seed, VIEW_STREAM, index]).integers(2**62)))
+        with torch.random.fork_rng(devices=[]):  # the CPU generator only, restored afterwards
+            torch.random.default_generator.manual_seed(int(np.random.default_rng([self.seed, VIEW_STREAM, index]).integers(2**62)))
             return torch.stack([self.transform(image), self.transform(image)])

@@ -25,6 +25,7 @@ from .. import dist
 from ..config import Config, config_differences, config_from_dict, to_dict
 from ..errors import CheckpointError, LangmimError
 from ..io import SCHEMA_VERSION, atomic_save, checkpoint_path, list_checkpoints
+from .run_lock import RunLock
 
 
 def git_revision() -> str:
@@ -75,8 +76,9 @@ def remove_stale_temporaries(run_dir: Path) -> list[Path]:
     return stale
 
 
-def prepare_run_dir(path: Path, resuming: bool) -> None:
-    """Create the run directory, refusing one we cannot write or would overwrite."""
+def prepare_run_dir(path: Path, resuming: bool) -> RunLock:
+    """Create and lock the run directory, refusing one we cannot write, another live run holds,
+    or we would overwrite; the caller releases the lock when its run ends."""
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / ".write-test"
@@ -84,11 +86,15 @@ def prepare_run_dir(path: Path, resuming: bool) -> None:
         probe.unlink()
     except OSError as err:
         raise LangmimError(f"run directory '{path}' is not writable ({err.strerror})") from None
+    lock = RunLock.acquire(path)
     if not resuming and list_checkpoints(path):
+        lock.release()
         raise LangmimError(
             f"run directory '{path}' already holds checkpoints; pass --resume latest to continue it "
             "or set output_dir= to a new directory"
         )
+    lock.claim()
+    return lock
 
 
 def find_resume_checkpoint(resume: str | None, run_dir: Path) -> Path | None:

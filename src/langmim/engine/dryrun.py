@@ -39,7 +39,7 @@ def synthetic_batch(cfg: Config, method: torch.nn.Module, batch_size: int = DRY_
     size, generator = cfg.model.img_size, torch.Generator().manual_seed(0)
     batch = {
         "image": torch.rand(batch_size, 3, size, size, generator=generator) * 2 - 1,
-        "index": torch.arange(batch_size),
+        "index": torch.arange(batch_size),  # the trainer adds "step"
         "noise": torch.stack([masking_noise(cfg.train.seed, i, method.visual.num_patches) for i in range(batch_size)]),
     }
     if method.has_text:

@@ -97,6 +97,8 @@ class Trainer:
 
     def _step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         cfg, parts = self.cfg.train, self.cfg.train.accum_freq
+        # the 0-based optimisation step being taken, per sample (the scheduler's count survives a resume)
+        batch = {**batch, "step": torch.full((batch["image"].shape[0],), self.scheduler.last_epoch, device=batch["image"].device)}
         micro = split_batch(batch, parts)
         clock = PhaseClock(self.device, self.synchronize_phases)
         cached = None
@@ -145,11 +147,21 @@ def pretrain(cfg: Config, resume: str | None = None, log_tensorboard: bool = Tru
     check_method_rules(cfg)
     info = dist.setup(cfg.train.device)
     run_dir = Path(cfg.output_dir)
-    resume_path = find_resume_checkpoint(resume, run_dir)
+    lock = None
     if dist.is_main():
-        prepare_run_dir(run_dir, resuming=resume is not None)
+        lock = prepare_run_dir(run_dir, resuming=resume is not None)  # held until this run ends
         for stale in remove_stale_temporaries(run_dir):
             print(f"removed {stale.name}, left by a run killed while writing a checkpoint")
+    try:
+        return run_training(cfg, info, run_dir, resume, log_tensorboard, stop_after)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def run_training(cfg: Config, info: dist.DistInfo, run_dir: Path, resume: str | None, log_tensorboard: bool, stop_after: int | None) -> Path:
+    """``pretrain`` once the run directory is prepared (and, on rank 0, locked)."""
+    resume_path = find_resume_checkpoint(resume, run_dir)
     torch.manual_seed(cfg.train.seed)
     method = build_method(cfg, with_teacher=True).to(info.device)  # fills the teacher's embed_dim
     method.set_grad_checkpointing(cfg.train.grad_checkpointing)

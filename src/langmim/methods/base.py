@@ -15,7 +15,7 @@ from torch import nn
 from .. import dist
 from ..config import Config
 from ..errors import LangmimError
-from ..method_specs import MethodSpec, method_spec
+from ..method_specs import MethodSpec, method_spec, methods_with
 from ..models.masking import Masking, mask_from_noise, num_visible
 from ..models.open_clip_weights import load_open_clip_text
 from ..models.pretrained import load_timm_vision, split_text_source
@@ -148,7 +148,7 @@ class PretrainMethod(nn.Module, abc.ABC):
         return F.normalize(emb, dim=-1) if normalize else emb
 
     def encode_text(self, tokens: torch.Tensor, normalize: bool = True) -> torch.Tensor:
-        raise LangmimError(f"method '{self.name}' has no text tower; encode_text needs a CLIP, SigLIP or RILS checkpoint")
+        raise LangmimError(f"method '{self.name}' has no text tower; encode_text needs a checkpoint of {methods_with('has_text')}")
 
 
 class MaskedImageModelling:

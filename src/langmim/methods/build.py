@@ -47,7 +47,7 @@ def load_method(path: str | Path) -> PretrainMethod:
 def build_teacher(source: str | None, grid_size: int | None = None, random_weights: bool = False) -> Teacher:
     """The frozen tower a ``teacher.source`` names: ``openclip:MODEL:WEIGHTS``, ``timm:MODEL:WEIGHTS``
     (built for the student's ``grid_size``; without weights when ``random_weights``, for dry
-    runs) or ``langmim:RUN_OR_CHECKPOINT`` (a CLIP, SigLIP or RILS model saved by langmim)."""
+    runs) or ``langmim:RUN_OR_CHECKPOINT`` (a model with a text tower saved by langmim)."""
     parsed = parse_teacher_source(source)
     if parsed.kind == "langmim":
         return LangmimTeacher(load_method(parsed.location), parsed.location)

@@ -4,8 +4,8 @@ Each training image keeps ``max(1, int(N * (1 - flip.patch_dropout)))`` of its N
 uniformly per sample (the K with the smallest masking noise: open_clip's ``PatchDropout``
 semantics, CLS always kept, positions added before the drop), and the encoder computes only
 those, so a step costs about the kept share of CLIP's image side. No patch is reconstructed. The
-last ``flip.unmasked_steps`` steps see every patch (the paper's unmasked tuning); evaluation
-always does.
+last ``flip.unmasked_steps`` steps of ``train.steps`` see every patch (the paper's unmasked
+tuning), decided by the trainer's step, which a resume restores; evaluation always does.
 """
 from __future__ import annotations
 
@@ -29,11 +29,11 @@ class FLIP(CLIP):
     def __init__(self, cfg: Config) -> None:
         super().__init__(cfg)
         self.num_keep = patches_kept(self.visual.num_patches, cfg.settings.patch_dropout)
-        self.first_unmasked = (cfg.train.steps - cfg.settings.unmasked_steps) * cfg.train.batch_size  # a global sample index
+        self.first_unmasked = cfg.train.steps - cfg.settings.unmasked_steps  # counted back from the schedule's end
 
     def features(self, batch: dict) -> dict[str, torch.Tensor]:
         images = batch["image"]
-        tuning = bool((batch["index"] >= self.first_unmasked).any())  # one step's samples share their phase
+        tuning = bool((batch["step"] >= self.first_unmasked).any())  # the trainer's step, the same for every sample
         ids_keep = None if tuning else mask_from_noise(batch["noise"], self.num_keep).ids_keep
         tokens = self.visual.forward_features(images, ids_keep)
         return {

@@ -3,7 +3,7 @@
 batch["image"] -> encoder -> patch mean @ W -> CLIP's contrastive loss with the captions;
 batch["views"] (two augmented views per image, ``data/views.py``) -> the same encoder -> patch
 mean -> SLIP's image MLP (hidden ``slip.ssl_mlp_dim``, output ``slip.ssl_embed_dim``, batch norm
-over the global batch) -> SimCLR's NT-Xent at temperature ``slip.ssl_temperature`` over all
+over all ranks' samples) -> SimCLR's NT-Xent at temperature ``slip.ssl_temperature`` over all
 ranks' views, gathered with gradient. L = L_clip + ``slip.ssl_scale`` * L_simclr.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""SLIP's image MLP for its SimCLR term, with batch norm over the global batch."""
+"""SLIP's image MLP for its SimCLR term, with batch norm over all ranks' samples."""
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -11,9 +11,10 @@ from .. import dist
 
 
 class GlobalBatchNorm1d(nn.BatchNorm1d):
-    """BatchNorm1d whose training statistics are those of the global batch, all ranks together,
-    as SyncBatchNorm's (which runs on GPUs only): each rank normalises the gathered batch and
-    keeps its own rows, gradients flowing back to every rank's part."""
+    """BatchNorm1d whose training statistics are those of all ranks' samples together, as
+    SyncBatchNorm's (which runs on GPUs only): each rank normalises the gathered batch and keeps
+    its own rows, gradients flowing back to every rank's part. Under gradient accumulation that
+    is one micro-batch at a time, as in SLIP's release."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and dist.is_distributed()):

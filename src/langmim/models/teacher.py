@@ -6,8 +6,8 @@ Three sources, named by ``teacher.source``:
   local weights file (or Hub folder) in open_clip's or OpenAI's state-dict layout, loaded by
   open_clip itself with the activation the weights need (``models/open_clip_weights.py``);
 - ``timm:MODEL:WEIGHTS``: any timm ViT with a class token (DINO, DINOv2, supervised);
-- ``langmim:RUN_OR_CHECKPOINT``: the vision tower and image projection of a langmim CLIP, SigLIP or RILS
-  checkpoint.
+- ``langmim:RUN_OR_CHECKPOINT``: the vision tower and image projection of a langmim checkpoint
+  of a method with a text tower (CLIP, SigLIP, FLIP, SLIP, RILS).
 The teacher sees the student's crop, converted from langmim's normalisation to its own and
 resized where its patch size differs, so that its patch grid matches the student's.
 """
@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from ..method_specs import IMPORTANCES
+from ..method_specs import IMPORTANCES, methods_with
 from ..transforms import IMAGE_MEAN, IMAGE_STD
 from .open_clip_weights import create_open_clip
 from .pretrained import load_timm_vision
@@ -214,12 +214,12 @@ class TimmTeacher(Teacher):
 
 
 class LangmimTeacher(Teacher):
-    """The vision tower and image projection W of a loaded langmim CLIP, SigLIP or RILS model."""
+    """The vision tower and image projection W of a loaded langmim model with a text tower."""
 
     def __init__(self, model: nn.Module, path: str) -> None:
         if not model.has_text:
             raise ConfigError(f"milan.teacher.source: '{path}' is a {model.config.method} checkpoint; "
-                              "a teacher must be language-supervised (clip, siglip or rils)")
+                              f"a teacher must be language-supervised ({methods_with('has_text')})")
         visual = model.visual
         super().__init__(visual.grid_size, visual.patch_size, model.image_projection.shape[1], IMAGE_MEAN, IMAGE_STD)
         self.visual = visual
