@@ -132,3 +132,32 @@ def test_a_live_runs_directory_is_refused_and_a_dead_runs_directory_resumes(tmp_
         holder.wait()
     assert main(["pretrain", "--no-tensorboard", "--resume", "latest", *overrides]) == 0  # the dead run's lock went with it
     assert [p.name for p in list_checkpoints(run)] == ["checkpoint-00000002.pt"]
+
+
+def test_a_full_disk_stops_the_run_with_one_line_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
+    """On a tmpfs with room for one checkpoint, the second write fails: one line names the path and
+    the free space, no temporary file is left, the earlier checkpoint is not pruned, and
+    `--resume latest` would take it."""
+    from langmim.cli import main
+    from langmim.engine.checkpoint import find_resume_checkpoint
+
+    probe = tmp_path / "probe"
+    assert main(["pretrain", "--no-tensorboard", *tiny_overrides(probe, "clip", steps=2)]) == 0
+    size = (probe / "checkpoint-00000002.pt").stat().st_size
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={int(size * 1.5) // 4096 * 4096}", "tmpfs", str(disk)],
+                             capture_output=True)
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.decode().strip()}); the test needs root")
+    try:
+        run = disk / "run"
+        overrides = [*tiny_overrides(run, "clip", steps=4), "train.ckpt_every=2", "train.keep_checkpoints=1"]
+        assert main(["pretrain", "--no-tensorboard", *overrides]) == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bars
+        assert f"could not write '{run / 'checkpoint-00000004.pt'}'" in err and "MB free there" in err and "Traceback" not in err, err
+        assert sorted(p.name for p in run.iterdir() if p.name.endswith(".pt") or ".tmp" in p.name) == ["checkpoint-00000002.pt"]
+        assert find_resume_checkpoint("latest", run) == run / "checkpoint-00000002.pt"
+        assert load_checkpoint(run / "checkpoint-00000002.pt")["step"] == 2
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)

@@ -12,6 +12,7 @@ import json
 import os
 import pickle
 import re
+import shutil
 import signal
 import warnings
 import zipfile
@@ -35,6 +36,27 @@ KILL_IN_SAVE_ENV = "LANGMIM_TEST_KILL_IN_SAVE"
 _saves_started = 0
 
 
+def free_space(folder: Path) -> str:
+    """The free space of ``folder``'s file system, e.g. "1.2 MB", or "unknown"."""
+    try:
+        return f"{shutil.disk_usage(folder).free / 1e6:.1f} MB"
+    except OSError:
+        return "unknown"
+
+
+def write_failure(err: Exception, folder: Path) -> str:
+    """Why a write into ``folder`` failed, in words: torch.save reports a full disk as an internal
+    RuntimeError ("unexpected pos ..."), so a file system with under 1 MiB left is named as full."""
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror
+    try:
+        if shutil.disk_usage(folder).free < 2**20:
+            return "no space left on the device"
+    except OSError:
+        pass
+    return str(err).splitlines()[0]
+
+
 def _fault_point() -> None:
     global _saves_started
     target = os.environ.get(KILL_IN_SAVE_ENV)
@@ -46,7 +68,9 @@ def _fault_point() -> None:
 
 
 def atomic_save(obj: Any, path: Path) -> None:
-    """torch.save to a temporary file in the same directory, fsync, then rename over ``path``."""
+    """torch.save to a temporary file in the same directory, fsync, then rename over ``path``. A
+    write that fails (a full disk, a read-only directory) leaves nothing behind and raises one
+    ``CheckpointError`` naming the path and the free space."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as fh:
@@ -55,6 +79,9 @@ def atomic_save(obj: Any, path: Path) -> None:
             _fault_point()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:
+        raise CheckpointError(f"could not write '{path}' ({write_failure(err, path.parent)}); "
+                              f"{free_space(path.parent)} free there") from None
     finally:
         tmp.unlink(missing_ok=True)
     dir_fd = os.open(path.parent, os.O_RDONLY)
