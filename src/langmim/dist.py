@@ -28,6 +28,11 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def elastic_restarts() -> int:
+    """How often torchrun has restarted this worker group (``--max-restarts``): 0 on the first start."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+
+
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     """Concatenate ``x`` from every rank along dim 0; gradients flow back to each rank's part."""
     if not is_distributed():

@@ -142,11 +142,16 @@ def pretrain(cfg: Config, resume: str | None = None, log_tensorboard: bool = Tru
     """Pre-train ``cfg.method`` and return the run directory (checkpoints, metrics, config).
 
     ``stop_after`` ends this invocation after that global step (with a checkpoint), leaving the
-    schedule of ``train.steps`` intact: a time-boxed job continues later with ``resume``.
+    schedule of ``train.steps`` intact: a time-boxed job continues later with ``resume``. A worker
+    group that torchrun restarts (``--max-restarts``) resumes from the newest checkpoint by itself.
     """
     check_method_rules(cfg)
     info = dist.setup(cfg.train.device)
     run_dir = Path(cfg.output_dir)
+    if resume is None and dist.elastic_restarts():  # a group torchrun restarted after a failure continues its run
+        resume = "latest"
+        if dist.is_main():
+            print(f"torchrun restart {dist.elastic_restarts()}: resuming from the newest checkpoint in '{run_dir}'")
     lock = None
     if dist.is_main():
         lock = prepare_run_dir(run_dir, resuming=resume is not None)  # held until this run ends
