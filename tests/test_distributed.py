@@ -122,3 +122,40 @@ def test_a_group_torchrun_restarts_after_a_sigkill_ends_with_the_uninterrupted_w
     assert a["step"] == b["step"] == 6
     for key, value in a["model"].items():
         assert torch.equal(value, b["model"][key]), key
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_nodes_on_one_machine_train_resume_and_equal_one_node(tmp_path):
+    """`torchrun --nnodes=2` with a c10d rendezvous on localhost, one process per node: a run stopped
+    at step 2 and resumed to step 4 ends with the weights of the same two ranks on one node."""
+    from langmim.io import list_checkpoints
+
+    def two_nodes(run, *options):
+        port = free_port()
+        with tempfile.TemporaryDirectory() as scratch:
+            env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TMPDIR": scratch}
+            nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
+                                       "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}", "--rdzv_id=langmim-test",
+                                       "-m", "langmim.cli", "pretrain", "--no-tensorboard", *options,
+                                       *tiny_overrides(run, "clip", steps=4, **{"train.ckpt_every": 2})],
+                                      env=env, cwd=HERE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+            for node in nodes:
+                _, err = node.communicate(timeout=300)
+                assert node.returncode == 0, err[-3000:]
+
+    two_nodes(tmp_path / "nodes", "--stop-after", "2")
+    assert [p.name for p in list_checkpoints(tmp_path / "nodes")] == ["checkpoint-00000002.pt"]
+    two_nodes(tmp_path / "nodes", "--resume", "latest")
+    torchrun(["-m", "langmim.cli", "pretrain", "--no-tensorboard",
+              *tiny_overrides(tmp_path / "one_node", "clip", steps=4, **{"train.ckpt_every": 2})])
+    a, b = (load_checkpoint(list_checkpoints(tmp_path / name)[-1]) for name in ("one_node", "nodes"))
+    assert a["step"] == b["step"] == 4
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
