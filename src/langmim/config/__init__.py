@@ -76,6 +76,8 @@ def resolve(cfg: Config) -> Config:
     low, high = cfg.data.crop_scale if len(cfg.data.crop_scale) == 2 else (0.0, -1.0)
     if not 0.0 < low <= high <= 1.0:
         raise ConfigError(f"data.crop_scale expects two area shares 0 < low <= high <= 1, got {cfg.data.crop_scale}")
+    if cfg.data.shuffle_buffer < 0:
+        raise ConfigError(f"data.shuffle_buffer={cfg.data.shuffle_buffer}: a buffer of samples to shuffle must be 0 (none) or more")
     if cfg.data.num_scenes is not None and cfg.data.num_scenes < 1:
         raise ConfigError(f"data.num_scenes={cfg.data.num_scenes}: a fixed set needs at least 1 scene; leave it unset for the unlimited stream")
     if cfg.data.num_scenes is not None and cfg.data.name != "fashion-scenes":

@@ -82,6 +82,7 @@ class DataConfig:
     root: Optional[str] = None  # fashion-scenes: the Fashion-MNIST idx files; csv: the table; imagefolder: the folder;
     # webdataset: a brace-expanded shard list, e.g. /data/laion/{00000..01023}.tar
     resampled: bool = False  # webdataset: draw shards with replacement (open_clip's --dataset-resampled)
+    shuffle_buffer: int = 5000  # webdataset: samples shuffled in a buffer of this many per worker (open_clip's); 0: shard order
     augment: bool = True
     # csv, imagefolder, webdataset: RandomResizedCrop's area share, resampling, and a horizontal flip
     # (fashion-scenes draws its own layouts; with augment it flips them, swapping left/right in the caption)

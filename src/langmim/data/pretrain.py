@@ -155,6 +155,7 @@ def build_pretrain_loader(
         if cfg.train.batch_size % world_size:
             raise ConfigError(f"train.batch_size={cfg.train.batch_size} must be divisible by the number of ranks ({world_size})")
         stream = ShardStream(cfg.data.root or "", cfg.model.img_size, cfg.train.seed, rank, world_size, cfg.data.resampled, start_step,
+                             shuffle_buffer=cfg.data.shuffle_buffer,
                              recipe=CropRecipe.from_config(cfg.data), max_pixels=cfg.data.max_image_pixels)
         loader = DataLoader(stream, batch_size=cfg.train.batch_size // world_size, collate_fn=collator, **workers)
         return StepLimitedLoader(loader, max(0, cfg.train.steps - start_step))

@@ -4,7 +4,9 @@
 Without resampling, each rank reads a disjoint slice of the shards and each DataLoader worker a
 disjoint slice of its rank's; the shard order is shuffled per pass with the run's seed. With
 ``data.resampled=true`` every worker draws shards with replacement, forever (open_clip's
-``--dataset-resampled``). The run length is ``train.steps`` either way.
+``--dataset-resampled``). The run length is ``train.steps`` either way. Each worker then shuffles
+its samples, still encoded, in a seeded buffer of ``data.shuffle_buffer`` (open_clip's 5,000), so
+that a batch is not many neighbours of one source list.
 
 Bad samples are handled per sample like the other sources (converted where possible, otherwise
 skipped) and counted per kind; a damaged tar file stops that shard and is counted as
@@ -33,6 +35,24 @@ from .captioned import DEFAULT_CROP, PROBLEM_KINDS, CropRecipe, crop_uint8
 from .images import MAX_IMAGE_PIXELS, decode_rgb
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
+BUFFER_STREAM = 32452843  # separates the shuffle buffer's RNG stream from the crops'
+
+
+def shuffle_buffer(samples: Iterator[dict], size: int, rng: np.random.Generator) -> Iterator[dict]:
+    """``samples`` shuffled within a buffer of ``size`` (0 or 1: as they come): once the buffer is
+    full, each new sample takes the place of a random one, which is yielded; the rest at the end."""
+    if size <= 1:
+        yield from samples
+        return
+    buffer: list[dict] = []
+    for sample in samples:
+        if len(buffer) < size:
+            buffer.append(sample)
+            continue
+        slot = int(rng.integers(size))
+        yield buffer[slot]
+        buffer[slot] = sample
+    yield from (buffer[i] for i in rng.permutation(len(buffer)))
 
 
 def expand_shards(spec: str) -> list[str]:
@@ -55,13 +75,14 @@ class ShardStream(IterableDataset):
     ``data_problem_files`` they came from."""
 
     def __init__(self, spec: str, size: int, seed: int, rank: int, world_size: int, resampled: bool, start_step: int = 0,
-                 max_passes: int | None = None, recipe: CropRecipe = DEFAULT_CROP, max_pixels: int = MAX_IMAGE_PIXELS) -> None:
+                 max_passes: int | None = None, recipe: CropRecipe = DEFAULT_CROP, max_pixels: int = MAX_IMAGE_PIXELS,
+                 shuffle_buffer: int = 0) -> None:
         self.urls = expand_shards(spec)
         if not resampled and len(self.urls) < world_size:
             raise DataError(f"data.root has {len(self.urls)} shard(s) for {world_size} ranks; give at least one per rank or set data.resampled=true")
         self.size, self.seed, self.rank, self.world_size = size, seed, rank, world_size
         self.resampled, self.start_step, self.max_passes, self.recipe = resampled, start_step, max_passes, recipe
-        self.max_pixels = max_pixels
+        self.max_pixels, self.shuffle_buffer = max_pixels, shuffle_buffer
         self.unreported: Counter = Counter()  # counts seen after the last sample of a finite stream
 
     def _shards(self, rng: np.random.Generator, worker: int, workers: int) -> Iterator[str]:
@@ -75,38 +96,45 @@ class ShardStream(IterableDataset):
             yield from (mine[i] for i in rng.permutation(len(mine)))
             passes += 1
 
-    def __iter__(self) -> Iterator[dict]:
-        info = get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        rng = np.random.default_rng([self.seed, self.start_step, self.rank, worker])
-        pending: Counter = Counter()
-        named: list[str] = []  # "shard/key: kind" of the samples counted in pending
-        count = 0
+    def _raw_samples(self, rng: np.random.Generator, worker: int, workers: int, pending: Counter, named: list[str]) -> Iterator[dict]:
+        """Encoded samples of this worker's shards in order; a damaged tar is counted in ``pending``
+        and ``named`` and ends that shard (what it held so far was used)."""
         for url in self._shards(rng, worker, workers):
             with open(url, "rb") as stream:
                 samples = read_tar(stream, url)
                 while True:
                     try:
-                        sample = next(samples)
+                        yield next(samples)
                     except StopIteration:
                         break
-                    except (tarfile.TarError, OSError, EOFError, ValueError):  # a damaged tar: what it held so far was used
+                    except (tarfile.TarError, OSError, EOFError, ValueError):
                         pending["bad_tar"] += 1
                         named.append(f"{url}: bad_tar")
                         break
-                    item, kind = self._decode(sample, rng)
-                    if kind is not None:
-                        pending[kind] += 1
-                        named.append(f"{url}/{sample['__key__']}: {kind}")
-                    if item is None:
-                        continue
-                    item["key"] = sample["__key__"]
-                    item["index"] = (count * workers + worker) * self.world_size + self.rank
-                    item["data_problems"] = torch.tensor([pending[k] for k in PROBLEM_KINDS], dtype=torch.long)
-                    item["data_problem_files"], named = named, []
-                    pending.clear()
-                    count += 1
-                    yield item
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        rng = np.random.default_rng([self.seed, self.start_step, self.rank, worker])
+        buffer_rng = np.random.default_rng([self.seed, self.start_step, self.rank, worker, BUFFER_STREAM])
+        pending: Counter = Counter()
+        named: list[str] = []  # "shard/key: kind" of the samples counted in pending
+        count = 0
+        raw = self._raw_samples(rng, worker, workers, pending, named)
+        for sample in shuffle_buffer(raw, self.shuffle_buffer, buffer_rng):
+            item, kind = self._decode(sample, rng)
+            if kind is not None:
+                pending[kind] += 1
+                named.append(f"{sample['__url__']}/{sample['__key__']}: {kind}")
+            if item is None:
+                continue
+            item["key"] = sample["__key__"]
+            item["index"] = (count * workers + worker) * self.world_size + self.rank
+            item["data_problems"] = torch.tensor([pending[k] for k in PROBLEM_KINDS], dtype=torch.long)
+            item["data_problem_files"], named[:] = list(named), []
+            pending.clear()
+            count += 1
+            yield item
         self.unreported = pending
 
     def _decode(self, sample: dict, rng: np.random.Generator) -> tuple[dict | None, str | None]:
