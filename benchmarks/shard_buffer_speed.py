@@ -18,8 +18,8 @@ from datetime import date
 from pathlib import Path
 
 import torch
-
 from quality import cpu_name
+
 from results_log import append_result
 
 
