@@ -102,6 +102,7 @@ def test_ranks_read_disjoint_shards_under_torchrun(tmp_path):
     assert keys[0] | keys[1] == {f"{i:09d}" for i in range(40)}
 
 
+@pytest.mark.slow  # a restarted group's Gloo initialisation hung once in ~4 runs on this machine (torch 2.14.1)
 def test_a_group_torchrun_restarts_after_a_sigkill_ends_with_the_uninterrupted_weights(tmp_path):
     """Two Gloo ranks under `torchrun --max-restarts`; rank 0 is SIGKILLed inside its fourth
     checkpoint write (the test hook), torchrun restarts the group, which resumes from the newest
