@@ -4,7 +4,8 @@ timed in interleaved rounds so that other load on the machine falls on both alik
     python benchmarks/shard_buffer_speed.py [--samples 3000] [--buffer 5000] [--rounds 3]
 
 Writes built-in scenes as shards (64 px PNGs, the img2dataset layout) to a temporary folder once,
-then reads one pass of them through ``ShardStream`` (decode, crop, index) with
+then reads one pass of them through ``ShardStream`` (decode, crop, index, and the stream position
+that every batch's last sample carries for checkpoints) with
 ``shuffle_buffer=0`` and with ``--buffer``. One JSON line per run goes to
 benchmarks/results/shard_buffer_speed.jsonl.
 """
@@ -26,7 +27,8 @@ from results_log import append_result
 def images_per_s(spec: str, buffer: int) -> float:
     from langmim.data.shards import ShardStream
 
-    stream = ShardStream(spec, 64, seed=0, rank=0, world_size=1, resampled=False, max_passes=1, shuffle_buffer=buffer)
+    stream = ShardStream(spec, 64, seed=0, rank=0, world_size=1, resampled=False, max_passes=1, shuffle_buffer=buffer,
+                         batch_size=128)  # as in training: every 128th sample carries the stream's position for checkpoints
     start = time.perf_counter()
     count = sum(1 for _ in stream)
     return count / (time.perf_counter() - start)

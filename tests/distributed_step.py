@@ -14,8 +14,9 @@ import torch
 from langmim import dist
 from langmim.config import load_config
 from langmim.data.pretrain import build_pretrain_loader
+from langmim.engine.checkpoint import read_resume_state
 from langmim.engine.loop import Trainer, move
-from langmim.io import list_checkpoints, load_checkpoint
+from langmim.io import list_checkpoints
 from langmim.methods import build_method
 from langmim.models.text import build_tokenizer
 
@@ -32,7 +33,7 @@ def one_step(out_path: str, overrides: list[str]) -> None:
     method = build_method(cfg, with_teacher=True)
     trainer = Trainer(cfg, method, info.device)
     found = list_checkpoints(Path(cfg.output_dir))
-    start = trainer.load_state_dict(load_checkpoint(found[-1])) if found else 0
+    start = trainer.load_state_dict(read_resume_state(found[-1])) if found else 0
     trainer.optimizer.step = lambda: None  # keep the gradients
     trainer.optimizer.zero_grad = lambda set_to_none=True: None
     tokenizer = build_tokenizer(cfg.model.context_length) if method.has_text else None

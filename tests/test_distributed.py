@@ -34,25 +34,31 @@ def torchrun(args: list[str], nproc: int = 2, extra_env: dict[str, str] | None =
 
 
 @pytest.mark.parametrize("method, sharding", [("clip", "ddp"), ("rils", "ddp"), ("milan", "ddp"), ("rils", "fsdp"),
-                                              ("siglip", "ddp"), ("flip", "ddp"), ("slip", "ddp")])
+                                              ("rils", "fsdp-sharded"), ("siglip", "ddp"), ("flip", "ddp"), ("slip", "ddp")])
 def test_two_ranks_equal_one_process(tmp_path, clip_run, method, sharding):
     """Two ranks with B/2 images each give the loss and gradients of one process with B images,
-    at the first step and after resuming at step 2 (so data position and state carry over);
-    with FSDP the checkpoint written at step 2 is the full state, which every rank re-shards."""
+    at the first step and after resuming at step 2 (so data position and state carry over).
+    With FSDP the checkpoint written at step 2 by two sharded ranks is the full state, which every
+    rank re-shards, or (fsdp-sharded) a torch.distributed.checkpoint folder that one process and
+    two sharded ranks each resume from."""
     from distributed_step import one_step
 
     extra = {"milan.teacher.source": f"langmim:{clip_run}"} if method == "milan" else {}
-    extra["train.fsdp"] = str(sharding == "fsdp").lower()
+    extra["train.fsdp"] = str(sharding.startswith("fsdp")).lower()
+    if sharding == "fsdp-sharded":
+        extra["train.checkpoint_format"] = "sharded"
     extra["train.no_weight_decay"] = "[]"  # the CLI run below starts from the demo preset, which exempts more
     for start in (0, 2):
         run = tmp_path / f"run{start}"
         overrides = tiny_overrides(run, method, steps=4, **extra)
-        if start and sharding == "fsdp":  # the checkpoint itself written by two sharded ranks
+        if start and sharding.startswith("fsdp"):  # the checkpoint itself written by two sharded ranks
             torchrun(["-m", "langmim.cli", "pretrain", "--no-tensorboard", "--stop-after", str(start), *overrides])
         elif start:
             pretrain(load_config(None, overrides), log_tensorboard=False, stop_after=start)
         one_step(str(tmp_path / f"single{start}.pt"), overrides)
         torchrun(["distributed_step.py", str(tmp_path / f"ranks{start}.pt"), *overrides])
+        if start and sharding == "fsdp-sharded":
+            assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-00000002.dcp"]
         single = torch.load(tmp_path / f"single{start}.pt")
         ranks = torch.load(tmp_path / f"ranks{start}.pt")
         assert single["start"] == ranks["start"] == start

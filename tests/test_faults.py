@@ -134,10 +134,11 @@ def test_a_live_runs_directory_is_refused_and_a_dead_runs_directory_resumes(tmp_
     assert [p.name for p in list_checkpoints(run)] == ["checkpoint-00000002.pt"]
 
 
-def test_a_full_disk_stops_the_run_with_one_line_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
+@pytest.mark.parametrize("checkpoint_format, suffix", [("file", "pt"), ("sharded", "dcp")])
+def test_a_full_disk_stops_the_run_with_one_line_and_keeps_the_last_good_checkpoint(tmp_path, capsys, checkpoint_format, suffix):
     """On a tmpfs with room for one checkpoint, the second write fails: one line names the path and
-    the free space, no temporary file is left, the earlier checkpoint is not pruned, and
-    `--resume latest` would take it."""
+    the free space, no temporary file (or folder) is left, the earlier checkpoint is not pruned,
+    and `--resume latest` would take it."""
     from langmim.cli import main
     from langmim.engine.checkpoint import find_resume_checkpoint
 
@@ -152,12 +153,13 @@ def test_a_full_disk_stops_the_run_with_one_line_and_keeps_the_last_good_checkpo
         pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.decode().strip()}); the test needs root")
     try:
         run = disk / "run"
-        overrides = [*tiny_overrides(run, "clip", steps=4), "train.ckpt_every=2", "train.keep_checkpoints=1"]
+        overrides = [*tiny_overrides(run, "clip", steps=4), "train.ckpt_every=2", "train.keep_checkpoints=1",
+                     f"train.checkpoint_format={checkpoint_format}"]
         assert main(["pretrain", "--no-tensorboard", *overrides]) == 2
         err = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bars
-        assert f"could not write '{run / 'checkpoint-00000004.pt'}'" in err and "MB free there" in err and "Traceback" not in err, err
-        assert sorted(p.name for p in run.iterdir() if p.name.endswith(".pt") or ".tmp" in p.name) == ["checkpoint-00000002.pt"]
-        assert find_resume_checkpoint("latest", run) == run / "checkpoint-00000002.pt"
-        assert load_checkpoint(run / "checkpoint-00000002.pt")["step"] == 2
+        assert f"could not write '{run / f'checkpoint-00000004.{suffix}'}'" in err and "MB free there" in err and "Traceback" not in err, err
+        assert sorted(p.name for p in run.iterdir() if "checkpoint" in p.name) == [f"checkpoint-00000002.{suffix}"]
+        assert find_resume_checkpoint("latest", run) == run / f"checkpoint-00000002.{suffix}"
+        assert load_checkpoint(run / f"checkpoint-00000002.{suffix}")["step"] == 2
     finally:
         subprocess.run(["umount", str(disk)], check=True)

@@ -107,9 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
                        "(open_clip.create_model('local-dir:OUT')), or the whole state dict as safetensors with the "
                        "resolved config as metadata. The preprocessing travels with every export.")
     x.add_argument("run", metavar="RUN", help="a checkpoint file or a run directory (newest checkpoint)")
-    x.add_argument("--format", required=True, choices=("timm", "open_clip", "safetensors"), help="what to write")
+    x.add_argument("--format", required=True, choices=("timm", "open_clip", "safetensors", "checkpoint"),
+                   help="what to write (checkpoint: a sharded checkpoint folder as one checkpoint-N.pt file)")
     x.add_argument("--out", default=None, metavar="PATH",
-                   help="output folder (timm, open_clip) or file (safetensors); default: RUN/export-FORMAT[.safetensors]")
+                   help="output folder (timm, open_clip) or file (safetensors, checkpoint); default: RUN/export-FORMAT[.safetensors], "
+                        "for checkpoint the .pt beside the folder")
 
     g = sub.add_parser("data", help="write the built-in data as WebDataset shards: training scenes (img2dataset "
                        "layout) or the evaluation sets (CLIP_benchmark layout)",
@@ -256,6 +258,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             report = write_report([Path(r) for r in args.runs], Path(args.output), args.floor, args.ceiling,
                                   parse_pairs(args.compare), args.seeds)
             print(f"report: {report}")
+        elif args.command == "export" and args.format == "checkpoint":
+            from .io import atomic_save, load_checkpoint, resolve_checkpoint
+
+            source = resolve_checkpoint(args.run)
+            out = Path(args.out) if args.out else source.with_suffix(".pt")
+            atomic_save(load_checkpoint(source), out)
+            print(f"exported: {out}")
         elif args.command == "export":
             from .api import load
             from .export import export

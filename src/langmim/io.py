@@ -23,9 +23,10 @@ from typing import Any
 import torch
 
 from .errors import CheckpointError
+from .sharded_files import is_sharded_checkpoint, read_sharded
 
 SCHEMA_VERSION = 1  # of langmim checkpoints: the newest layout this version reads and writes
-CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)\.pt$")
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)\.(pt|dcp)$")  # a file, or a sharded checkpoint's folder
 WRAPPER_KEYS = ("state_dict", "model", "module")  # MAE's and many trainers' checkpoints nest the weights
 FILE_KINDS = ((b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"GIF8", "a GIF image"),
               (b"\x1f\x8b", "a gzip archive"), (b"{", "a JSON file"), (b"%PDF", "a PDF file"))
@@ -84,11 +85,16 @@ def atomic_save(obj: Any, path: Path) -> None:
                               f"{free_space(path.parent)} free there") from None
     finally:
         tmp.unlink(missing_ok=True)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+    fsync_folder(path.parent)
+
+
+def fsync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable."""
+    fd = os.open(folder, os.O_RDONLY)
     try:
-        os.fsync(dir_fd)
+        os.fsync(fd)
     finally:
-        os.close(dir_fd)
+        os.close(fd)
 
 
 def is_torchscript(path: Path) -> bool:
@@ -211,7 +217,7 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
 def resolve_checkpoint(path_or_run: Path | str) -> Path:
     """A checkpoint file, or the newest checkpoint in a run directory."""
     path = Path(path_or_run)
-    if path.is_dir():
+    if path.is_dir() and not is_sharded_checkpoint(path):
         found = list_checkpoints(path)
         if not found:
             raise CheckpointError(f"run directory '{path}' holds no checkpoint-*.pt file")
@@ -224,9 +230,12 @@ def resolve_checkpoint(path_or_run: Path | str) -> Path:
 def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a langmim checkpoint, refusing truncated, foreign or code-carrying files clearly."""
     path = Path(path)
-    if not path.is_file():
+    if is_sharded_checkpoint(path):
+        state = read_sharded(path)
+    elif path.is_file():
+        state = safe_torch_load(path, map_location)
+    else:
         raise CheckpointError(f"checkpoint '{path}' does not exist")
-    state = safe_torch_load(path, map_location)
     if not isinstance(state, dict) or state.get("format") != "langmim" or "model" not in state:
         raise CheckpointError(f"checkpoint '{path}' is not a langmim checkpoint (no 'format: langmim' entry)")
     if state.get("schema_version", 0) > SCHEMA_VERSION:

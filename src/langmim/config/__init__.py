@@ -99,6 +99,8 @@ def resolve(cfg: Config) -> Config:
     unknown = [sink for sink in t.report_to if sink not in REPORT_SINKS]
     if unknown:
         raise ConfigError(f"train.report_to: unknown {', '.join(unknown)}; choose from {', '.join(REPORT_SINKS)}")
+    if t.checkpoint_format not in ("file", "sharded"):
+        raise ConfigError(f"train.checkpoint_format must be file or sharded, got {t.checkpoint_format!r}")
     if len(t.betas) != 2:
         raise ConfigError(f"train.betas expects two numbers, got {t.betas}")
     return cfg

@@ -120,6 +120,9 @@ class TrainConfig:
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"])  # scalars beside metrics.jsonl: tensorboard, wandb
     ckpt_every: int = 100
     keep_checkpoints: int = 2
+    # file: one checkpoint-N.pt, gathered on rank 0; sharded: a checkpoint-N.dcp folder that every
+    # rank writes its own shards into (torch.distributed.checkpoint), resumable on any number of ranks
+    checkpoint_format: str = "file"
 
 
 @dataclass
@@ -177,7 +180,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
 
 # Keys a resumed run may change without invalidating its checkpoint.
 RESUMABLE_CHANGES = (
-    "output_dir", "train.steps", "train.log_every", "train.ckpt_every", "train.keep_checkpoints",
+    "output_dir", "train.steps", "train.log_every", "train.ckpt_every", "train.keep_checkpoints", "train.checkpoint_format",
     "train.device", "train.report_to", "data.num_workers", "data.root", "eval.",
 )
 

@@ -74,6 +74,8 @@ class PretrainCollator:
             batch.update(scene_label_batch(samples, self.label_patch))
         if self.views is not None:
             batch["views"] = torch.stack([self.views(s["image"], i) for s, i in zip(samples, indices)])
+        if "stream_state" in samples[-1]:  # where the shard stream of the worker that made this batch stands
+            batch["stream_state"] = samples[-1]["stream_state"]
         if "data_problems" in samples[0]:
             batch["data_problems"] = torch.stack([s["data_problems"] for s in samples]).sum(dim=0)
             batch["data_problem_files"] = [name for s in samples for name in s["data_problem_files"]]
@@ -141,12 +143,30 @@ class StepLimitedLoader:
         return self.steps
 
 
+def rank_streams(saved: list[dict] | None, start_step: int, rank: int, world_size: int, workers: int) -> dict[int, dict] | None:
+    """This rank's shard-stream states from a checkpoint's ``data_position["streams"]`` (one dict
+    per rank, {worker: state}); None where the run cannot continue them exactly (no states
+    saved, or another number of ranks or loader workers), which is said on rank 0."""
+    if start_step == 0:
+        return {}
+    changed = saved is None or len(saved) != world_size or any(s["workers"] != workers for rank_states in saved for s in rank_states.values())
+    if not changed:
+        return saved[rank]
+    if rank == 0:
+        why = "the checkpoint has no stream positions" if saved is None else "the number of ranks or data.num_workers changed"
+        print(f"shard streams restart with an order drawn from step {start_step} ({why}): "
+              "this resumed run does not see exactly the samples an uninterrupted one would")
+    return None
+
+
 def build_pretrain_loader(
     cfg: Config, tokenizer: Callable | None, num_patches: int, start_step: int, rank: int = 0, world_size: int = 1,
-    scene_labels: bool = False, views: bool = False,
+    scene_labels: bool = False, views: bool = False, streams: dict[int, dict] | None = None,
 ) -> DataLoader | StepLimitedLoader:
     """Batches from ``start_step`` on, this rank's share; ``scene_labels`` adds fashion-scenes'
-    ground truth (for methods that train on it), ``views`` two augmented views of each image."""
+    ground truth (for methods that train on it), ``views`` two augmented views of each image.
+    Shards continue this rank's saved ``streams`` (``rank_streams``; None: a fresh order drawn
+    from ``start_step``)."""
     view_maker = ViewMaker(cfg.data.name, cfg.model.img_size, cfg.train.seed) if views else None
     collator = PretrainCollator(tokenizer, num_patches, cfg.train.seed, cfg.model.patch_size if scene_labels else None, view_maker)
     workers = {"num_workers": cfg.data.num_workers, "prefetch_factor": 4 if cfg.data.num_workers > 0 else None,
@@ -154,10 +174,12 @@ def build_pretrain_loader(
     if cfg.data.name == "webdataset":
         if cfg.train.batch_size % world_size:
             raise ConfigError(f"train.batch_size={cfg.train.batch_size} must be divisible by the number of ranks ({world_size})")
-        stream = ShardStream(cfg.data.root or "", cfg.model.img_size, cfg.train.seed, rank, world_size, cfg.data.resampled, start_step,
-                             shuffle_buffer=cfg.data.shuffle_buffer,
-                             recipe=CropRecipe.from_config(cfg.data), max_pixels=cfg.data.max_image_pixels)
-        loader = DataLoader(stream, batch_size=cfg.train.batch_size // world_size, collate_fn=collator, **workers)
+        per_rank = cfg.train.batch_size // world_size
+        stream = ShardStream(cfg.data.root or "", cfg.model.img_size, cfg.train.seed, rank, world_size, cfg.data.resampled,
+                             shuffle_buffer=cfg.data.shuffle_buffer, recipe=CropRecipe.from_config(cfg.data),
+                             max_pixels=cfg.data.max_image_pixels, batch_size=per_rank, first_batch=start_step,
+                             resume_from=streams, salt=start_step if streams is None else 0)
+        loader = DataLoader(stream, batch_size=per_rank, collate_fn=collator, **workers)
         return StepLimitedLoader(loader, max(0, cfg.train.steps - start_step))
     sampler = StepSampler(start_step, cfg.train.steps, cfg.train.batch_size, rank, world_size)
     return DataLoader(build_pretrain_dataset(cfg, annotate=scene_labels), batch_sampler=sampler, collate_fn=collator, persistent_workers=False, **workers)

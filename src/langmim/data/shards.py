@@ -10,9 +10,10 @@ that a batch is not many neighbours of one source list.
 
 Bad samples are handled per sample like the other sources (converted where possible, otherwise
 skipped) and counted per kind; a damaged tar file stops that shard and is counted as
-``bad_tar``. A resumed run restarts the shard stream with an order drawn from the resume step,
-so unlike the built-in data, CSV and image folders it is not bit-identical to an uninterrupted
-run.
+``bad_tar``. A checkpoint records where every rank's and worker's stream stands
+(``ShardStream``), so a resumed run sees exactly the samples the uninterrupted run would have
+seen, with or without loader workers and resampling, as long as it keeps the number of ranks and
+``data.num_workers``.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import json
 import tarfile
 import zlib
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -35,24 +36,33 @@ from .captioned import DEFAULT_CROP, PROBLEM_KINDS, CropRecipe, crop_uint8
 from .images import MAX_IMAGE_PIXELS, decode_rgb
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
-BUFFER_STREAM = 32452843  # separates the shuffle buffer's RNG stream from the crops'
+SHARD_STREAM = 15485863  # the order (or draws) of a worker's shards
+BUFFER_STREAM = 32452843  # the shuffle buffer's draws
+CROP_STREAM = 49979687  # the crop of each sample taken out of the buffer
 
 
-def shuffle_buffer(samples: Iterator[dict], size: int, rng: np.random.Generator) -> Iterator[dict]:
-    """``samples`` shuffled within a buffer of ``size`` (0 or 1: as they come): once the buffer is
-    full, each new sample takes the place of a random one, which is yielded; the rest at the end."""
-    if size <= 1:
-        yield from samples
-        return
-    buffer: list[dict] = []
-    for sample in samples:
-        if len(buffer) < size:
-            buffer.append(sample)
-            continue
-        slot = int(rng.integers(size))
-        yield buffer[slot]
-        buffer[slot] = sample
-    yield from (buffer[i] for i in rng.permutation(len(buffer)))
+class ShuffleBuffer:
+    """Samples shuffled within a buffer of ``size`` (0 or 1: as they come): once the buffer is full,
+    each new sample takes the place of a random one, which is yielded; at the end of a finite
+    stream the rest come out in random order. ``held`` and ``rng`` are its whole state, so a
+    buffer rebuilt from them continues exactly."""
+
+    def __init__(self, size: int, rng: np.random.Generator, held: list[dict] | None = None) -> None:
+        self.size, self.rng, self.held = size, rng, list(held or [])
+
+    def __call__(self, samples: Iterator[dict]) -> Iterator[dict]:
+        if self.size <= 1:
+            yield from samples
+            return
+        for sample in samples:
+            if len(self.held) < self.size:
+                self.held.append(sample)
+                continue
+            slot = int(self.rng.integers(self.size))
+            taken, self.held[slot] = self.held[slot], sample
+            yield taken
+        while self.held:
+            yield self.held.pop(int(self.rng.integers(len(self.held))))
 
 
 def expand_shards(spec: str) -> list[str]:
@@ -69,23 +79,52 @@ def read_tar(stream, url: str) -> Iterator[dict]:
     return wds.tariterators.group_by_keys(files)
 
 
+def read_shard(url: str, on_damage: Callable[[], None]) -> Iterator[dict]:
+    """The samples of one shard in order; a damaged tar calls ``on_damage`` and ends the shard
+    (what it held so far was used)."""
+    with open(url, "rb") as stream:
+        samples = read_tar(stream, url)
+        while True:
+            try:
+                yield next(samples)
+            except StopIteration:
+                return
+            except (tarfile.TarError, OSError, EOFError, ValueError):
+                on_damage()
+                return
+
+
 class ShardStream(IterableDataset):
     """Samples of this rank's (and worker's) shards: dicts with ``image`` (uint8), ``caption``,
     ``index`` (unique over ranks and workers), per-kind ``data_problems`` counts and the
-    ``data_problem_files`` they came from."""
+    ``data_problem_files`` they came from.
 
-    def __init__(self, spec: str, size: int, seed: int, rank: int, world_size: int, resampled: bool, start_step: int = 0,
+    A worker's stream is a pure function of (seed, rank, worker). Given ``batch_size``, the last
+    sample of each of its batches carries ``stream_state``: where the worker's shards stand (the
+    next raw sample, as shard number and offset), what its buffer holds (by position) and its
+    draw counts. ``resume_from`` ({worker: that state}) restarts each worker exactly there, reading
+    only the current shard and those the buffer's samples came from. ``first_batch`` is the
+    global batch the loader starts at: DataLoader takes batches from its workers in turn, so its
+    worker k continues the stream of worker (k + first_batch) mod num_workers."""
+
+    def __init__(self, spec: str, size: int, seed: int, rank: int, world_size: int, resampled: bool,
                  max_passes: int | None = None, recipe: CropRecipe = DEFAULT_CROP, max_pixels: int = MAX_IMAGE_PIXELS,
-                 shuffle_buffer: int = 0) -> None:
+                 shuffle_buffer: int = 0, batch_size: int | None = None, first_batch: int = 0,
+                 resume_from: dict[int, dict] | None = None, salt: int = 0) -> None:
         self.urls = expand_shards(spec)
         if not resampled and len(self.urls) < world_size:
             raise DataError(f"data.root has {len(self.urls)} shard(s) for {world_size} ranks; give at least one per rank or set data.resampled=true")
         self.size, self.seed, self.rank, self.world_size = size, seed, rank, world_size
-        self.resampled, self.start_step, self.max_passes, self.recipe = resampled, start_step, max_passes, recipe
+        self.resampled, self.max_passes, self.recipe = resampled, max_passes, recipe
         self.max_pixels, self.shuffle_buffer = max_pixels, shuffle_buffer
+        self.batch_size, self.first_batch, self.resume_from, self.salt = batch_size, first_batch, resume_from or {}, salt
         self.unreported: Counter = Counter()  # counts seen after the last sample of a finite stream
 
-    def _shards(self, rng: np.random.Generator, worker: int, workers: int) -> Iterator[str]:
+    def _rng(self, worker: int, stream: int, *more: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, self.salt, self.rank, worker, stream, *more])
+
+    def _shards(self, worker: int, workers: int) -> Iterator[str]:
+        rng = self._rng(worker, SHARD_STREAM)
         if self.resampled:
             while True:
                 yield self.urls[int(rng.integers(len(self.urls)))]
@@ -96,33 +135,56 @@ class ShardStream(IterableDataset):
             yield from (mine[i] for i in rng.permutation(len(mine)))
             passes += 1
 
-    def _raw_samples(self, rng: np.random.Generator, worker: int, workers: int, pending: Counter, named: list[str]) -> Iterator[dict]:
-        """Encoded samples of this worker's shards in order; a damaged tar is counted in ``pending``
-        and ``named`` and ends that shard (what it held so far was used)."""
-        for url in self._shards(rng, worker, workers):
-            with open(url, "rb") as stream:
-                samples = read_tar(stream, url)
-                while True:
-                    try:
-                        yield next(samples)
-                    except StopIteration:
-                        break
-                    except (tarfile.TarError, OSError, EOFError, ValueError):
-                        pending["bad_tar"] += 1
-                        named.append(f"{url}: bad_tar")
-                        break
+    @staticmethod
+    def _raw_samples(shards: Iterator[str], position: list[int], on_damage: Callable[[str], None]) -> Iterator[dict]:
+        """Encoded samples from raw ``position`` (shard number, offset) on, each with its ``__pos__``;
+        ``position`` is kept at the next one to read."""
+        start = tuple(position)
+        for number, url in enumerate(shards):
+            if number < start[0]:
+                continue
+            skip = start[1] if number == start[0] else 0
+            for offset, sample in enumerate(read_shard(url, lambda u=url: on_damage(u))):
+                if offset >= skip:
+                    position[:] = [number, offset + 1]
+                    yield {**sample, "__pos__": (number, offset)}
+
+    def _held_samples(self, held: list[tuple[int, int]], worker: int, workers: int) -> list[dict]:
+        """The samples at the raw positions ``held``, read back from their shards, in that order."""
+        wanted = {pos[0] for pos in held}
+        last = max(wanted, default=-1)
+        found: dict[tuple[int, int], dict] = {}
+        for number, url in enumerate(self._shards(worker, workers)):
+            if number > last:
+                break
+            if number in wanted:
+                for offset, sample in enumerate(read_shard(url, lambda: None)):
+                    found[(number, offset)] = {**sample, "__pos__": (number, offset)}
+        return [found[tuple(pos)] for pos in held]
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        rng = np.random.default_rng([self.seed, self.start_step, self.rank, worker])
-        buffer_rng = np.random.default_rng([self.seed, self.start_step, self.rank, worker, BUFFER_STREAM])
+        local, workers = (info.id, info.num_workers) if info else (0, 1)
+        worker = (local + self.first_batch) % workers
+        saved = self.resume_from.get(worker, {})
+        held = [tuple(p) for p in saved["held"].tolist()] if saved else []
+        buffer_rng = self._rng(worker, BUFFER_STREAM)
+        if saved:
+            buffer_rng.bit_generator.state = saved["buffer_rng"]
+        buffer = ShuffleBuffer(self.shuffle_buffer, buffer_rng, self._held_samples(held, worker, workers))
         pending: Counter = Counter()
         named: list[str] = []  # "shard/key: kind" of the samples counted in pending
-        count = 0
-        raw = self._raw_samples(rng, worker, workers, pending, named)
-        for sample in shuffle_buffer(raw, self.shuffle_buffer, buffer_rng):
-            item, kind = self._decode(sample, rng)
+
+        def damaged(url: str) -> None:
+            pending["bad_tar"] += 1
+            named.append(f"{url}: bad_tar")
+
+        taken, count = saved.get("taken", 0), saved.get("emitted", 0)
+        position = list(saved.get("next_raw", (0, 0)))
+        raw = self._raw_samples(self._shards(worker, workers), position, damaged)
+        for sample in buffer(raw):
+            item, kind = self._decode(sample, self._rng(worker, CROP_STREAM, taken))
+            taken += 1
             if kind is not None:
                 pending[kind] += 1
                 named.append(f"{sample['__url__']}/{sample['__key__']}: {kind}")
@@ -134,6 +196,12 @@ class ShardStream(IterableDataset):
             item["data_problem_files"], named[:] = list(named), []
             pending.clear()
             count += 1
+            if self.batch_size and count % self.batch_size == 0:
+                item["stream_state"] = {
+                    "worker": worker, "workers": workers, "next_raw": list(position),
+                    "held": torch.tensor([s["__pos__"] for s in buffer.held], dtype=torch.long).reshape(-1, 2),
+                    "buffer_rng": buffer_rng.bit_generator.state, "taken": taken, "emitted": count,
+                }
             yield item
         self.unreported = pending
 

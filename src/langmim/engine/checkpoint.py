@@ -7,6 +7,7 @@ dict, so loading never unpickles code.
 """
 from __future__ import annotations
 
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any, Protocol
@@ -24,8 +25,10 @@ from torch.distributed.checkpoint.state_dict import (
 from .. import dist
 from ..config import Config, config_differences, config_from_dict, to_dict
 from ..errors import CheckpointError, LangmimError
-from ..io import SCHEMA_VERSION, atomic_save, checkpoint_path, list_checkpoints
+from ..io import SCHEMA_VERSION, atomic_save, checkpoint_path, list_checkpoints, load_checkpoint
+from ..sharded_files import is_sharded_checkpoint, read_training_file
 from .run_lock import RunLock
+from .sharded_checkpoint import load_sharded, save_sharded
 
 
 def git_revision() -> str:
@@ -62,17 +65,25 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def remove(path: Path) -> None:
+    """Delete a checkpoint file or a sharded checkpoint's folder."""
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
 def prune_checkpoints(run_dir: Path, keep: int) -> None:
     """Delete all but the newest ``keep`` checkpoints of a run."""
     for old in list_checkpoints(run_dir)[:-keep]:
-        old.unlink(missing_ok=True)
+        remove(old)
 
 
 def remove_stale_temporaries(run_dir: Path) -> list[Path]:
-    """Delete temporary files left by a process killed inside a checkpoint write."""
-    stale = [p for p in run_dir.glob(".checkpoint-*.pt.tmp-*") if p.is_file()]
+    """Delete temporary files (and sharded folders) left by a process killed inside a checkpoint write."""
+    stale = [*run_dir.glob(".checkpoint-*.pt.tmp-*"), *run_dir.glob(".checkpoint-*.dcp.tmp")]
     for path in stale:
-        path.unlink(missing_ok=True)
+        remove(path)
     return stale
 
 
@@ -107,23 +118,17 @@ def find_resume_checkpoint(resume: str | None, run_dir: Path) -> Path | None:
     return Path(resume)
 
 
-def training_state(cfg: Config, method: nn.Module, optimizer: torch.optim.Optimizer,
-                   scheduler: torch.optim.lr_scheduler.LRScheduler, step: int, sharded: bool) -> dict[str, Any]:
-    """The full state after ``step``; with FSDP every rank must call it (it gathers the shards)."""
-    if sharded:
-        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        model = get_model_state_dict(method, options=options)
-        optimizer_state = get_optimizer_state_dict(method, optimizer, options=options)
-    else:
-        model, optimizer_state = method.state_dict(), optimizer.state_dict()
+def run_record(cfg: Config, scheduler: torch.optim.lr_scheduler.LRScheduler, step: int,
+               streams: list[dict] | None = None) -> dict[str, Any]:
+    """Everything of the state after ``step`` but the model and optimizer: the scheduler, RNG
+    states, the data position (with every rank's shard ``streams`` where the data are shards),
+    the config and the versions."""
     return {
         "format": "langmim",
         "schema_version": SCHEMA_VERSION,
         "method": cfg.method,
         "step": step,
-        "data_position": {"next_sample": step * cfg.train.batch_size},
-        "model": model,
-        "optimizer": optimizer_state,
+        "data_position": {"next_sample": step * cfg.train.batch_size, **({"streams": streams} if streams else {})},
         "scheduler": scheduler.state_dict(),
         "rng": rng_state(),
         "config": to_dict(cfg),
@@ -131,11 +136,33 @@ def training_state(cfg: Config, method: nn.Module, optimizer: torch.optim.Optimi
     }
 
 
+def read_resume_state(path: Path) -> dict[str, Any]:
+    """What a resuming run reads first: a checkpoint file whole, or a sharded checkpoint's record
+    (``restore_training_state`` then has every rank load only its own slices)."""
+    return read_training_file(path) if is_sharded_checkpoint(path) else load_checkpoint(path)
+
+
+def training_state(cfg: Config, method: nn.Module, optimizer: torch.optim.Optimizer,
+                   scheduler: torch.optim.lr_scheduler.LRScheduler, step: int, sharded: bool,
+                   streams: list[dict] | None = None) -> dict[str, Any]:
+    """The full state after ``step`` (``run_record`` with the model and optimizer); with FSDP
+    every rank must call it (it gathers the shards)."""
+    if sharded:
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        model = get_model_state_dict(method, options=options)
+        optimizer_state = get_optimizer_state_dict(method, optimizer, options=options)
+    else:
+        model, optimizer_state = method.state_dict(), optimizer.state_dict()
+    return {**run_record(cfg, scheduler, step, streams), "model": model, "optimizer": optimizer_state}
+
+
 def restore_training_state(state: dict[str, Any], method: nn.Module, optimizer: torch.optim.Optimizer,
                            scheduler: torch.optim.lr_scheduler.LRScheduler, sharded: bool) -> int:
     """Load ``training_state``'s model, optimizer, scheduler and RNG states; return its step."""
-    if sharded:  # every rank reads the full state and keeps its shards
-        options = StateDictOptions(full_state_dict=True)
+    if state.get("sharded"):  # a checkpoint-N.dcp folder: every rank reads what its shards need
+        load_sharded(state["path"], method, optimizer, state["optimizer"]["param_groups"])
+    elif sharded or by_name(state["optimizer"]):  # every rank reads the full state and keeps its shards
+        options = StateDictOptions(full_state_dict=sharded)
         set_model_state_dict(method, state["model"], options=options)
         set_optimizer_state_dict(method, optimizer, state["optimizer"], options=options)
     else:
@@ -148,6 +175,12 @@ def restore_training_state(state: dict[str, Any], method: nn.Module, optimizer: 
     scheduler.load_state_dict(state["scheduler"])
     set_rng_state(state["rng"])
     return int(state["step"])
+
+
+def by_name(optimizer_state: dict[str, Any]) -> bool:
+    """Whether an optimizer state is keyed by parameter name (as FSDP and sharded checkpoints
+    store it) rather than by position (``Optimizer.state_dict``)."""
+    return any(isinstance(group["params"][0], str) for group in optimizer_state["param_groups"] if group["params"])
 
 
 def check_resumable(state: dict[str, Any], cfg: Config, path: Path) -> None:
@@ -168,15 +201,29 @@ def _get(data: dict, dotted: str) -> Any:
 class Checkpointable(Protocol):
     """What ``save_checkpoint`` needs of a trainer (``loop.Trainer``), without importing the loop."""
 
+    cfg: Config
+    method: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
     sharded: bool
+    stream_states: dict[int, dict]
 
-    def state_dict(self, step: int) -> dict[str, Any]: ...
+    def state_dict(self, step: int, streams: list[dict] | None = None) -> dict[str, Any]: ...
 
 
 def save_checkpoint(trainer: Checkpointable, run_dir: Path, step: int, keep: int) -> None:
-    """Write ``checkpoint-<step>.pt`` from rank 0 (all ranks gather under FSDP), keeping the newest ``keep``."""
-    state = trainer.state_dict(step) if dist.is_main() or trainer.sharded else None
+    """Write ``checkpoint-<step>.pt`` from rank 0 (all ranks gather under FSDP), or with
+    ``train.checkpoint_format=sharded`` the folder ``checkpoint-<step>.dcp`` from every rank,
+    keeping the newest ``keep``. Every rank must call it."""
+    streams = dist.gather_objects(trainer.stream_states)
+    streams = streams if any(streams) else None
+    if trainer.cfg.train.checkpoint_format == "sharded":
+        record = run_record(trainer.cfg, trainer.scheduler, step, streams) if dist.is_main() else {}
+        save_sharded(trainer.method, trainer.optimizer, record, run_dir / f"checkpoint-{step:08d}.dcp")
+    else:
+        state = trainer.state_dict(step, streams) if dist.is_main() or trainer.sharded else None
+        if dist.is_main():
+            atomic_save(state, checkpoint_path(run_dir, step))
     if dist.is_main():
-        atomic_save(state, checkpoint_path(run_dir, step))
         prune_checkpoints(run_dir, keep)
     dist.barrier()

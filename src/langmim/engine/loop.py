@@ -14,9 +14,8 @@ from torch.nn.parallel import DistributedDataParallel
 from .. import dist
 from ..config import Config, save_config, to_dict
 from ..data.captioned import PROBLEM_KINDS
-from ..data.pretrain import build_pretrain_loader
+from ..data.pretrain import build_pretrain_loader, rank_streams
 from ..errors import LangmimError
-from ..io import load_checkpoint
 from ..method_specs import check_method_rules
 from ..methods import build_method
 from ..methods.base import PretrainMethod
@@ -26,6 +25,7 @@ from .checkpoint import (
     check_resumable,
     find_resume_checkpoint,
     prepare_run_dir,
+    read_resume_state,
     remove_stale_temporaries,
     restore_training_state,
     save_checkpoint,
@@ -84,6 +84,7 @@ class Trainer:
         self.optimizer = build_optimizer(method, cfg.train)
         self.scheduler = build_scheduler(self.optimizer, cfg.train)
         self.phase_seconds: dict[str, float] = {}  # forward / backward / optimizer of the last step
+        self.stream_states: dict[int, dict] = {}  # this rank's shard streams after its last batch from each loader worker
         self.synchronize_phases = False
 
     def _sync_context(self, last: bool) -> contextlib.AbstractContextManager:
@@ -129,9 +130,10 @@ class Trainer:
         self.phase_seconds = clock.seconds
         return scalars
 
-    def state_dict(self, step: int) -> dict[str, Any]:
-        """The checkpoint after ``step`` (``checkpoint.training_state``); with FSDP every rank must call it."""
-        return training_state(self.cfg, self.method, self.optimizer, self.scheduler, step, self.sharded)
+    def state_dict(self, step: int, streams: list[dict] | None = None) -> dict[str, Any]:
+        """The checkpoint after ``step`` (``checkpoint.training_state``), with every rank's shard
+        ``streams``; with FSDP every rank must call it."""
+        return training_state(self.cfg, self.method, self.optimizer, self.scheduler, step, self.sharded, streams)
 
     def load_state_dict(self, state: dict[str, Any]) -> int:
         """Restore a checkpoint's model, optimizer, scheduler and RNG states; return its step."""
@@ -172,7 +174,7 @@ def run_training(cfg: Config, info: dist.DistInfo, run_dir: Path, resume: str | 
     method.set_grad_checkpointing(cfg.train.grad_checkpointing)
     if cfg.train.compile:
         method.compile_towers()
-    state = load_checkpoint(resume_path) if resume_path is not None else None
+    state = read_resume_state(resume_path) if resume_path is not None else None
     if state is not None:
         check_resumable(state, cfg, resume_path)
     else:
@@ -192,8 +194,13 @@ def run_training(cfg: Config, info: dist.DistInfo, run_dir: Path, resume: str | 
             print(f"--resume {resume}: no checkpoint in '{run_dir}' yet; starting at step 0")
 
     tokenizer = build_tokenizer(cfg.model.context_length, cfg.init.text) if method.has_text else None
+    streams = None
+    if cfg.data.name == "webdataset":
+        saved = state["data_position"].get("streams") if state is not None else None
+        streams = rank_streams(saved, start_step, info.rank, info.world_size, max(1, cfg.data.num_workers))
+        trainer.stream_states = dict(streams or {})
     loader = build_pretrain_loader(cfg, tokenizer, method.visual.num_patches, start_step, info.rank, info.world_size,
-                                   scene_labels=method.needs_scene_labels, views=method.spec.needs_views)
+                                   scene_labels=method.needs_scene_labels, views=method.spec.needs_views, streams=streams)
     report_to = [sink for sink in cfg.train.report_to if log_tensorboard or sink != "tensorboard"]
     logger = MetricLogger(run_dir, cfg.train.steps, start_step, dist.is_main(), report_to, to_dict(cfg))
     method.train()
@@ -205,6 +212,9 @@ def run_training(cfg: Config, info: dist.DistInfo, run_dir: Path, resume: str | 
         for batch in loader:
             data_time = time.perf_counter() - fetch_start
             problem_files.update(batch.pop("data_problem_files", []))
+            stream_state = batch.pop("stream_state", None)
+            if stream_state is not None:
+                trainer.stream_states[stream_state["worker"]] = stream_state
             problems = batch.pop("data_problems", None)
             if problems is not None:
                 data_problems = problems if data_problems is None else data_problems + problems
