@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -102,15 +103,23 @@ def slurm_environment(env: dict[str, str]) -> dict[str, str]:
     return {"RANK": env["SLURM_PROCID"], "WORLD_SIZE": env["SLURM_NTASKS"], "LOCAL_RANK": env.get("SLURM_LOCALID", "0")}
 
 
-def setup(device_name: str) -> DistInfo:
-    """Initialise the process group when launched by torchrun or srun (NCCL on CUDA, Gloo otherwise)."""
+def setup(device_name: str, timeout_s: float = 1800) -> DistInfo:
+    """Initialise the process group when launched by torchrun or srun (NCCL on CUDA, Gloo otherwise);
+    a collective (or the group's start) that waits longer than ``timeout_s`` fails, so that a group
+    stuck on a dead peer ends and torchrun can restart it."""
     os.environ.update(slurm_environment(dict(os.environ)))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     device = pick_device(device_name, local_rank)
     if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not is_distributed():
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        timeout = timedelta(seconds=timeout_s)
+        store, rank_, size = next(dist.rendezvous("env://", timeout=timeout))
+        # torchrun keeps one store across the restarts of a group: keys of a dead attempt (a rank's
+        # Gloo address) would otherwise be read by the next one, whose start then fails on them
+        store = dist.PrefixStore(f"langmim/attempt-{elastic_restarts()}", store)
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", store=store, rank=rank_, world_size=size,
+                                timeout=timeout)
     return DistInfo(rank(), world_size(), local_rank, device)
 
 

@@ -91,7 +91,7 @@ def resolve(cfg: Config) -> Config:
         kind, _, folder = cfg.init.text.partition(":")
         cfg.init.text = f"{kind}:{Path(folder).resolve()}"  # runs and exports refer to it from anywhere
     t = cfg.train
-    for key in ("steps", "batch_size", "accum_freq", "log_every", "ckpt_every", "keep_checkpoints"):
+    for key in ("steps", "batch_size", "accum_freq", "log_every", "ckpt_every", "keep_checkpoints", "dist_timeout"):
         if getattr(t, key) < 1:
             raise ConfigError(f"train.{key} must be at least 1, got {getattr(t, key)}")
     if t.batch_size % t.accum_freq:

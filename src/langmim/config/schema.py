@@ -123,6 +123,7 @@ class TrainConfig:
     # file: one checkpoint-N.pt, gathered on rank 0; sharded: a checkpoint-N.dcp folder that every
     # rank writes its own shards into (torch.distributed.checkpoint), resumable on any number of ranks
     checkpoint_format: str = "file"
+    dist_timeout: float = 1800.0  # seconds a collective may wait for the other ranks (torch's default) before the run fails
 
 
 @dataclass
@@ -180,7 +181,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
 
 # Keys a resumed run may change without invalidating its checkpoint.
 RESUMABLE_CHANGES = (
-    "output_dir", "train.steps", "train.log_every", "train.ckpt_every", "train.keep_checkpoints", "train.checkpoint_format",
+    "output_dir", "train.steps", "train.log_every", "train.ckpt_every", "train.keep_checkpoints", "train.checkpoint_format", "train.dist_timeout",
     "train.device", "train.report_to", "data.num_workers", "data.root", "eval.",
 )
 

@@ -148,7 +148,7 @@ def pretrain(cfg: Config, resume: str | None = None, log_tensorboard: bool = Tru
     group that torchrun restarts (``--max-restarts``) resumes from the newest checkpoint by itself.
     """
     check_method_rules(cfg)
-    info = dist.setup(cfg.train.device)
+    info = dist.setup(cfg.train.device, cfg.train.dist_timeout)
     run_dir = Path(cfg.output_dir)
     if resume is None and dist.elastic_restarts():  # a group torchrun restarted after a failure continues its run
         resume = "latest"
