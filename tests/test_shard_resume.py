@@ -79,12 +79,14 @@ def test_a_crashed_shard_run_resumes_on_exactly_the_samples_and_weights_of_an_un
     assert all(torch.equal(whole[k], resumed[k]) for k in whole)
 
 
-def test_a_changed_worker_count_is_said_and_the_run_goes_on(tmp_path, shards, capsys):
-    def run(workers, steps, resume=None):
+def test_a_changed_worker_count_or_shard_list_is_said_and_the_run_goes_on(tmp_path, shards, capsys):
+    def run(workers, steps, root=shards, resume=None):
         cfg = load_config(None, tiny_overrides(tmp_path / "run", "clip", steps=steps, **{
-            "data.name": "webdataset", "data.root": shards, "train.batch_size": 4, "data.num_workers": workers}))
+            "data.name": "webdataset", "data.root": root, "train.batch_size": 4, "data.num_workers": workers}))
         loop.pretrain(cfg, resume=resume, log_tensorboard=False)
 
     run(0, 1)
     run(2, 2, resume="latest")
     assert "data.num_workers changed" in capsys.readouterr().out
+    run(2, 3, root=shards.replace("00006", "00005"), resume="latest")  # data.root may move, but here it lost a shard
+    assert "data.root now lists 6 shards, the checkpoint's streams 7" in capsys.readouterr().out

@@ -118,6 +118,12 @@ class ShardStream(IterableDataset):
         self.resampled, self.max_passes, self.recipe = resampled, max_passes, recipe
         self.max_pixels, self.shuffle_buffer = max_pixels, shuffle_buffer
         self.batch_size, self.first_batch, self.resume_from, self.salt = batch_size, first_batch, resume_from or {}, salt
+        saved_counts = {state["num_shards"] for state in self.resume_from.values()}
+        if saved_counts - {len(self.urls)}:  # positions name shards by their place in the list: another list, other shards
+            if rank == 0:
+                print(f"data.root now lists {len(self.urls)} shards, the checkpoint's streams {saved_counts.pop()}: they restart "
+                      f"with an order drawn from step {first_batch}, not the samples an uninterrupted run would see")
+            self.resume_from, self.salt = {}, first_batch
         self.unreported: Counter = Counter()  # counts seen after the last sample of a finite stream
 
     def _rng(self, worker: int, stream: int, *more: int) -> np.random.Generator:
@@ -198,7 +204,7 @@ class ShardStream(IterableDataset):
             count += 1
             if self.batch_size and count % self.batch_size == 0:
                 item["stream_state"] = {
-                    "worker": worker, "workers": workers, "next_raw": list(position),
+                    "worker": worker, "workers": workers, "num_shards": len(self.urls), "next_raw": list(position),
                     "held": torch.tensor([s["__pos__"] for s in buffer.held], dtype=torch.long).reshape(-1, 2),
                     "buffer_rng": buffer_rng.bit_generator.state, "taken": taken, "emitted": count,
                 }
