@@ -12,8 +12,7 @@ from langmim.cli import main
 from langmim.config import load_config
 from langmim.engine.loop import pretrain
 from langmim.errors import CheckpointError
-from langmim.io import list_checkpoints, load_checkpoint
-from langmim.sharded_files import TRAINING_FILE
+from langmim.io import TRAINING_FILE, list_checkpoints, load_checkpoint
 
 
 def test_a_sharded_run_resumes_exactly_and_exports_one_file(tmp_path):

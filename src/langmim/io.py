@@ -5,6 +5,10 @@ TorchScript and pickled references with a one-line reason; safetensors files are
 A langmim checkpoint (``checkpoint-<step>.pt`` in a run directory) holds plain containers and
 tensors only; a write goes to a temporary file that is fsynced and then renamed, so a killed
 process leaves either the old file or the new one, never half a file.
+
+A sharded checkpoint, ``checkpoint-<step>.dcp``, is a torch.distributed.checkpoint folder of
+tensors only (DCP loads anything else with code allowed) and ``training.pt``; its ``.metadata``
+pickle is read by an unpickler that admits DCP's own record types and nothing else.
 """
 from __future__ import annotations
 
@@ -23,7 +27,6 @@ from typing import Any
 import torch
 
 from .errors import CheckpointError
-from .sharded_files import is_sharded_checkpoint, read_sharded
 
 SCHEMA_VERSION = 1  # of langmim checkpoints: the newest layout this version reads and writes
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)\.(pt|dcp)$")  # a file, or a sharded checkpoint's folder
@@ -200,6 +203,83 @@ def read_weights(path: str | Path, folder_files: tuple[str, ...]) -> dict[str, t
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"'{path}' is not a state dict of tensors")
     return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+TRAINING_FILE = "training.pt"  # a sharded checkpoint's step, scheduler, RNG, data position, config, optimizer settings
+DCP_INDEX_TYPES = {
+    "torch.distributed.checkpoint.metadata": {"Metadata", "MetadataIndex", "StorageMeta", "TensorProperties",
+                                              "TensorStorageMetadata", "ChunkStorageMetadata", "_MEM_FORMAT_ENCODING"},
+    "torch.distributed.checkpoint.filesystem": {"_StorageInfo"}, "torch.serialization": {"_get_layout"},
+    "pathlib": {"PosixPath", "PurePosixPath", "WindowsPath", "PureWindowsPath"}, "collections": {"OrderedDict"},
+}
+
+
+def is_sharded_checkpoint(path: Path) -> bool:
+    return path.is_dir() and (path / ".metadata").is_file() and (path / TRAINING_FILE).is_file()
+
+
+class _DCPIndexUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        is_dtype = module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)
+        if name in DCP_INDEX_TYPES.get(module, ()) or is_dtype or (module, name) == ("torch", "Size"):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"{module}.{name}")
+
+
+def read_dcp_index(folder: Path) -> Any:
+    """A sharded checkpoint's ``.metadata``, refused in one line if it refers to anything but DCP's
+    record types or lists a pickled (non-tensor) entry."""
+    from torch.distributed.checkpoint.metadata import Metadata
+
+    path = folder / ".metadata"
+    try:
+        with path.open("rb") as f:
+            index = _DCPIndexUnpickler(f).load()
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(f"sharded checkpoint index '{path}' refers to {err}, which loading would run as code; refused") from None
+    except (OSError, EOFError, ValueError) as err:
+        raise CheckpointError(f"sharded checkpoint index '{path}' is truncated or damaged ({type(err).__name__})") from None
+    if not isinstance(index, Metadata):
+        raise CheckpointError(f"'{path}' is not a torch.distributed.checkpoint index")
+    pickled = [k for k, v in index.state_dict_metadata.items() if type(v).__name__ == "BytesStorageMetadata"]
+    if pickled:
+        raise CheckpointError(f"sharded checkpoint '{folder}' holds pickled objects ({', '.join(pickled[:3])}); refused")
+    return index
+
+
+def dcp_reader(folder: Path) -> Any:
+    """DCP's file reader for ``folder``, reading its index with ``read_dcp_index``."""
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.metadata import StorageMeta
+
+    class SafeReader(FileSystemReader):
+        def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
+            index = read_dcp_index(Path(self.path))
+            index.storage_meta = index.storage_meta or StorageMeta()
+            index.storage_meta.load_id = self.load_id
+            return index
+
+    return SafeReader(folder)
+
+
+def read_training_file(folder: Path) -> dict[str, Any]:
+    """A sharded checkpoint's ``training.pt`` with the folder's ``path``: what a run resuming from
+    it reads before each rank loads its own slices (its index is checked first)."""
+    read_dcp_index(folder)
+    return {**safe_torch_load(folder / TRAINING_FILE), "path": folder}
+
+
+def read_sharded(folder: Path) -> dict[str, Any]:
+    """A sharded checkpoint as one full state in this process, like a ``checkpoint-N.pt`` (its
+    optimizer state keyed by parameter name)."""
+    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict_from_keys
+
+    state = read_training_file(folder)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # DCP's note that it reads without a process group
+        tensors = _load_state_dict_from_keys(storage_reader=dcp_reader(folder))
+    state.pop("sharded"), state.pop("path")
+    return {**state, "model": tensors["model"], "optimizer": {**state["optimizer"], "state": tensors.get("optimizer", {})}}
 
 
 def checkpoint_path(run_dir: Path, step: int) -> Path:

@@ -25,8 +25,15 @@ from torch.distributed.checkpoint.state_dict import (
 from .. import dist
 from ..config import Config, config_differences, config_from_dict, to_dict
 from ..errors import CheckpointError, LangmimError
-from ..io import SCHEMA_VERSION, atomic_save, checkpoint_path, list_checkpoints, load_checkpoint
-from ..sharded_files import is_sharded_checkpoint, read_training_file
+from ..io import (
+    SCHEMA_VERSION,
+    atomic_save,
+    checkpoint_path,
+    is_sharded_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    read_training_file,
+)
 from .run_lock import RunLock
 from .sharded_checkpoint import load_sharded, save_sharded
 

@@ -24,8 +24,7 @@ from torch.distributed.checkpoint.state_dict import (
 
 from .. import dist
 from ..errors import CheckpointError
-from ..io import atomic_save, free_space, fsync_folder
-from ..sharded_files import TRAINING_FILE, SafeReader
+from ..io import TRAINING_FILE, atomic_save, dcp_reader, free_space, fsync_folder
 
 
 def save_sharded(method: nn.Module, optimizer: torch.optim.Optimizer, record: dict[str, Any], path: Path) -> None:
@@ -62,6 +61,6 @@ def load_sharded(path: Path, method: nn.Module, optimizer: torch.optim.Optimizer
     optimizer_state = get_optimizer_state_dict(method, optimizer)  # initialises Adam's moments to be overwritten
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        dcp.load({"model": model_state, "optimizer": optimizer_state["state"]}, storage_reader=SafeReader(path))
+        dcp.load({"model": model_state, "optimizer": optimizer_state["state"]}, storage_reader=dcp_reader(path))
     set_model_state_dict(method, model_state)
     set_optimizer_state_dict(method, optimizer, {"state": optimizer_state["state"], "param_groups": param_groups})
