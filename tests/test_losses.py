@@ -101,6 +101,13 @@ def test_the_sigmoid_loss_is_open_clips_siglip_loss_in_float64(overrides):
         assert torch.allclose(a, c, rtol=1e-12, atol=1e-15)
 
 
+def test_the_sigmoid_bias_starts_where_the_method_section_says():
+    """SigLIP's released LiT recipe starts the bias at -2.71, not the paper's -10."""
+    model = build_method(load_config(None, TINY_MODEL + ["method=siglip", "siglip.sigmoid_bias_init=-2.71"]))
+    assert model.logit_bias.item() == pytest.approx(-2.71)
+    assert load_config("siglip_lit_vit_b16").settings.sigmoid_bias_init == -2.71
+
+
 def test_the_softmax_loss_has_no_bias():
     model = build_method(load_config(None, TINY_MODEL + ["method=clip"]))
     assert model.logit_bias is None and "logit_bias" not in model.state_dict()

@@ -232,6 +232,9 @@ RELEASE_RECIPES = {  # preset: (crop scale, interpolation, flip, grad clip, exem
     "milan_vit_b16": ([0.2, 1.0], "bicubic", True, 0.0, [], False),
     "rils_vit_b16": ([0.5, 1.0], "bilinear", False, 0.0, [], True),
     "clip_vit_b16": ([0.5, 1.0], "bilinear", False, 0.0, [], True),
+    "slip_vit_b16": ([0.5, 1.0], "bilinear", False, 0.0, [], True),
+    "flip_vit_b16": ([0.5, 1.0], "bilinear", True, 0.0, ["cls_token", "positional_embedding"], False),
+    "siglip_lit_vit_b16": ([1.0, 1.0], "bilinear", True, 1.0, ["token_embedding.weight", "positional_embedding"], False),
 }
 
 

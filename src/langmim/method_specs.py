@@ -32,9 +32,11 @@ CONTRASTIVE_LOSSES = ("softmax", "sigmoid")  # CLIP's batch softmax (InfoNCE); S
 @dataclass
 class ContrastiveSettings:
     """What every method with an image-text contrastive term sets: the loss. ``sigmoid`` starts its
-    logit scale at log 10 and its learnt bias at -10, as SigLIP does."""
+    logit scale at log 10 and its learnt bias at ``sigmoid_bias_init``: -10 as the SigLIP paper
+    trains from scratch, -2.71 in its released LiT recipe on COCO."""
 
     contrastive_loss: str = choices("softmax", CONTRASTIVE_LOSSES)
+    sigmoid_bias_init: float = -10.0
 
 
 @dataclass

@@ -82,7 +82,7 @@ def augmentation(cfg: Config) -> str:
 def weight_decay_groups(method: torch.nn.Module, cfg: Config) -> str:
     named = [(n, p) for n, p in method.named_parameters() if p.requires_grad]
     decayed = [p for n, p in named if decays(n, p, cfg.train.no_weight_decay)]
-    by_name = sorted({n.rsplit(".", 1)[-1] for n, p in named if p.ndim > 1 and not decays(n, p, cfg.train.no_weight_decay)})
+    by_name = sorted({e for n, p in named for e in cfg.train.no_weight_decay if p.ndim > 1 and n.endswith(e)})
     kept = len(named) - len(decayed)
     exempt = f"1-D (biases, norms, scales){' and ' + ', '.join(by_name) if by_name else ''}"
     return (f"wd {cfg.train.weight_decay} on {len(decayed)} tensors ({sum(p.numel() for p in decayed) / 1e6:.2f}M); "
@@ -108,6 +108,7 @@ def dry_run(cfg: Config) -> dict[str, float]:
     check_method_rules(cfg)
     torch.manual_seed(cfg.train.seed)
     method = build_for_dry_run(cfg)
+    method.lock_towers(cfg)  # as the trainer will: a locked tower is neither trained nor decayed
     recipe = recipe_lines(cfg, method)
     cfg.train.batch_size, cfg.train.accum_freq, cfg.train.fsdp = DRY_BATCH, 1, False
     trainer = Trainer(cfg, method, torch.device("cpu"))

@@ -25,7 +25,7 @@ from ..transforms import build_preprocess
 
 LOGIT_SCALE_INIT = math.log(1 / 0.07)
 LOGIT_SCALE_MAX = math.log(100)
-SIGMOID_SCALE_INIT, SIGMOID_BIAS_INIT = math.log(10), -10.0
+SIGMOID_SCALE_INIT = math.log(10)
 
 
 def upcast(x: torch.Tensor) -> torch.Tensor:
@@ -185,7 +185,7 @@ class ImageTextMethod(PretrainMethod):
         self.image_projection = nn.Parameter(torch.randn(m.width, m.embed_dim) * m.width**-0.5)
         sigmoid = cfg.settings.contrastive_loss == "sigmoid"  # SigLIP's initial scale and bias (Zhai et al. 2023)
         self.logit_scale = nn.Parameter(torch.tensor(SIGMOID_SCALE_INIT if sigmoid else LOGIT_SCALE_INIT))
-        self.logit_bias = nn.Parameter(torch.tensor(SIGMOID_BIAS_INIT)) if sigmoid else None
+        self.logit_bias = nn.Parameter(torch.tensor(cfg.settings.sigmoid_bias_init)) if sigmoid else None
 
     def lock_towers(self, cfg: Config) -> None:
         super().lock_towers(cfg)
