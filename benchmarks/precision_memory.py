@@ -37,7 +37,7 @@ def measure(overrides: list[str]) -> dict:
 
     cfg = load_config("demo", ["output_dir=/tmp/precision_memory", "train.steps=25", *overrides])
     torch.manual_seed(0)
-    method = build_method(cfg)
+    method = build_method(cfg, with_teacher=True)
     method.set_grad_checkpointing(cfg.train.grad_checkpointing)
     if cfg.train.compile:
         method.compile_towers()

@@ -34,6 +34,33 @@ def test_config_errors_name_the_key(override, words):
         assert word in str(err.value)
 
 
+@pytest.mark.parametrize("override, words", [
+    ("train.lr=nan", "config key 'train.lr' must be in (0, inf); got nan"),
+    ("train.lr=0", "config key 'train.lr' must be in (0, inf); got 0.0"),
+    ("train.lr=-1", "config key 'train.lr' must be in (0, inf); got -1.0"),
+    ("train.min_lr=-1e-6", "config key 'train.min_lr' must be in [0, inf); got -1e-06"),
+    ("train.betas=[1.5,2]", "config key 'train.betas' must be in [0, 1); got 1.5"),
+    ("train.betas=[0.9,1]", "config key 'train.betas' must be in [0, 1); got 1.0"),
+    ("train.eps=0", "config key 'train.eps' must be in (0, inf); got 0.0"),
+    ("train.weight_decay=-0.1", "config key 'train.weight_decay' must be in [0, inf); got -0.1"),
+    ("train.grad_clip=-1", "config key 'train.grad_clip' must be in [0, inf); got -1.0"),
+    ("train.warmup_steps=-1", "config key 'train.warmup_steps' must be in [0, inf); got -1"),
+    ("train.steps=0", "config key 'train.steps' must be in [1, inf); got 0"),
+    ("train.batch_size=-16", "config key 'train.batch_size' must be in [1, inf); got -16"),
+])
+def test_train_values_out_of_range_are_refused_as_they_are_read(override, words, tmp_path):
+    """Before torch is imported or a run directory made, on the command line and in a file."""
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    assert str(err.value) == words
+    key, value = override.split("=")
+    section, name = key.split(".")
+    (tmp_path / "mine.yaml").write_text(f"{section}:\n  {name}: {value}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(str(tmp_path / "mine.yaml"))
+    assert str(err.value) == f"{tmp_path / 'mine.yaml'}: {words}"
+
+
 def test_yaml_file_with_unknown_key_names_the_file(tmp_path):
     path = tmp_path / "mine.yaml"
     path.write_text(yaml.safe_dump({"train": {"stepz": 3}}))

@@ -19,7 +19,7 @@ from langmim.io import load_checkpoint
 HERE = Path(__file__).parent
 
 
-def torchrun(args: list[str], nproc: int = 2, extra_env: dict[str, str] | None = None) -> None:
+def torchrun(args: list[str], nproc: int = 2, extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     # torchrun leaves a torchelastic_* folder per launch in TMPDIR; keep them out of /tmp.
     with tempfile.TemporaryDirectory() as scratch:
         env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TMPDIR": scratch, **(extra_env or {})}
@@ -31,6 +31,7 @@ def torchrun(args: list[str], nproc: int = 2, extra_env: dict[str, str] | None =
             warnings.warn(f"torchrun rank aborted, retrying once: {result.stderr[-500:]}", stacklevel=2)
             result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=HERE)
     assert result.returncode == 0, result.stderr[-3000:]
+    return result
 
 
 @pytest.mark.parametrize("method, sharding", [("clip", "ddp"), ("rils", "ddp"), ("milan", "ddp"), ("rils", "fsdp"),
@@ -117,14 +118,16 @@ def test_a_group_torchrun_restarts_after_a_sigkill_ends_with_the_uninterrupted_w
     restart is enough. Should a start still stall, it fails after 60 s, `train.dist_timeout`.)"""
     from langmim.io import KILL_IN_SAVE_ENV, list_checkpoints
 
-    runs = {}
+    runs, printed = {}, {}
     for name, env in (("uninterrupted", {}), ("killed", {KILL_IN_SAVE_ENV: "4"})):  # the restart makes only 3 saves
         run = tmp_path / name
         overrides = tiny_overrides(run, "clip", steps=6, **{"train.ckpt_every": 1, "train.keep_checkpoints": 2, "train.dist_timeout": 60})
-        torchrun(["--max-restarts=1", "-m", "langmim.cli", "pretrain", "--no-tensorboard", *overrides], extra_env=env)
+        printed[name] = torchrun(["--max-restarts=1", "-m", "langmim.cli", "pretrain", "--no-tensorboard", *overrides], extra_env=env).stdout
         runs[name] = load_checkpoint(list_checkpoints(run)[-1])
+    # the first attempt logged step 4 and was killed writing its checkpoint; the restart resumed from step 3
+    assert "torchrun restart 1: resuming" in printed["killed"] and "dropped 1 record(s) logged after step 3" in printed["killed"]
     killed_log = (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()
-    assert len(killed_log) > 6  # steps 1-3 logged twice over: the first attempt got past step 3, then was killed
+    assert [json.loads(line)["step"] for line in killed_log] == [1, 2, 3, 4, 5, 6]  # each step once
     a, b = runs["uninterrupted"], runs["killed"]
     assert a["step"] == b["step"] == 6
     for key, value in a["model"].items():

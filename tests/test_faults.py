@@ -137,10 +137,13 @@ def test_a_live_runs_directory_is_refused_and_a_dead_runs_directory_resumes(tmp_
 @pytest.mark.parametrize("checkpoint_format, suffix", [("file", "pt"), ("sharded", "dcp")])
 def test_a_full_disk_stops_the_run_with_one_line_and_keeps_the_last_good_checkpoint(tmp_path, capsys, checkpoint_format, suffix):
     """On a tmpfs with room for one checkpoint, the second write fails: one line names the path and
-    the free space, no temporary file (or folder) is left, the earlier checkpoint is not pruned,
-    and `--resume latest` would take it."""
+    the free space (measured once the temporary file is gone), no temporary file (or folder) is
+    left, the earlier checkpoint is not pruned, and `--resume latest` would take it."""
+    import re
+    import shutil
+
     from langmim.cli import main
-    from langmim.engine.checkpoint import find_resume_checkpoint
+    from langmim.engine.checkpoint import find_resume_state
 
     probe = tmp_path / "probe"
     assert main(["pretrain", "--no-tensorboard", *tiny_overrides(probe, "clip", steps=2)]) == 0
@@ -158,8 +161,11 @@ def test_a_full_disk_stops_the_run_with_one_line_and_keeps_the_last_good_checkpo
         assert main(["pretrain", "--no-tensorboard", *overrides]) == 2
         err = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bars
         assert f"could not write '{run / f'checkpoint-00000004.{suffix}'}'" in err and "MB free there" in err and "Traceback" not in err, err
-        assert sorted(p.name for p in run.iterdir() if "checkpoint" in p.name) == [f"checkpoint-00000002.{suffix}"]
-        assert find_resume_checkpoint("latest", run) == run / f"checkpoint-00000002.{suffix}"
+        reported = float(re.search(r"; ([0-9.]+) MB free there", err).group(1))
+        assert abs(reported - shutil.disk_usage(disk).free / 1e6) < 0.2, (reported, shutil.disk_usage(disk).free)
+        assert sorted(p.name for p in run.iterdir() if p.name.startswith((".checkpoint", "checkpoint"))) == [
+            f"checkpoint-00000002.{suffix}", *([f"checkpoint-00000002.{suffix}.digest"] if suffix == "pt" else [])]
+        assert find_resume_state("latest", run)[0] == run / f"checkpoint-00000002.{suffix}"
         assert load_checkpoint(run / f"checkpoint-00000002.{suffix}")["step"] == 2
     finally:
         subprocess.run(["umount", str(disk)], check=True)

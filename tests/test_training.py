@@ -253,3 +253,25 @@ def test_report_to_wandb_without_the_package_is_a_clear_error(tmp_path, monkeypa
         pretrain(load_config(None, tiny_overrides(tmp_path, "mae", steps=1, **{"train.report_to": "[wandb]"})))
     with pytest.raises(ConfigError, match="train.report_to"):
         load_config(None, ["train.report_to=[mlflow]"])
+
+
+@pytest.mark.parametrize("method", sorted(langmim.method_specs.METHODS))
+def test_train_compile_compiles_the_vision_tower_every_method_calls(tmp_path, method, clip_run):
+    """``train.compile=true`` must reach the vision tower's ``forward_features`` (what every
+    method calls), not only ``forward``: a recording Dynamo backend sees its patch embedding."""
+    from langmim.engine.dryrun import synthetic_batch
+
+    graphs: list[list[str]] = []
+
+    def recording(gm, example_inputs):
+        graphs.append([node.name for node in gm.graph.nodes if node.op in ("placeholder", "get_attr")])
+        return gm.forward
+
+    extra = {"milan.teacher.source": f"langmim:{clip_run}"} if method == "milan" else {}
+    cfg = load_config(None, tiny_overrides(tmp_path, method, **extra))
+    model = build_method(cfg, with_teacher=True)
+    model.compile_towers(backend=recording)
+    torch._dynamo.reset()
+    Trainer(cfg, model, torch.device("cpu")).step(move(synthetic_batch(cfg, model, batch_size=4), torch.device("cpu")))
+    assert any("patch_embed" in name for graph in graphs for name in graph), graphs
+    assert any("patch_embed" in k for k in model.state_dict()) and not any("_orig_mod" in k for k in model.state_dict())

@@ -6,8 +6,10 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from .errors import ConfigError, LangmimError
+from .errors import CheckpointError, ConfigError, DataError, LangmimError
+from .eval.external_spec import is_external, parse_external
 from .method_specs import METHODS
 
 OVERRIDE_HELP = "config overrides as key=value, e.g. train.steps=100 model.arch=demo method=clip"
@@ -66,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "per task. Tasks that need a text tower are skipped with a note for MAE and MILAN.")
     e.add_argument("--checkpoint", required=True,
                    help="a langmim checkpoint file or run directory (newest checkpoint), or an external model "
-                   "with weights on disk: timm:MODEL:WEIGHTS or openclip:MODEL:WEIGHTS")
+                   "with weights on disk: timm:MODEL:WEIGHTS or openclip:MODEL:WEIGHTS (MODEL local-dir: WEIGHTS is a "
+                   "folder the library writes, e.g. langmim's export)")
     e.add_argument("--dataset", default=None, metavar="PATH|wds/NAME",
                    help="an image folder with train/ and val/ class sub-folders (classification tasks), a "
                    "CSV/TSV with image-path and caption columns (retrieval), or wds/NAME: a CLIP_benchmark "
@@ -79,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated: zeroshot, knn, linear, fewshot, finetune, retrieval, presence, cells, binding, "
                    "counting, compositional, detection, segmentation, shift, or 'all'")
     e.add_argument("--output", default=None, help="directory for the result JSONs; default: RUN/results "
-                   "(runs/external/NAME/results for external models)")
+                   "(runs/external/NAME-DIGEST/results for external models, DIGEST from the weights' path)")
     e.add_argument("--data-root", default=None, metavar="DIR",
                    help="where the built-in data's Fashion-MNIST files are; default: $LANGMIM_FASHION_MNIST, then "
                    "the run's data.root if it trained on fashion-scenes, then the standard places")
@@ -111,7 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what to write (checkpoint: a sharded checkpoint folder as one checkpoint-N.pt file)")
     x.add_argument("--out", default=None, metavar="PATH",
                    help="output folder (timm, open_clip) or file (safetensors, checkpoint); default: RUN/export-FORMAT[.safetensors], "
-                        "for checkpoint the .pt beside the folder")
+                        "for checkpoint the .pt beside the folder; a folder with files in it is refused without --overwrite")
+    x.add_argument("--overwrite", action="store_true",
+                   help="write a timm or open_clip export into a folder with files in it, replacing the export's own files there")
 
     g = sub.add_parser("data", help="write the built-in data as WebDataset shards: training scenes (img2dataset "
                        "layout) or the evaluation sets (CLIP_benchmark layout)",
@@ -157,41 +162,113 @@ def builtin_data_root(explicit: str | None, cfg) -> str | None:
     return cfg.data.root if cfg.data.name == "fashion-scenes" else None
 
 
-def cmd_eval(args: argparse.Namespace) -> None:
-    from .api import load, run_name
-    from .config import Config, apply_dict, parse_override
-    from .eval.suite import TASKS, evaluate
+def require(path: str, what: str) -> None:
+    """Refuse a path that is not there, in io's words, before torch (seconds to import) loads."""
+    if not Path(path).exists():
+        raise CheckpointError(f"{what} '{path}' does not exist")
 
-    tasks = list(TASKS) if args.tasks.strip() == "all" else [t.strip() for t in args.tasks.split(",") if t.strip()]
-    unknown = [t for t in tasks if t not in TASKS]
+
+def parse_tasks(text: str) -> list[str]:
+    """``--tasks``: task names separated by commas, or 'all'."""
+    from .eval.registry import TASK_NAMES
+
+    tasks = list(TASK_NAMES) if text.strip() == "all" else [t.strip() for t in text.split(",") if t.strip()]
+    unknown = [t for t in tasks if t not in TASK_NAMES]
     if unknown or not tasks:
-        raise ConfigError(f"--tasks: unknown task(s) {', '.join(unknown) or '(none given)'}; valid: {', '.join(TASKS)}, all")
-    external = args.checkpoint.startswith(("timm:", "openclip:"))
-    if external:
+        raise ConfigError(f"--tasks: unknown task(s) {', '.join(unknown) or '(none given)'}; valid: {', '.join(TASK_NAMES)}, all")
+    return tasks
+
+
+def eval_overrides(items: Sequence[str], data_root: str | None) -> tuple[dict[str, Any], str | None]:
+    """The eval.* overrides, checked against the default config, and the data root (``data.root=DIR``
+    among them, else ``data_root``)."""
+    from .config import Config, apply_dict, parse_override
+
+    overrides = {}
+    for item in items:
+        key, value = parse_override(item)
+        if key == "data.root":
+            data_root = str(value)
+        elif key.startswith("eval."):
+            overrides[key] = value
+        else:
+            raise ConfigError(f"eval accepts eval.* overrides and data.root=DIR (the built-in data), got '{key}'")
+    apply_dict(Config(), overrides, "command line")
+    return overrides, data_root
+
+
+def check_eval_paths(args: argparse.Namespace) -> None:
+    """Refuse a langmim --checkpoint, --dataset or --dataset-root that is not there."""
+    if not is_external(args.checkpoint):
+        require(args.checkpoint, "checkpoint")
+    wds = (args.dataset or "").startswith("wds/")
+    if args.dataset and not wds and not Path(args.dataset).exists():
+        raise DataError(f"--dataset '{args.dataset}' does not exist (expected an image folder with train/ and val/, a CSV/TSV "
+                        "table, or wds/NAME)")
+    if args.dataset_root and not wds:
+        raise ConfigError(f"--dataset-root is the folder of a --dataset wds/NAME set; --dataset is {args.dataset!r}")
+    if args.dataset_root and not Path(args.dataset_root).is_dir():
+        raise DataError(f"--dataset-root '{args.dataset_root}' is not a folder")
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    tasks = parse_tasks(args.tasks)  # mistakes in the arguments are named before torch loads
+    overrides, data_root = eval_overrides(args.overrides, args.data_root)
+    external = parse_external(args.checkpoint) if is_external(args.checkpoint) else None
+    check_eval_paths(args)
+    from .api import load, run_name
+    from .config import Config, apply_dict
+    from .eval.suite import evaluate
+
+    if external is not None:
         from .eval.external import load_external
 
         model = load_external(args.checkpoint)
         name = model.source.replace(":", "-").replace("/", "-")
+        default_out = Path("runs/external") / external.results_folder() / "results"
     else:
         model = load(args.checkpoint)
         name = run_name(model)
+        default_out = Path(model.checkpoint_path).parent / "results"
     settings = model.config if model.config is not None else Config()  # an external model: the default eval.*
-    data_root = args.data_root
-    for item in args.overrides:
-        key, value = parse_override(item)
-        if key == "data.root":
-            data_root = str(value)
-            continue
-        if not key.startswith("eval."):
-            raise ConfigError(f"eval accepts eval.* overrides and data.root=DIR (the built-in data), got '{key}'")
-        apply_dict(settings, {key: value}, "command line")
-    default_out = Path("runs/external") / name / "results" if external else Path(model.checkpoint_path).parent / "results"
-    out = Path(args.output) if args.output else default_out
-    if args.dataset_root and not (args.dataset or "").startswith("wds/"):
-        raise ConfigError(f"--dataset-root is the folder of a --dataset wds/NAME set; --dataset is {args.dataset!r}")
-    results = evaluate(model, tasks, settings.eval, out, name, builtin_data_root(data_root, settings),
-                       dataset=args.dataset, dataset_root=args.dataset_root)
+    apply_dict(settings, overrides, "command line")
+    results = evaluate(model, tasks, settings.eval, Path(args.output) if args.output else default_out, name,
+                       builtin_data_root(data_root, settings), dataset=args.dataset, dataset_root=args.dataset_root)
     print(json.dumps({t: r["metrics"] for t, r in results.items()}, indent=1))
+
+
+def export_out(args: argparse.Namespace) -> Path:
+    """Where a timm, open_clip or safetensors export goes (--out, else beside the run), refused when
+    it is the wrong kind of thing, or a folder with files in it and no --overwrite: the export
+    would replace a config.json, README.md or weights file someone else wrote there."""
+    run, folder = Path(args.run), args.format in ("timm", "open_clip")
+    run_dir = run if run.is_dir() and run.suffix != ".dcp" else run.parent  # the folder of a checkpoint file or sharded one
+    out = Path(args.out) if args.out else run_dir / f"export-{args.format}{'' if folder else '.safetensors'}"
+    if folder and out.exists() and not out.is_dir():
+        raise LangmimError(f"--out '{out}' is a file; a {args.format} export is a folder")
+    if not folder and out.is_dir():
+        raise LangmimError(f"--out '{out}' is a folder; a {args.format} export is one file")
+    if folder and out.is_dir() and any(out.iterdir()) and not args.overwrite:
+        raise LangmimError(f"--out '{out}' is a folder with files in it; export into a new or empty folder, or add --overwrite "
+                           "to replace the export's files there")
+    return out
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    require(args.run, "checkpoint")
+    if args.format == "checkpoint":
+        from .io import atomic_save, load_checkpoint, resolve_checkpoint
+
+        source = resolve_checkpoint(args.run)
+        out = Path(args.out) if args.out else source.with_suffix(".pt")
+        atomic_save(load_checkpoint(source), out, digest=True)
+    else:
+        out = export_out(args)
+        from .api import load
+        from .export import export
+
+        export(load(args.run), args.format, out)
+    print(f"exported: {out}")
 
 
 def cmd_data(args: argparse.Namespace) -> None:
@@ -258,20 +335,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             report = write_report([Path(r) for r in args.runs], Path(args.output), args.floor, args.ceiling,
                                   parse_pairs(args.compare), args.seeds)
             print(f"report: {report}")
-        elif args.command == "export" and args.format == "checkpoint":
-            from .io import atomic_save, load_checkpoint, resolve_checkpoint
-
-            source = resolve_checkpoint(args.run)
-            out = Path(args.out) if args.out else source.with_suffix(".pt")
-            atomic_save(load_checkpoint(source), out)
-            print(f"exported: {out}")
         elif args.command == "export":
-            from .api import load
-            from .export import export
-
-            model = load(args.run)
-            default = Path(model.checkpoint_path).parent / f"export-{args.format}{'.safetensors' if args.format == 'safetensors' else ''}"
-            print(f"exported: {export(model, args.format, Path(args.out) if args.out else default)}")
+            cmd_export(args)
         elif args.command == "data":
             cmd_data(args)
         elif args.command == "demo":

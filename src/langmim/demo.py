@@ -15,6 +15,7 @@ from .config import Config, load_config
 from .engine.loop import pretrain
 from .eval.figures import plot_patch_classes
 from .eval.suite import evaluate
+from .files import write_atomic
 from .interface import LoadedModel
 from .methods import build_method
 from .report import comparison_table, plot_loss_curves
@@ -94,4 +95,4 @@ def write_demo_report(run_dir: Path, cfg: Config, columns: dict, timings: dict, 
             "similar to the patch's projected feature (dimmed where the ground truth has no item).",
             "![patch classes](patch_classes.png)",
         ]
-    (run_dir / "report.md").write_text("\n".join(lines) + "\n")
+    write_atomic(run_dir / "report.md", "\n".join(lines) + "\n")

@@ -15,14 +15,14 @@ Every export carries its preprocessing (size, mean, std, interpolation).
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save
 
 from .config import to_dict
 from .errors import LangmimError
+from .files import write_atomic
 from .method_specs import methods_with
 from .methods.base import PretrainMethod
 from .model_card import write_model_card
@@ -131,14 +131,6 @@ def open_clip_export(model: PretrainMethod) -> tuple[dict[str, torch.Tensor], di
     return {k: t.detach().clone().contiguous() for k, t in state.items()}, config
 
 
-def with_umask_mode(path: Path) -> None:
-    """Give a file the mode new files get under the user's umask: safetensors writes 0600, which
-    would keep an export from the colleagues it is shared with."""
-    umask = os.umask(0)
-    os.umask(umask)
-    path.chmod(0o666 & ~umask)
-
-
 def export(model: PretrainMethod, fmt: str, out: Path) -> Path:
     """Write ``model`` in ``fmt`` to ``out`` (a folder for timm/open_clip, a file for safetensors)."""
     metadata = {"langmim_config": json.dumps(to_dict(model.config)), "source_checkpoint": str(getattr(model, "checkpoint_path", "")),
@@ -146,8 +138,7 @@ def export(model: PretrainMethod, fmt: str, out: Path) -> Path:
     if fmt == "safetensors":
         out.parent.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
-        save_file(state, str(out), metadata={**metadata, "preprocess_cfg": json.dumps(preprocess_cfg(model.config.model.img_size))})
-        with_umask_mode(out)
+        write_atomic(out, save(state, metadata={**metadata, "preprocess_cfg": json.dumps(preprocess_cfg(model.config.model.img_size))}))
         return out
     if fmt == "timm":
         state, config = timm_export(model)
@@ -158,9 +149,8 @@ def export(model: PretrainMethod, fmt: str, out: Path) -> Path:
     else:
         raise LangmimError(f"--format must be one of {', '.join(FORMATS)}; got {fmt!r}")
     out.mkdir(parents=True, exist_ok=True)
-    (out / names[0]).write_text(json.dumps(config, indent=1))
-    save_file(state, str(out / names[1]), metadata=metadata)
-    with_umask_mode(out / names[1])
+    write_atomic(out / names[0], json.dumps(config, indent=1))
+    write_atomic(out / names[1], save(state, metadata=metadata))  # written whole (the mode umask gives), never through a link
     if fmt == "open_clip" and hasattr(model.tokenizer, "save_pretrained"):
         model.tokenizer.save_pretrained(out)  # open_clip's local-dir reads a Hugging Face tokenizer from the folder
     write_model_card(model, fmt, out)

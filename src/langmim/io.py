@@ -16,7 +16,6 @@ import json
 import os
 import pickle
 import re
-import shutil
 import signal
 import warnings
 import zipfile
@@ -25,9 +24,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import xxhash
 
-from .errors import CheckpointError
+from .errors import CheckpointError, CodeInFileError
+from .files import failure_line, open_no_follow, write_failure
 
+DIGEST_SUFFIX = ".digest"  # checkpoint-N.pt.digest: "xxh3_128 HEX BYTES", the checksum of checkpoint-N.pt
+DIGEST_ALGORITHM = "xxh3_128"  # a checksum against bit rot and partial copies (as ZFS's fletcher4), 30 GB/s; not a signature
 SCHEMA_VERSION = 1  # of langmim checkpoints: the newest layout this version reads and writes
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)\.(pt|dcp)$")  # a file, or a sharded checkpoint's folder
 WRAPPER_KEYS = ("state_dict", "model", "module")  # MAE's and many trainers' checkpoints nest the weights
@@ -40,27 +43,6 @@ KILL_IN_SAVE_ENV = "LANGMIM_TEST_KILL_IN_SAVE"
 _saves_started = 0
 
 
-def free_space(folder: Path) -> str:
-    """The free space of ``folder``'s file system, e.g. "1.2 MB", or "unknown"."""
-    try:
-        return f"{shutil.disk_usage(folder).free / 1e6:.1f} MB"
-    except OSError:
-        return "unknown"
-
-
-def write_failure(err: Exception, folder: Path) -> str:
-    """Why a write into ``folder`` failed, in words: torch.save reports a full disk as an internal
-    RuntimeError ("unexpected pos ..."), so a file system with under 1 MiB left is named as full."""
-    if isinstance(err, OSError) and err.strerror:
-        return err.strerror
-    try:
-        if shutil.disk_usage(folder).free < 2**20:
-            return "no space left on the device"
-    except OSError:
-        pass
-    return str(err).splitlines()[0]
-
-
 def _fault_point() -> None:
     global _saves_started
     target = os.environ.get(KILL_IN_SAVE_ENV)
@@ -71,24 +53,122 @@ def _fault_point() -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def atomic_save(obj: Any, path: Path) -> None:
-    """torch.save to a temporary file in the same directory, fsync, then rename over ``path``. A
-    write that fails (a full disk, a read-only directory) leaves nothing behind and raises one
-    ``CheckpointError`` naming the path and the free space."""
+class _HashingWriter:
+    """A file that checksums what passes through it, so the digest costs no second read."""
+
+    def __init__(self, fh: Any) -> None:
+        self.fh, self.hash, self.size = fh, xxhash.xxh3_128(), 0
+
+    def write(self, data: Any) -> int:
+        self.hash.update(data)
+        self.size += memoryview(data).nbytes
+        return self.fh.write(data)
+
+    def flush(self) -> None:
+        self.fh.flush()
+
+
+def digest_path(path: Path) -> Path:
+    return path.with_name(path.name + DIGEST_SUFFIX)
+
+
+def atomic_save(obj: Any, path: Path, digest: bool = False) -> None:
+    """torch.save to a temporary file in the same directory, fsync, then rename over ``path``. With
+    ``digest``, the file's checksum goes to ``path.digest`` before the rename, so every complete
+    checkpoint has one. A write that fails (a full disk, a read-only directory) leaves nothing
+    behind and raises one ``CheckpointError`` naming the path and the free space."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp_digest = tmp.with_name(tmp.name + DIGEST_SUFFIX)
     try:
-        with open(tmp, "wb") as fh:
-            torch.save(obj, fh)
+        with os.fdopen(open_no_follow(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "wb") as fh:
+            writer = _HashingWriter(fh) if digest else fh
+            torch.save(obj, writer)
             fh.flush()
             _fault_point()
             os.fsync(fh.fileno())
+        if digest:
+            with os.fdopen(open_no_follow(tmp_digest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "w") as fh:
+                fh.write(f"{DIGEST_ALGORITHM} {writer.hash.hexdigest()} {writer.size}\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp_digest, digest_path(path))
+        else:
+            digest_path(path).unlink(missing_ok=True)  # a digest of the file replaced would now be wrong
         os.replace(tmp, path)
     except (OSError, RuntimeError) as err:
-        raise CheckpointError(f"could not write '{path}' ({write_failure(err, path.parent)}); "
-                              f"{free_space(path.parent)} free there") from None
-    finally:
+        why = write_failure(err, path.parent)  # before the partial file goes: a full disk still shows as one
         tmp.unlink(missing_ok=True)
+        tmp_digest.unlink(missing_ok=True)
+        raise CheckpointError(failure_line(path, why)) from None
     fsync_folder(path.parent)
+
+
+def file_digest(path: Path) -> tuple[str, int]:
+    """(hex checksum, bytes) of a file, read in 64 MiB chunks."""
+    hasher, size = xxhash.xxh3_128(), 0
+    with path.open("rb") as f:
+        while chunk := f.read(64 * 2**20):
+            hasher.update(chunk)
+            size += len(chunk)
+    return hasher.hexdigest(), size
+
+
+def verify_digest(path: Path) -> bool:
+    """Check a checkpoint file against its ``.digest``; False where there is none (a checkpoint
+    of an older langmim), a ``CheckpointError`` where it differs."""
+    recorded = digest_path(path)
+    if not recorded.is_file():
+        return False
+    fields = recorded.read_text(errors="replace").split()
+    if len(fields) != 3 or fields[0] != DIGEST_ALGORITHM or not fields[2].isdigit():
+        raise CheckpointError(f"checkpoint '{path}': its digest file '{recorded}' is damaged")
+    found, size = file_digest(path)
+    if size != int(fields[2]):
+        raise CheckpointError(f"checkpoint '{path}' is truncated or grown: {size} bytes where its digest recorded {fields[2]}")
+    if found != fields[1]:
+        raise CheckpointError(f"checkpoint '{path}' fails its digest (damaged on disk since it was written: bit rot or a bad copy)")
+    return True
+
+
+_UNVERIFIED_NOTED: set[Path] = set()
+
+
+def note_unverified(path: Path) -> None:
+    """Say once per folder that a checkpoint without a digest (older langmim) is read unverified."""
+    if path.parent not in _UNVERIFIED_NOTED:
+        _UNVERIFIED_NOTED.add(path.parent)
+        print(f"note: '{path}' has no digest (written by an older langmim); read without verification")
+
+
+def non_finite_values(tensors: Any) -> tuple[int, list[str]]:
+    """(count of NaN/inf values, names of the tensors holding them) over the floating-point tensors
+    of a nested dict/list; one fused max-norm pass finds them, counting only where there are any."""
+    named = [(name, t) for name, t in _tensors(tensors, "") if t.is_floating_point() and t.numel()]
+    if not named:
+        return 0, []
+    norms = torch.stack([n.float().cpu() for n in torch._foreach_norm([t.detach() for _, t in named], float("inf"))])
+    bad = [named[i] for i in torch.nonzero(~torch.isfinite(norms)).flatten().tolist()]
+    return sum(int((~torch.isfinite(t)).sum()) for _, t in bad), [name for name, _ in bad]
+
+
+def _tensors(obj: Any, prefix: str) -> Any:
+    if isinstance(obj, torch.Tensor):
+        yield prefix, obj.to_local() if hasattr(obj, "to_local") else obj  # a DTensor: this rank's shard
+    elif isinstance(obj, dict):
+        for key, value in obj.items():
+            yield from _tensors(value, f"{prefix}.{key}" if prefix else str(key))
+    elif isinstance(obj, (list, tuple)):
+        for i, value in enumerate(obj):
+            yield from _tensors(value, f"{prefix}.{i}" if prefix else str(i))
+
+
+def check_finite(tensors: Any, path: Path, what: str = "checkpoint") -> None:
+    """Refuse weights holding NaN or inf (a diverged run) in one line."""
+    count, names = non_finite_values(tensors)
+    if count:
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        raise CheckpointError(f"{what} '{path}' holds {count:,} non-finite values (NaN or inf, in {shown}): "
+                              "the run had diverged; use an earlier checkpoint")
 
 
 def fsync_folder(folder: Path) -> None:
@@ -156,10 +236,13 @@ def safe_torch_load(path: Path, map_location: str | torch.device | None = "cpu",
             warnings.simplefilter("ignore", UserWarning)  # torch's notes on legacy pickles; the errors below say more
             return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        code = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+
+        # torch names the global it refused: "Unsupported global: GLOBAL builtins.print ...", or for a
+        # module it blocks outright "... unsupported GLOBAL posix.system whose module posix is blocked"
+        code = re.search(r"[Uu]nsupported (?:global: )?GLOBAL (\S+)", str(err))
         found = code.group(1) if code else next(iter(pickled_globals(path)), None)
         if found:
-            raise CheckpointError(f"{what} '{path}' holds a reference to {found}, which loading would run as code; refused") from None
+            raise CodeInFileError(f"{what} '{path}' holds a reference to {found}, which loading would run as code; refused") from None
         raise CheckpointError(f"{what} '{path}' is not a torch file of tensors and containers (a foreign or damaged "
                               "pickle)") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError) as err:
@@ -262,9 +345,42 @@ def dcp_reader(folder: Path) -> Any:
     return SafeReader(folder)
 
 
+FOLDER_DIGESTS = "digests.txt"  # a sharded checkpoint's per-file checksums, one "ALGORITHM HEX BYTES NAME" a line
+
+
+def write_folder_digests(folder: Path) -> None:
+    """Checksum every file of a complete sharded checkpoint folder into ``digests.txt``."""
+    lines = [f"{DIGEST_ALGORITHM} {' '.join(map(str, file_digest(f)))} {f.name}\n"
+             for f in sorted(folder.iterdir()) if f.is_file() and f.name != FOLDER_DIGESTS]
+    with os.fdopen(open_no_follow(folder / FOLDER_DIGESTS, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "w") as fh:
+        fh.writelines(lines)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def verify_folder_digests(folder: Path) -> None:
+    """Check every file a sharded checkpoint's ``digests.txt`` lists (a folder without one, from an
+    older langmim, is read unverified and said once)."""
+    listing = folder / FOLDER_DIGESTS
+    if not listing.is_file():
+        note_unverified(folder)
+        return
+    for line in listing.read_text(errors="replace").splitlines():
+        fields = line.split(maxsplit=3)
+        if len(fields) != 4 or fields[0] != DIGEST_ALGORITHM or not fields[2].isdigit():
+            raise CheckpointError(f"sharded checkpoint '{folder}': its digest file '{listing}' is damaged")
+        file = folder / fields[3]
+        if not file.is_file():
+            raise CheckpointError(f"sharded checkpoint '{folder}' lacks its file '{fields[3]}'")
+        found, size = file_digest(file)
+        if (found, size) != (fields[1], int(fields[2])):
+            raise CheckpointError(f"sharded checkpoint '{folder}': '{fields[3]}' fails its digest (damaged on disk since it was written)")
+
+
 def read_training_file(folder: Path) -> dict[str, Any]:
     """A sharded checkpoint's ``training.pt`` with the folder's ``path``: what a run resuming from
-    it reads before each rank loads its own slices (its index is checked first)."""
+    it reads before each rank loads its own slices (its files' digests and its index are checked first)."""
+    verify_folder_digests(folder)
     read_dcp_index(folder)
     return {**safe_torch_load(folder / TRAINING_FILE), "path": folder}
 
@@ -308,11 +424,14 @@ def resolve_checkpoint(path_or_run: Path | str) -> Path:
 
 
 def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a langmim checkpoint, refusing truncated, foreign or code-carrying files clearly."""
+    """Load a langmim checkpoint, refusing truncated, foreign, code-carrying, damaged (its digest
+    differs) or non-finite ones in one line."""
     path = Path(path)
     if is_sharded_checkpoint(path):
         state = read_sharded(path)
     elif path.is_file():
+        if not verify_digest(path):
+            note_unverified(path)
         state = safe_torch_load(path, map_location)
     else:
         raise CheckpointError(f"checkpoint '{path}' does not exist")
@@ -322,6 +441,7 @@ def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") 
         raise CheckpointError(
             f"checkpoint '{path}' has schema version {state['schema_version']}; this langmim reads up to {SCHEMA_VERSION}"
         )
+    check_finite({"model": state["model"], "optimizer": state.get("optimizer", {}).get("state", {})}, path)
     return state
 
 
@@ -343,8 +463,18 @@ def read_saved_model(path: str | Path) -> SavedModel:
         weights, metadata = read_safetensors(file)
         if "langmim_config" not in metadata:
             raise CheckpointError(f"'{file}' has no langmim_config metadata: not written by `langmim export --format safetensors`")
-        step = metadata.get("step")
-        return SavedModel(file, json.loads(metadata["langmim_config"]), weights, int(step) if step else None)
+        try:
+            config = json.loads(metadata["langmim_config"])
+        except json.JSONDecodeError as err:
+            raise CheckpointError(f"'{file}': its langmim_config metadata is not JSON ({err.msg}, character {err.pos})") from None
+        except RecursionError:
+            raise CheckpointError(f"'{file}': its langmim_config metadata is nested too deeply to read") from None
+        if not isinstance(config, dict):
+            raise CheckpointError(f"'{file}': its langmim_config metadata is JSON {type(config).__name__}, not an object of config keys")
+        step = metadata.get("step") or None
+        if step is not None and not step.isdecimal():
+            raise CheckpointError(f"'{file}': its step metadata {step[:40]!r} is not a whole number")
+        return SavedModel(file, config, weights, None if step is None else int(step))
     file = resolve_checkpoint(path)
     state = load_checkpoint(file)
     return SavedModel(file, state["config"], state["model"], int(state["step"]))

@@ -16,6 +16,7 @@ import yaml
 from .api import run_name
 from .config import to_dict
 from .eval.registry import LEGACY_HEADLINE, headline_value
+from .files import read_jsonl, write_atomic
 from .methods.base import PretrainMethod
 
 LICENSE = "apache-2.0"  # langmim's own; the weights are the user's, trained on their data
@@ -54,7 +55,7 @@ def training_seconds(run_dir: Path, log_every: int, batch_size: int) -> float | 
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         return None
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = read_jsonl(path)
     return sum(log_every * batch_size / r["images_per_s"] for r in records if r.get("images_per_s"))
 
 
@@ -120,5 +121,5 @@ def card_text(model: PretrainMethod, fmt: str, name: str) -> str:
 def write_model_card(model: PretrainMethod, fmt: str, out: Path) -> Path:
     """``out/README.md`` for an exported folder; the model is named after its run directory."""
     card = out / "README.md"
-    card.write_text(card_text(model, fmt, run_name(model)))
+    write_atomic(card, card_text(model, fmt, run_name(model)))
     return card

@@ -2,7 +2,7 @@
 
 The shared sections (``model``, ``init``, ``data``, ``train``, ``eval``) are in ``schema``; each
 method's own section (``rils.*``, ``milan.*``, ``mae.*``...) and its rules come from its spec in
-``langmim.method_specs``. Every value is checked against its field's type and choices; mistakes
+``langmim.method_specs``. Every value is checked against its field's type, choices and range; mistakes
 raise ``ConfigError`` with the key and what was expected. ``resolve`` fills the architecture's
 sizes, so the ``config.yaml`` written beside each run is complete.
 """
@@ -44,6 +44,8 @@ def read_yaml(preset: str) -> tuple[dict, str]:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{source}: not valid YAML ({str(err).splitlines()[0]})") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: nested too deeply to read (deeper than Python's recursion limit allows)") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping of config keys, got {type(data).__name__}")
     return data, source
@@ -91,9 +93,6 @@ def resolve(cfg: Config) -> Config:
         kind, _, folder = cfg.init.text.partition(":")
         cfg.init.text = f"{kind}:{Path(folder).resolve()}"  # runs and exports refer to it from anywhere
     t = cfg.train
-    for key in ("steps", "batch_size", "accum_freq", "log_every", "ckpt_every", "keep_checkpoints", "dist_timeout"):
-        if getattr(t, key) < 1:
-            raise ConfigError(f"train.{key} must be at least 1, got {getattr(t, key)}")
     if t.batch_size % t.accum_freq:
         raise ConfigError(f"train.batch_size={t.batch_size} must be divisible by train.accum_freq={t.accum_freq}")
     unknown = [sink for sink in t.report_to if sink not in REPORT_SINKS]
@@ -153,4 +152,7 @@ def config_differences(saved: dict, current: dict) -> list[str]:
 
 
 def save_config(cfg: Config, path: Path) -> None:
-    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    """The merged config as YAML, written without following a link at ``path``."""
+    from ..files import write_atomic
+
+    write_atomic(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -1,5 +1,5 @@
 """Setting one dotted key: finding its section (a shared one, or the method's own ``NAME.*``),
-coercing the value to the field's type and choices, and reading the names older runs saved.
+coercing the value to the field's type, choices and range, and reading the names older runs saved.
 
 Every mistake raises ``ConfigError`` naming the key and what was expected; a key of another
 method's section names that method and this run's own settings.
@@ -9,13 +9,14 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Iterator
 from typing import Any
 
 import yaml
 
-from ..errors import ConfigError
+from ..errors import ConfigError, shown
 from ..method_specs import METHODS, method_spec
-from .schema import CHOICES, Config
+from .schema import CHOICES, RANGES, Config
 
 # Keys renamed since runs were saved: an old name reads as the new one ({method}: the run's method).
 RENAMED_KEYS = {
@@ -55,14 +56,14 @@ def coerce(key: str, value: Any, hint: Any, choices: tuple[str, ...] | None = No
         if isinstance(value, str):
             value = [v for v in value.strip("[]").split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"config key '{key}' expects a list, got {value!r}")
+            raise ConfigError(f"config key '{key}' expects a list, got {shown(value)}")
         return [coerce(key, v, item) for v in value]
     if hint is bool:
         if isinstance(value, bool):
             return value
         if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
             return value.lower() in ("true", "1", "yes")
-        raise ConfigError(f"config key '{key}' expects true or false, got {value!r}")
+        raise ConfigError(f"config key '{key}' expects true or false, got {shown(value)}")
     if hint in (int, float):
         try:
             if isinstance(value, bool):
@@ -72,13 +73,13 @@ def coerce(key: str, value: Any, hint: Any, choices: tuple[str, ...] | None = No
                 raise ValueError
             return number
         except (TypeError, ValueError):
-            raise ConfigError(f"config key '{key}' expects {hint.__name__}, got {value!r}") from None
+            raise ConfigError(f"config key '{key}' expects {hint.__name__}, got {shown(value)}") from None
     if hint is str:
         if isinstance(value, (dict, list)):
-            raise ConfigError(f"config key '{key}' expects a string, got {value!r}")
+            raise ConfigError(f"config key '{key}' expects a string, got {shown(value)}")
         value = str(value)
         if choices and value not in choices:
-            raise ConfigError(f"config key '{key}' must be one of {', '.join(choices)}; got {value!r}")
+            raise ConfigError(f"config key '{key}' must be one of {', '.join(choices)}; got {shown(value)}")
         return value
     raise TypeError(f"unsupported config type {hint} for {key}")
 
@@ -144,7 +145,21 @@ def set_value(cfg: Config, key: str, value: Any) -> None:
     section, fld = _section_and_field(cfg, key)
     hints = typing.get_type_hints(type(section))
     choices = fld.metadata.get("choices") or CHOICES.get(key)
-    setattr(section, fld.name, coerce(key, value, hints[fld.name], choices))
+    value = coerce(key, value, hints[fld.name], choices)
+    if key in RANGES:
+        check_range(key, value)
+    setattr(section, fld.name, value)
+
+
+def check_range(key: str, value: float | list[float]) -> None:
+    """Refuse a number (or any item of a list) outside the key's range in ``RANGES``; nan is
+    outside every range."""
+    low, high, ends = RANGES[key]
+    for number in value if isinstance(value, list) else [value]:
+        above = low < number or (ends[0] == "[" and number == low)
+        below = number < high or (ends[1] == "]" and number == high)
+        if not (above and below):
+            raise ConfigError(f"config key '{key}' must be in {ends[0]}{low:g}, {high:g}{ends[1]}; got {number}")
 
 
 def renamed(key: str, method: str) -> str:
@@ -181,22 +196,27 @@ def applies_to(method: str, tail: str) -> bool:
     return applies(probe, f"{method}.{tail}")
 
 
-def flatten(data: dict, prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
+def flat_items(data: dict, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """(dotted key, value) of a nested mapping, one at a time: a mapping that YAML aliases make
+    huge is refused at its first wrong key, never expanded whole."""
     for key, value in data.items():
         name = f"{prefix}{key}"
         if isinstance(value, dict):
-            flat.update(flatten(value, name + "."))
+            yield from flat_items(value, name + ".")
         else:
-            flat[name] = value
-    return flat
+            yield name, value
+
+
+def flatten(data: dict) -> dict[str, Any]:
+    """A nested mapping as {dotted key: value}."""
+    return dict(flat_items(data))
 
 
 def apply_dict(cfg: Config, data: dict, source: str, strict: bool = False) -> None:
     """Set every key of a (nested) mapping read from ``source``; errors name the source."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping of config keys, got {type(data).__name__}")
-    for key, value in flatten(data).items():
+    for key, value in flat_items(data):
         try:
             set_saved_value(cfg, key, value, strict)
         except ConfigError as err:
@@ -209,6 +229,6 @@ def parse_override(text: str) -> tuple[str, Any]:
     key, raw = text.split("=", 1)
     try:
         value = yaml.safe_load(raw) if raw else ""
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError):  # read as the text it is
         value = raw
     return key.strip(), value

@@ -90,6 +90,7 @@ class DataConfig:
     interpolation: str = "bicubic"
     hflip: bool = False
     max_image_pixels: int = 89_478_485  # csv, imagefolder, webdataset: larger images are skipped as decompression bombs
+    max_member_mb: int = 512  # webdataset: a sample with a tar member declaring more is skipped without reading it
     plain_share: float = 0.3  # fashion-scenes: share of single white/grey centred items
     num_scenes: Optional[int] = None  # fashion-scenes: a fixed set of N scenes visited in seeded epochs; unset: a fresh scene per sample
     num_workers: int = 0
@@ -177,6 +178,27 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.precision": PRECISIONS,
     "train.device": DEVICES,
     "data.interpolation": INTERPOLATIONS,
+}
+
+INF = float("inf")
+# Numeric keys' valid ranges, checked as each value is read (before torch is imported or a run
+# directory made): (low, high, ends), ends marking each bound included "[ ]" or excluded "( )".
+# A list key's every item is checked; nan is in no range.
+RANGES: dict[str, tuple[float, float, str]] = {
+    "train.steps": (1, INF, "[)"),
+    "train.batch_size": (1, INF, "[)"),
+    "train.accum_freq": (1, INF, "[)"),
+    "train.lr": (0, INF, "()"),
+    "train.min_lr": (0, INF, "[)"),
+    "train.warmup_steps": (0, INF, "[)"),
+    "train.weight_decay": (0, INF, "[)"),
+    "train.betas": (0, 1, "[)"),
+    "train.eps": (0, INF, "()"),
+    "train.grad_clip": (0, INF, "[)"),
+    "train.log_every": (1, INF, "[)"),
+    "train.ckpt_every": (1, INF, "[)"),
+    "train.keep_checkpoints": (1, INF, "[)"),
+    "train.dist_timeout": (1, INF, "[)"),
 }
 
 # Keys a resumed run may change without invalidating its checkpoint.

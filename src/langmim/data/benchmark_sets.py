@@ -10,16 +10,20 @@ The layout (CLIP_benchmark's ``build_wds_dataset`` and ``webdataset_builder``)::
     DIR/zeroshot_classification_templates.txt one template per line, ``{c}`` for the class
     DIR/dataset_type.txt                      "classification" (the default) or "retrieval"
 
-A sample is ``{key}.webp|png|jpg|jpeg`` with ``{key}.cls`` (an integer label) or, in a retrieval
-set, ``{key}.txt`` (one caption per line). Images come out as uint8 (3, S, S) after resizing the
-short side and centre-cropping, the form of the built-in data, so every task takes them as they
-are. Samples that cannot be used are skipped, counted and named.
+A sample is ``{key}.webp|png|jpg|jpeg`` with ``{key}.cls`` (an integer label, 0 or more) or, in a
+retrieval set, ``{key}.txt`` (one caption per line). Images come out as uint8 (3, S, S) after
+resizing the short side and centre-cropping, the form of the built-in data, so every task takes
+them as they are. Samples that cannot be used (a member over ``MAX_MEMBER_MB`` included) are
+skipped, counted and named.
 
-Zero-shot templates are filled as CLIP_benchmark fills them (``template.format(c=name)``); a set
-that langmim wrote says in ``langmim.json`` that its templates fix "a"/"an" before the class name
-as the built-in benchmark does, so the written copy scores what the built-in data scores, and
-holds those prompts per class in ``zeroshot_classification_prompts.json`` for CLIP_benchmark's
-``--custom_template_file``, so that it scores the same texts.
+Zero-shot templates are filled as CLIP_benchmark fills them (``template.format(c=name)``), but by
+a checked parse, not ``str.format``: ``{c}`` is a template's only placeholder (``{{`` and ``}}``
+are literal braces), so ``{x}`` or ``{c.__class__}`` is an error naming the file, not a traceback
+or an attribute read. A set that langmim wrote says in ``langmim.json`` that its templates fix
+"a"/"an" before the class name as the built-in benchmark does, so the written copy scores what
+the built-in data scores, and holds those prompts per class in
+``zeroshot_classification_prompts.json`` for CLIP_benchmark's ``--custom_template_file``, so
+that it scores the same texts.
 """
 from __future__ import annotations
 
@@ -30,6 +34,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from string import Formatter
 
 import numpy as np
 import torch
@@ -37,9 +42,9 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ..errors import DataError
-from ..transforms import fill_template
+from ..transforms import fill_template, fix_articles
 from .folders import uint8_transform
-from .images import MAX_IMAGE_PIXELS, decode_rgb
+from .images import MAX_IMAGE_PIXELS, MAX_MEMBER_MB, MAX_SHARDS, decode_rgb
 
 IMAGE_EXTENSIONS = ("webp", "png", "jpg", "jpeg")
 LABEL_EXTENSION = {"classification": "cls", "retrieval": "txt"}
@@ -76,12 +81,36 @@ def langmim_metadata(root: Path) -> dict:
     return json.loads((root / METADATA_FILE).read_text()) if (root / METADATA_FILE).is_file() else {}
 
 
+def check_template(template: str, path: Path) -> str:
+    """``template`` if ``{c}`` is its only placeholder (``{{`` and ``}}`` stand for braces), else a
+    DataError naming the file and the template."""
+    try:
+        fields = {(field, spec, conversion) for _, field, spec, conversion in Formatter().parse(template) if field is not None}
+        valid = fields <= {("c", "", None)}
+    except ValueError:  # a lone brace
+        valid = False
+    if not valid:
+        raise DataError(f"'{path}': template {template!r}: the only placeholder allowed is {{c}} (the class name); "
+                        "write literal braces as {{ and }}")
+    return template
+
+
+def read_templates(path: Path) -> tuple[str, ...]:
+    """The templates of a zero-shot templates file, each checked."""
+    return tuple(check_template(template, path) for template in read_lines(path))
+
+
+def fill_class(template: str, name: str) -> str:
+    """``template.format(c=name)`` of a template ``check_template`` passed, without ``str.format``."""
+    return "".join(text + (name if field is not None else "") for text, field, _, _ in Formatter().parse(template))
+
+
 def template_filler(root: Path) -> Callable[[str, str], str]:
     """How the set's templates take a class name: CLIP_benchmark's ``format(c=...)``, or the
     built-in benchmark's article-fixing fill for a set langmim wrote."""
     if langmim_metadata(root).get("templates") == "fix_articles":
-        return lambda template, name: fill_template(template.replace("{c}", "{}"), name)
-    return lambda template, name: template.format(c=name)
+        return lambda template, name: fix_articles(fill_class(template, name))
+    return fill_class
 
 
 def shard_paths(root: Path, split: str) -> list[Path]:
@@ -93,6 +122,8 @@ def shard_paths(root: Path, split: str) -> list[Path]:
         count = int(count_file.read_text().strip())
     except ValueError:
         raise DataError(f"'{count_file}' should hold the number of shards, got {count_file.read_text().strip()!r}") from None
+    if not 1 <= count <= MAX_SHARDS:
+        raise DataError(f"'{count_file}' says {count} shards; expected 1 to {MAX_SHARDS:,}")
     paths = [root / split / f"{i}.tar" for i in range(count)]
     missing = [p.name for p in paths if not p.is_file()]
     if missing:
@@ -164,6 +195,8 @@ class BenchmarkSplit(Dataset):
             return "missing_image"
         if label_extension not in parts:
             return f"missing_{label_extension}"
+        if max(parts[extension][1], parts[label_extension][1]) > MAX_MEMBER_MB * 2**20:
+            return "oversized_member"
         member = Member(path, *parts[extension])
         f.seek(parts[label_extension][0])
         text = f.read(parts[label_extension][1]).decode("utf-8", "replace")
@@ -171,6 +204,8 @@ class BenchmarkSplit(Dataset):
             try:
                 target = int(text.strip())
             except ValueError:
+                return "bad_label"
+            if target < 0:  # a class index (its upper end is checked against classnames.txt)
                 return "bad_label"
         else:
             target = [line.strip() for line in text.splitlines() if line.strip()]
@@ -222,7 +257,7 @@ def open_benchmark_set(name: str, root: str, size: int, max_pixels: int = MAX_IM
     classnames, templates = [], ()
     if kind == "classification":
         classnames = read_lines(folder / "classnames.txt")
-        templates = tuple(read_lines(folder / "zeroshot_classification_templates.txt"))
+        templates = read_templates(folder / "zeroshot_classification_templates.txt")
         for split in (test, train):
             if split is not None and split.labels.max() >= len(classnames):
                 raise DataError(f"'{folder}': label {int(split.labels.max())} but classnames.txt names {len(classnames)} classes")

@@ -28,7 +28,7 @@ from torchvision.transforms import v2
 from ..config import DataConfig
 from ..errors import DataError
 from ..transforms import fill_template
-from .folders import IMAGE_SUFFIXES, read_caption_table
+from .folders import IMAGE_SUFFIXES, caption_problem, read_caption_table
 from .images import MAX_IMAGE_PIXELS, load_rgb
 
 CLASS_TEMPLATES = ("a photo of a {}.", "a {}.", "an image of a {}.", "a picture of a {}.")
@@ -37,6 +37,9 @@ PROBLEM_KINDS = (
     "converted_grayscale", "converted_palette", "converted_alpha", "converted_cmyk", "converted_16bit", "converted_other",
     "missing_image", "bad_tar",  # WebDataset shards: a sample without an image, a damaged tar file
     "oversized_image",  # more pixels than data.max_image_pixels: a decompression bomb, never decoded
+    "oversized_member",  # WebDataset shards: a tar member declaring more than data.max_member_mb, never read
+    "not_regular_file",  # a device, pipe or folder where an image file was named, never opened
+    "long_caption",  # a table's caption over folders.MAX_CAPTION_CHARS (131,072: csv's own field limit)
 )
 MAX_REPLACEMENTS = 100
 
@@ -127,7 +130,8 @@ class CaptionedImages(Dataset):
         problems: Counter = Counter()
         for attempt in range(MAX_REPLACEMENTS):
             path, text = self._pair(index + attempt * 7919)
-            image, kind = (None, "empty_caption") if not text.strip() else load_rgb(path, self.max_pixels)
+            kind = caption_problem(text)
+            image, kind = (None, kind) if kind else load_rgb(path, self.max_pixels)
             if attempt == 0 and kind is not None:
                 problems[kind] += 1
             if image is None:

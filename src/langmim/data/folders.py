@@ -1,10 +1,13 @@
 """User data sets for evaluation: an image folder with class sub-folders, and a CSV/TSV of image
 paths and captions. Both yield uint8 (3, S, S) images (resize the short side, centre crop), the
 form the built-in data sets have, so every evaluation task takes them unchanged. Unreadable
-images are skipped, counted and reported, never fatal."""
+images and empty or over-long captions are skipped, counted and reported, never fatal."""
 from __future__ import annotations
 
 import csv
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -18,6 +21,7 @@ from .images import MAX_IMAGE_PIXELS, load_rgb
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
 IMAGE_COLUMNS = ("filepath", "image", "path", "file")
 CAPTION_COLUMNS = ("caption", "title", "text")
+MAX_CAPTION_CHARS = 131_072  # csv's own field limit: a longer caption is a bad sample (a text encoder reads ~77 tokens)
 
 
 def uint8_transform(size: int) -> v2.Compose:
@@ -84,12 +88,48 @@ class ImageFolderSplit(Dataset):
         return self.transform(read_rgb(self.paths[i], self.max_pixels)), int(self.labels[i])
 
 
+def caption_problem(caption: str) -> str | None:
+    """Why a table's caption cannot be used (``empty_caption``, ``long_caption``), or None."""
+    if not caption.strip():
+        return "empty_caption"
+    return "long_caption" if len(caption) > MAX_CAPTION_CHARS else None
+
+
+def usable_captions(rows: list[tuple[Path, str]], label: str) -> tuple[list[tuple[Path, str]], list[str]]:
+    """The rows whose caption can be used, in order, and one line per other row naming it (its
+    line, after the header) and why; the latter are printed."""
+    problems = [caption_problem(caption) for _, caption in rows]
+    skipped = [f"row {i + 2}: {kind}" for i, kind in enumerate(problems) if kind]
+    if skipped:
+        print(f"{label}: skipped {len(skipped)} row(s) without a usable caption: {'; '.join(skipped[:5])}{' ...' if len(skipped) > 5 else ''}")
+    return [row for row, kind in zip(rows, problems) if kind is None], skipped
+
+
+@contextmanager
+def csv_field_limit(chars: int) -> Iterator[None]:
+    """csv's field size limit (process-wide) at least ``chars`` for the block, restored after."""
+    previous = csv.field_size_limit()
+    csv.field_size_limit(max(previous, chars))
+    try:
+        yield
+    finally:
+        csv.field_size_limit(previous)
+
+
+def outside_folder(paths: list[str], folder: Path) -> int:
+    """How many of ``paths`` (relative to ``folder`` or absolute; links not followed) lie outside it."""
+    base = os.path.abspath(folder).rstrip(os.sep) + os.sep
+    return sum(not (os.path.normpath(os.path.join(base, p)) + os.sep).startswith(base) for p in paths)
+
+
 def read_caption_table(path: Path) -> list[tuple[Path, str]]:
     """(image path, caption) rows of a CSV/TSV (by suffix) with a header; relative paths are
-    taken from the table's folder."""
+    taken from the table's folder. No field is too long for csv here (a field is at most the
+    file): long captions are ``caption_problem``'s to judge. Paths outside the folder are read as
+    written, and counted in one line."""
     if not path.is_file():
         raise DataError(f"caption table '{path}' not found")
-    with path.open(newline="") as f:
+    with path.open(newline="") as f, csv_field_limit(path.stat().st_size):
         reader = csv.DictReader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
         header = reader.fieldnames or []
         image_key = next((c for c in IMAGE_COLUMNS if c in header), None)
@@ -100,6 +140,10 @@ def read_caption_table(path: Path) -> list[tuple[Path, str]]:
         rows = [(r.get(image_key) or "", r.get(caption_key) or "") for r in reader]
     if not rows:
         raise DataError(f"caption table '{path}' has no rows")
+    outside = outside_folder([p for p, _ in rows], path.parent)
+    if outside:
+        print(f"'{path}': {outside} of {len(rows)} image path(s) lie outside the table's folder (absolute or ../); "
+              "they are read as written, as open_clip reads them")
     return [(Path(p) if Path(p).is_absolute() else path.parent / p, c) for p, c in rows]
 
 
@@ -110,13 +154,11 @@ class CaptionTable(Dataset):
 
     def __init__(self, path: str | Path, size: int, max_pixels: int = MAX_IMAGE_PIXELS) -> None:
         path = Path(path)
-        rows = read_caption_table(path)
-        empty = [i for i, (_, caption) in enumerate(rows) if not caption.strip()]
-        rows = [r for i, r in enumerate(rows) if i not in set(empty)]
+        rows, bad_captions = usable_captions(read_caption_table(path), str(path))
         paths = [p for p, _ in rows]
         keep, skipped = readable_images(paths, str(path), max_pixels)
         self.max_pixels = max_pixels
-        self.skipped = skipped + [f"row {i + 2}: empty caption" for i in empty]
+        self.skipped = skipped + bad_captions
         self.paths = [paths[i] for i in keep]
         self.captions = [rows[i][1].strip() for i in keep]
         if not self.paths:

@@ -14,6 +14,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 MAX_IMAGE_PIXELS = 89_478_485  # PIL's own default limit (about 9,459 x 9,459)
+MAX_MEMBER_MB = 512  # a tar member declaring more is never read: well above a PNG at MAX_IMAGE_PIXELS (RGBA: 358 MB)
+MAX_SHARDS = 1_000_000  # a larger nshards.txt is a mistake (LAION-5B in shards of 10,000 samples is about 585,000)
 
 
 def to_rgb(image: Image.Image) -> tuple[Image.Image, str | None]:
@@ -53,9 +55,12 @@ def decode_rgb(source: Path | bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> tupl
 
 
 def load_rgb(path: Path, max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[Image.Image | None, str | None]:
-    """``decode_rgb`` of a file, which may also be a ``missing_file`` or an ``empty_file``."""
-    if not path.is_file():
+    """``decode_rgb`` of a file, which may also be a ``missing_file``, a ``not_regular_file`` (a
+    device, a pipe or a folder: never opened, as one could block or never end) or an ``empty_file``."""
+    if not path.exists():
         return None, "missing_file"
+    if not path.is_file():
+        return None, "not_regular_file"
     if path.stat().st_size == 0:
         return None, "empty_file"
     return decode_rgb(path, max_pixels)

@@ -178,7 +178,7 @@ def build_pretrain_loader(
         stream = ShardStream(cfg.data.root or "", cfg.model.img_size, cfg.train.seed, rank, world_size, cfg.data.resampled,
                              shuffle_buffer=cfg.data.shuffle_buffer, recipe=CropRecipe.from_config(cfg.data),
                              max_pixels=cfg.data.max_image_pixels, batch_size=per_rank, first_batch=start_step,
-                             resume_from=streams, salt=start_step if streams is None else 0)
+                             resume_from=streams, salt=start_step if streams is None else 0, max_member_mb=cfg.data.max_member_mb)
         loader = DataLoader(stream, batch_size=per_rank, collate_fn=collator, **workers)
         return StepLimitedLoader(loader, max(0, cfg.train.steps - start_step))
     sampler = StepSampler(start_step, cfg.train.steps, cfg.train.batch_size, rank, world_size)

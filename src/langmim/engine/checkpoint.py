@@ -7,6 +7,7 @@ dict, so loading never unpickles code.
 """
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -25,13 +26,17 @@ from torch.distributed.checkpoint.state_dict import (
 from .. import dist
 from ..config import Config, config_differences, config_from_dict, to_dict
 from ..errors import CheckpointError, LangmimError
+from ..files import open_no_follow
 from ..io import (
+    DIGEST_SUFFIX,
     SCHEMA_VERSION,
     atomic_save,
     checkpoint_path,
+    digest_path,
     is_sharded_checkpoint,
     list_checkpoints,
     load_checkpoint,
+    non_finite_values,
     read_training_file,
 )
 from .run_lock import RunLock
@@ -72,12 +77,17 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+class TrainingDiverged(LangmimError):
+    """The loss or the weights became NaN or infinite; only finite checkpoints are kept."""
+
+
 def remove(path: Path) -> None:
-    """Delete a checkpoint file or a sharded checkpoint's folder."""
+    """Delete a checkpoint file (with its digest) or a sharded checkpoint's folder."""
     if path.is_dir():
         shutil.rmtree(path, ignore_errors=True)
     else:
         path.unlink(missing_ok=True)
+        digest_path(path).unlink(missing_ok=True)
 
 
 def prune_checkpoints(run_dir: Path, keep: int) -> None:
@@ -87,8 +97,10 @@ def prune_checkpoints(run_dir: Path, keep: int) -> None:
 
 
 def remove_stale_temporaries(run_dir: Path) -> list[Path]:
-    """Delete temporary files (and sharded folders) left by a process killed inside a checkpoint write."""
-    stale = [*run_dir.glob(".checkpoint-*.pt.tmp-*"), *run_dir.glob(".checkpoint-*.dcp.tmp")]
+    """Delete temporary files (and sharded folders) left by a process killed inside a checkpoint
+    write, and digests whose checkpoint was never renamed into place."""
+    orphans = [d for d in run_dir.glob(f"checkpoint-*.pt{DIGEST_SUFFIX}") if not d.with_name(d.name.removesuffix(DIGEST_SUFFIX)).exists()]
+    stale = [*run_dir.glob(".checkpoint-*.pt.tmp-*"), *run_dir.glob(".checkpoint-*.dcp.tmp"), *orphans]
     for path in stale:
         remove(path)
     return stale
@@ -100,7 +112,8 @@ def prepare_run_dir(path: Path, resuming: bool) -> RunLock:
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / ".write-test"
-        probe.write_text("")
+        probe.unlink(missing_ok=True)  # a link planted there goes, its target untouched
+        os.close(open_no_follow(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL))
         probe.unlink()
     except OSError as err:
         raise LangmimError(f"run directory '{path}' is not writable ({err.strerror})") from None
@@ -115,14 +128,25 @@ def prepare_run_dir(path: Path, resuming: bool) -> RunLock:
     return lock
 
 
-def find_resume_checkpoint(resume: str | None, run_dir: Path) -> Path | None:
-    """``latest`` -> newest checkpoint in the run dir (None if there is none yet), else a path."""
+def find_resume_state(resume: str | None, run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
+    """The checkpoint to resume from and its state (``read_resume_state``): for ``latest`` the
+    newest intact one in the run dir (None if there is none yet), skipping, with one line each,
+    checkpoints that are truncated, fail their digest or hold non-finite values; else the path given."""
     if resume is None:
         return None
-    if resume == "latest":
-        found = list_checkpoints(run_dir)
-        return found[-1] if found else None
-    return Path(resume)
+    if resume != "latest":
+        return Path(resume), read_resume_state(Path(resume))
+    found = list_checkpoints(run_dir)
+    for path in reversed(found):
+        try:
+            return path, read_resume_state(path)
+        except CheckpointError as err:
+            if dist.is_main():
+                print(f"skipped {path.name}: {err}")
+    if found:
+        raise CheckpointError(f"--resume latest: none of the {len(found)} checkpoints in '{run_dir}' is intact (see above); "
+                              "move them away to start afresh")
+    return None
 
 
 def run_record(cfg: Config, scheduler: torch.optim.lr_scheduler.LRScheduler, step: int,
@@ -218,10 +242,31 @@ class Checkpointable(Protocol):
     def state_dict(self, step: int, streams: list[dict] | None = None) -> dict[str, Any]: ...
 
 
+def newest_checkpoint_line(run_dir: Path) -> str:
+    """Where a diverged run can continue from: its newest checkpoint (every one was checked
+    finite before it was written), or that there is none."""
+    found = list_checkpoints(run_dir)
+    if not found:
+        return f"no checkpoint was written to '{run_dir}' before that"
+    return f"the newest finite checkpoint is '{found[-1]}'"
+
+
+def check_weights_finite(trainer: Checkpointable, run_dir: Path, step: int) -> None:
+    """Refuse to save weights or optimizer moments holding NaN or inf (all ranks agree, each
+    checking its own shards): the update of a step whose loss was finite can still overflow."""
+    params = list(trainer.method.parameters())
+    local, _ = non_finite_values({"params": params, "optimizer": trainer.optimizer.state_dict()["state"]})
+    total = int(dist.all_reduce_sum(torch.tensor([float(local)], device=params[0].device)).item())
+    if total:
+        raise TrainingDiverged(f"the weights became non-finite ({total:,} NaN or inf values) by step {step}; that state is not "
+                               f"saved, and {newest_checkpoint_line(run_dir)}")
+
+
 def save_checkpoint(trainer: Checkpointable, run_dir: Path, step: int, keep: int) -> None:
-    """Write ``checkpoint-<step>.pt`` from rank 0 (all ranks gather under FSDP), or with
-    ``train.checkpoint_format=sharded`` the folder ``checkpoint-<step>.dcp`` from every rank,
-    keeping the newest ``keep``. Every rank must call it."""
+    """Write ``checkpoint-<step>.pt`` (with its digest) from rank 0 (all ranks gather under FSDP),
+    or with ``train.checkpoint_format=sharded`` the folder ``checkpoint-<step>.dcp`` from every rank,
+    keeping the newest ``keep``; a non-finite state is never written. Every rank must call it."""
+    check_weights_finite(trainer, run_dir, step)
     streams = dist.gather_objects(trainer.stream_states)
     streams = streams if any(streams) else None
     if trainer.cfg.train.checkpoint_format == "sharded":
@@ -230,7 +275,7 @@ def save_checkpoint(trainer: Checkpointable, run_dir: Path, step: int, keep: int
     else:
         state = trainer.state_dict(step, streams) if dist.is_main() or trainer.sharded else None
         if dist.is_main():
-            atomic_save(state, checkpoint_path(run_dir, step))
+            atomic_save(state, checkpoint_path(run_dir, step), digest=True)
     if dist.is_main():
         prune_checkpoints(run_dir, keep)
     dist.barrier()

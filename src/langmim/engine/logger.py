@@ -13,6 +13,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ..errors import ConfigError
+from ..files import WriteFailed, failure_line, open_no_follow, refuse_link, write_atomic, write_failure
 
 NOT_SCALARS = ("step", "time", "data_problems")
 
@@ -21,6 +22,7 @@ class TensorBoardSink:
     def __init__(self, run_dir: Path) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
+        refuse_link(run_dir / "tensorboard")
         self.writer = SummaryWriter(str(run_dir / "tensorboard"))
 
     def log(self, scalars: dict[str, float], step: int) -> None:
@@ -43,7 +45,7 @@ class WandbSink:
                               "pip install wandb, or drop wandb from train.report_to") from None
         id_file = run_dir / "wandb_run_id"
         run_id = id_file.read_text().strip() if id_file.is_file() else secrets.token_hex(8)
-        id_file.write_text(run_id)
+        write_atomic(id_file, run_id)
         mode = os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
         self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "langmim"), name=run_dir.name, id=run_id, resume="allow",
                               dir=str(run_dir), config=config, mode=mode, settings=wandb.Settings(console="off", silent=True))
@@ -58,6 +60,59 @@ class WandbSink:
 
 
 SINKS = {"tensorboard": TensorBoardSink, "wandb": WandbSink}
+TORN_SUFFIX = ".torn"  # metrics.jsonl.torn: lines a crash or a full disk left incomplete, set aside
+
+
+class MetricsFile:
+    """``metrics.jsonl``, appended one whole line per write and never through a link. Opening it
+    for a run that starts at ``start_step`` sets aside a torn line (a crash or a full disk
+    mid-write) into ``metrics.jsonl.torn`` and drops records after ``start_step`` (logged after the
+    checkpoint a resumed run starts from, and about to be logged again), so no step appears twice."""
+
+    def __init__(self, path: Path, start_step: int) -> None:
+        self.path = path
+        refuse_link(path)
+        if path.is_file():
+            self._repair(start_step)
+        try:
+            self.fd = open_no_follow(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        except OSError as err:
+            raise WriteFailed(failure_line(path, write_failure(err, path.parent))) from None
+
+    def _repair(self, start_step: int) -> None:
+        *lines, tail = self.path.read_bytes().split(b"\n")  # tail: empty unless the last line is torn
+        kept, torn, later = [], [tail] if tail.strip() else [], 0
+        for line in filter(bytes.strip, lines):
+            try:
+                record = json.loads(line)
+            except ValueError:
+                record = None
+            if not isinstance(record, dict):
+                torn.append(line)
+            elif record.get("step", 0) > start_step:
+                later += 1
+            else:
+                kept.append(line)
+        if torn:
+            aside = self.path.with_name(self.path.name + TORN_SUFFIX)
+            earlier = aside.read_bytes() if aside.is_file() and not aside.is_symlink() else b""
+            write_atomic(aside, earlier + b"".join(line + b"\n" for line in torn))
+            print(f"{self.path.name}: set aside {len(torn)} torn line(s) into {aside.name}")
+        if later:
+            print(f"{self.path.name}: dropped {later} record(s) logged after step {start_step}, the step this run resumes from")
+        if torn or later:
+            write_atomic(self.path, b"".join(line + b"\n" for line in kept))
+
+    def append(self, record: dict) -> None:
+        data = (json.dumps(record) + "\n").encode()
+        try:
+            while data:
+                data = data[os.write(self.fd, data):]
+        except OSError as err:
+            raise WriteFailed(failure_line(self.path, write_failure(err, self.path.parent))) from None
+
+    def close(self) -> None:
+        os.close(self.fd)
 
 
 class MetricLogger:
@@ -73,8 +128,9 @@ class MetricLogger:
         self.interval_start = time.perf_counter()
         self.sinks: list = []
         self.bar = None
+        self.log: MetricsFile | None = None
         if enabled:
-            self.path = run_dir / "metrics.jsonl"
+            self.log = MetricsFile(run_dir / "metrics.jsonl", start_step)
             self.sinks = [SINKS[name](run_dir) if name == "tensorboard" else SINKS[name](run_dir, config or {}) for name in report_to]
             self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True, mininterval=2.0)
 
@@ -102,10 +158,9 @@ class MetricLogger:
         self.count = self.images = 0
         self.data_time = 0.0
         self.interval_start = time.perf_counter()
-        if not self.enabled:
+        if self.log is None:
             return None
-        with open(self.path, "a") as fh:
-            fh.write(json.dumps(record) + "\n")
+        self.log.append(record)
         scalars = {f"train/{key}": value for key, value in record.items() if key not in NOT_SCALARS}
         for sink in self.sinks:
             sink.log(scalars, step)
@@ -119,3 +174,5 @@ class MetricLogger:
             sink.close()
         if self.bar is not None:
             self.bar.close()
+        if self.log is not None:
+            self.log.close()

@@ -16,16 +16,18 @@ from ..config import Config, save_config, to_dict
 from ..data.captioned import PROBLEM_KINDS
 from ..data.pretrain import build_pretrain_loader, rank_streams
 from ..errors import LangmimError
+from ..files import WriteFailed
 from ..method_specs import check_method_rules
 from ..methods import build_method
 from ..methods.base import PretrainMethod
 from ..models.text import build_tokenizer
 from ..transforms import to_float
 from .checkpoint import (
+    TrainingDiverged,
     check_resumable,
-    find_resume_checkpoint,
+    find_resume_state,
+    newest_checkpoint_line,
     prepare_run_dir,
-    read_resume_state,
     remove_stale_temporaries,
     restore_training_state,
     save_checkpoint,
@@ -37,11 +39,6 @@ from .logger import MetricLogger
 from .optim import build_optimizer, build_scheduler
 from .precision import autocast, cpu_attention_in_fp32, effective_precision
 from .sharding import shard_model
-
-
-class TrainingDiverged(LangmimError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
-
 
 IMAGE_KEYS = {"image", "views"}
 
@@ -168,13 +165,13 @@ def pretrain(cfg: Config, resume: str | None = None, log_tensorboard: bool = Tru
 
 def run_training(cfg: Config, info: dist.DistInfo, run_dir: Path, resume: str | None, log_tensorboard: bool, stop_after: int | None) -> Path:
     """``pretrain`` once the run directory is prepared (and, on rank 0, locked)."""
-    resume_path = find_resume_checkpoint(resume, run_dir)
+    found = find_resume_state(resume, run_dir)
+    resume_path, state = found if found is not None else (None, None)
     torch.manual_seed(cfg.train.seed)
     method = build_method(cfg, with_teacher=True).to(info.device)  # fills the teacher's embed_dim
     method.set_grad_checkpointing(cfg.train.grad_checkpointing)
     if cfg.train.compile:
         method.compile_towers()
-    state = read_resume_state(resume_path) if resume_path is not None else None
     if state is not None:
         check_resumable(state, cfg, resume_path)
     else:
@@ -221,10 +218,13 @@ def run_training(cfg: Config, info: dist.DistInfo, run_dir: Path, resume: str | 
             scalars = trainer.step(move(batch, info.device))
             step += 1
             if not math.isfinite(scalars["loss"]):
-                raise TrainingDiverged(f"loss became {scalars['loss']} at step {step}; the last good checkpoint is kept in '{run_dir}'")
+                raise TrainingDiverged(f"loss became {scalars['loss']} at step {step}; {newest_checkpoint_line(run_dir)}")
             logger.update(scalars, batch["image"].shape[0] * info.world_size, data_time)
             if step % cfg.train.log_every == 0 or step == cfg.train.steps:
-                logger.flush(step, trainer.optimizer.param_groups[0]["lr"], problem_counts(data_problems, info.device))
+                try:
+                    logger.flush(step, trainer.optimizer.param_groups[0]["lr"], problem_counts(data_problems, info.device))
+                except WriteFailed as err:
+                    raise WriteFailed(f"{err}{final_checkpoint(trainer, run_dir, step)}") from None
             saved = step % cfg.train.ckpt_every == 0 or step in (cfg.train.steps, stop_after)
             if saved:
                 save_checkpoint(trainer, run_dir, step, cfg.train.keep_checkpoints)
@@ -243,6 +243,18 @@ def run_training(cfg: Config, info: dist.DistInfo, run_dir: Path, resume: str | 
         shown = sorted(problem_files)
         print(f"  {len(shown)} distinct files{share}: {'; '.join(shown[:10])}{' ...' if len(shown) > 10 else ''}")
     return run_dir
+
+
+def final_checkpoint(trainer: Trainer, run_dir: Path, step: int) -> str:
+    """After a failed log write, a checkpoint of ``step`` where the disk still allows one (one
+    process only: the other ranks of a group are already in the next step); what became of it."""
+    if dist.world_size() > 1:
+        return "; continue from the newest checkpoint with --resume latest"
+    try:
+        save_checkpoint(trainer, run_dir, step, trainer.cfg.train.keep_checkpoints)
+    except LangmimError:
+        return f"; no checkpoint of step {step} could be written either: continue from the newest with --resume latest"
+    return f"; wrote a checkpoint of step {step}: continue with --resume latest"
 
 
 def problem_counts(local: torch.Tensor | None, device: torch.device) -> dict[str, int]:

@@ -9,11 +9,13 @@ import fcntl
 import json
 import os
 import socket
+import stat
 import time
 from pathlib import Path
 from typing import IO
 
 from ..errors import LangmimError
+from ..files import open_no_follow
 
 LOCK_NAME = ".langmim.lock"
 
@@ -30,7 +32,7 @@ class RunLock:
 
     @classmethod
     def acquire(cls, run_dir: Path) -> RunLock:
-        handle = (run_dir / LOCK_NAME).open("a+")
+        handle = os.fdopen(open_lock_file(run_dir / LOCK_NAME), "r+")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -42,7 +44,8 @@ class RunLock:
         return cls(handle)
 
     def claim(self) -> None:
-        """Write this process, host and time into the lock file, for a refused second run to name."""
+        """Write this process, host and time into the lock file, for a refused second run to name
+        (``open_lock_file`` made sure the file is langmim's own to rewrite)."""
         self.handle.seek(0)
         self.handle.truncate()
         json.dump({"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}, self.handle)
@@ -50,6 +53,19 @@ class RunLock:
 
     def release(self) -> None:
         self.handle.close()  # closing the file drops the lock; the file stays for the next run
+
+
+def open_lock_file(path: Path) -> int:
+    """The lock file, opened without following a link and without truncating; refused when it is
+    not a plain file of its own (a link, or a hard link to a file elsewhere), which ``claim``
+    would otherwise overwrite."""
+    fd = open_no_follow(path, os.O_RDWR | os.O_CREAT)
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+        os.close(fd)
+        raise LangmimError(f"'{path}' is not langmim's own lock file (it is {'a hard link' if stat.S_ISREG(info.st_mode) else 'not a file'}); "
+                           "remove it and run again")
+    return fd
 
 
 def holder_text(content: str) -> str:

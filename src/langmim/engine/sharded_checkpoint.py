@@ -24,7 +24,8 @@ from torch.distributed.checkpoint.state_dict import (
 
 from .. import dist
 from ..errors import CheckpointError
-from ..io import TRAINING_FILE, atomic_save, dcp_reader, free_space, fsync_folder
+from ..files import free_space
+from ..io import TRAINING_FILE, atomic_save, dcp_reader, fsync_folder, write_folder_digests
 
 
 def save_sharded(method: nn.Module, optimizer: torch.optim.Optimizer, record: dict[str, Any], path: Path) -> None:
@@ -42,6 +43,7 @@ def save_sharded(method: nn.Module, optimizer: torch.optim.Optimizer, record: di
         if dist.is_main():
             record = {**record, "sharded": True, "model": {}, "optimizer": {"param_groups": optimizer_state["param_groups"]}}
             atomic_save(record, tmp / TRAINING_FILE)
+            write_folder_digests(tmp)
     except (CheckpointException, CheckpointError, OSError, RuntimeError) as err:
         if dist.is_main():
             shutil.rmtree(tmp, ignore_errors=True)

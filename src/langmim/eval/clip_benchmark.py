@@ -14,6 +14,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..files import write_atomic
+
 # langmim task -> (CLIP_benchmark task, {CLIP_benchmark metric: langmim metric})
 TASK_MAP: dict[str, tuple[str, dict[str, str]]] = {
     "zeroshot": ("zeroshot_classification", {"acc1": "top1", "acc5": "top5", "mean_per_class_recall": "mean_per_class_recall"}),
@@ -51,7 +53,7 @@ def write_clip_benchmark(result: dict[str, Any], out_dir: Path) -> Path | None:
     folder.mkdir(parents=True, exist_ok=True)
     c = converted
     path = folder / f"{c['dataset']}_{c['pretrained']}_{c['model']}_{c['language']}_{c['task']}.json".replace("/", "-")
-    path.write_text(json.dumps(converted, indent=1))
+    write_atomic(path, json.dumps(converted, indent=1))
     return path
 
 

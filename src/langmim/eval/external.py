@@ -1,5 +1,6 @@
 """External baselines in the same evaluation table: a timm ViT or an open_clip model with
-weights on disk (``timm:MODEL:WEIGHTS``, ``openclip:MODEL:WEIGHTS``).
+weights on disk (``timm:MODEL:WEIGHTS``, ``openclip:MODEL:WEIGHTS``), or a folder either library
+writes (``timm:local-dir:FOLDER``, ``openclip:local-dir:FOLDER``: langmim's exports among them).
 
 The adapter implements ``LoadedModel`` (``interface.py``), what the evaluation suite takes of a
 langmim model: ``visual.forward_features`` (CLS then patch tokens after the final norm),
@@ -8,8 +9,6 @@ its tokenizer. Images arrive in langmim's normalisation at the model's input siz
 ``preprocess`` makes them) and are converted to the model's own.
 """
 from __future__ import annotations
-
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +21,7 @@ from ..models.pretrained import TIMM_FILES
 from ..models.teacher import Renormalise
 from ..models.vit import MaskedVisionTransformer
 from ..transforms import build_preprocess
+from .external_spec import parse_external
 
 
 class TimmTower(nn.Module):
@@ -84,18 +84,15 @@ class ExternalModel(nn.Module):
 
 
 def load_external(spec: str) -> ExternalModel:
-    """``timm:MODEL:WEIGHTS`` or ``openclip:MODEL:WEIGHTS`` -> an evaluable model (eval mode)."""
-    kind, _, rest = spec.partition(":")
-    name, _, weights = rest.partition(":")
-    if kind not in ("timm", "openclip") or not name or not weights:
-        raise ConfigError(f"--checkpoint {spec!r}: expected a langmim run/checkpoint, timm:MODEL:WEIGHTS or openclip:MODEL:WEIGHTS")
+    """``timm:MODEL:WEIGHTS`` or ``openclip:MODEL:WEIGHTS`` -> an evaluable model (eval mode); MODEL
+    ``local-dir`` reads a folder the library writes (config and weights), e.g. langmim's exports."""
+    parsed = parse_external(spec)
+    kind, name, weights = parsed.kind, parsed.name, parsed.weights
     if kind == "timm":
         import timm
 
-        if name == "local-dir":  # a timm folder (config.json + weights), e.g. langmim's own timm export
-            if not (Path(weights) / "config.json").is_file():
-                raise CheckpointError(f"--checkpoint timm:local-dir:{weights}: no config.json in that folder")
-            model = timm.create_model(f"local-dir:{weights}", pretrained=True, num_classes=0)
+        if name == "local-dir":
+            model = timm.create_model(parsed.library_name, pretrained=True, num_classes=0)
         else:
             try:
                 model = timm.create_model(name, pretrained=False, num_classes=0)
@@ -110,8 +107,9 @@ def load_external(spec: str) -> ExternalModel:
         return ExternalModel(kind, name, weights, TimmTower(model), size).eval()
     import open_clip
 
-    model = create_open_clip(name, weights, "--checkpoint")
+    model = create_open_clip(parsed.library_name, weights, "--checkpoint")
     preprocess = open_clip.get_model_preprocess_cfg(model)
     tower = OpenCLIPTower(model.visual, tuple(preprocess["mean"]), tuple(preprocess["std"]))
     size = model.visual.image_size[0] if isinstance(model.visual.image_size, tuple) else model.visual.image_size
-    return ExternalModel(kind, name, weights, tower, size, clip=model, tokenizer=open_clip.get_tokenizer(name)).eval()
+    tokenizer = open_clip.get_tokenizer(parsed.library_name)
+    return ExternalModel(kind, name, weights, tower, size, clip=model, tokenizer=tokenizer).eval()

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import CheckpointError, CodeInFileError
 from ..interface import LoadedModel
 from ..io import atomic_save, safe_torch_load
 
@@ -51,9 +52,16 @@ class FeatureCache:
         return self.out_dir / "feature_cache" / f"{digest}.pt"
 
     def _from_disk_or_compute(self, key: str, compute: Callable[[], Any]) -> Any:
+        """The stored value, else ``compute()`` stored. A damaged entry (truncated, foreign) is
+        recomputed with a line saying so; one holding code is refused, as every reader refuses it."""
         path = self.path(key)
         if path is not None and path.is_file():
-            return safe_torch_load(path, map_location=None, what="feature cache")  # tensors back where they were computed
+            try:
+                return safe_torch_load(path, map_location=None, what="feature cache")  # tensors back where they were computed
+            except CodeInFileError:
+                raise
+            except CheckpointError as err:
+                self.log(f"{err}; recomputing it")
         start = time.perf_counter()
         value = compute()
         self.log(f"features: {key} in {time.perf_counter() - start:.1f}s")

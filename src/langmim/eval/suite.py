@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..config import EvalConfig, to_dict
+from ..files import write_atomic
 from ..interface import LoadedModel
 from . import (  # noqa: F401  (each registers its tasks)
     compositional,
@@ -39,15 +40,12 @@ from . import (  # noqa: F401  (each registers its tasks)
 )
 from .clip_benchmark import write_clip_benchmark
 from .context import EvalContext
-from .registry import TASKS, Task, headline_value, task
+from .registry import TASK_NAMES, TASKS, Task, headline_value, task
 
-__all__ = ["TASKS", "EvalContext", "Task", "evaluate", "headline_value", "task"]
+__all__ = ["TASKS", "TASK_NAMES", "EvalContext", "Task", "evaluate", "headline_value", "task"]
 
-# The order ``--tasks all`` runs them in (classification first, then the scene tasks); a task not
-# named here follows, in the order it registered. Registration order alone hangs on import order.
-ORDER = ("zeroshot", "knn", "linear", "fewshot", "finetune", "retrieval", "presence", "cells", "binding", "counting",
-         "compositional", "detection", "segmentation", "shift")
-for _name in sorted(TASKS, key=lambda n: ORDER.index(n) if n in ORDER else len(ORDER)):
+# In the order of ``TASK_NAMES``, not of registration, which hangs on import order.
+for _name in TASK_NAMES:
     TASKS[_name] = TASKS.pop(_name)
 
 
@@ -85,6 +83,6 @@ def evaluate(
         log(f"{name}: {spec.headline} {result['metrics'][spec.headline]:.2f} ({result['seconds']:.1f}s)")
         if out_dir is not None:
             out_dir.mkdir(parents=True, exist_ok=True)
-            (out_dir / f"{model_name}_{name}_{result['dataset'].replace('/', '-')}.json").write_text(json.dumps(result, indent=1))
+            write_atomic(out_dir / f"{model_name}_{name}_{result['dataset'].replace('/', '-')}.json", json.dumps(result, indent=1))
             write_clip_benchmark(result, out_dir)
     return results

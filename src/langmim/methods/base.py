@@ -112,12 +112,14 @@ class PretrainMethod(nn.Module, abc.ABC):
         if text is not None and enable and not self.text_locked:  # HFTextEncoder enables it whatever the argument
             text.set_grad_checkpointing(True)
 
-    def compile_towers(self) -> None:
-        """torch.compile the trained towers in place, so parameter names (and checkpoints) stay."""
-        self.visual.compile()
+    def compile_towers(self, backend: str | Callable = "inductor") -> None:
+        """torch.compile the trained towers in place, so parameter names (and checkpoints) stay.
+        Methods call the vision tower's ``forward_features``, not its ``forward`` (which
+        ``Module.compile`` wraps), so that is what is compiled; the text tower is called whole."""
+        self.visual.forward_features = torch.compile(self.visual.forward_features, backend=backend)
         text = getattr(self, "text", None)
         if text is not None:
-            text.compile()
+            text.compile(backend=backend)
 
     def after_optimizer_step(self) -> None:
         """Constraints put back on parameters after each optimizer step (none here)."""

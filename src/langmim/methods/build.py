@@ -8,6 +8,7 @@ from ..config import Config, config_from_dict
 from ..errors import ConfigError
 from ..io import read_saved_model
 from ..method_specs import method_spec
+from ..models.pretrained import load_strictly
 from ..models.teacher import LangmimTeacher, Teacher, build_library_teacher, parse_teacher_source
 from .base import PretrainMethod
 from .registry import method_class
@@ -39,7 +40,7 @@ def load_method(path: str | Path) -> PretrainMethod:
     saved = read_saved_model(path)
     cfg = config_from_dict(saved.config)
     model = build_method(cfg)
-    model.load_state_dict(saved.weights)
+    load_strictly(model, saved.weights, str(saved.path), "model")
     model.checkpoint_path, model.step = str(saved.path), saved.step
     return model.eval()
 

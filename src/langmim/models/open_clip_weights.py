@@ -90,15 +90,16 @@ def choose_quick_gelu(model_name: str, trained: TrainedActivation, what: str) ->
 
 
 def create_open_clip(model_name: str, weights: str | Path, what: str):
-    """open_clip ``model_name`` loaded strictly from ``weights`` (a file or a Hub-layout folder),
-    with QuickGELU wherever the weights need it."""
+    """open_clip ``model_name`` (or ``local-dir:FOLDER``, built from the folder's config) loaded
+    strictly from ``weights`` (a file or a Hub-layout folder), with QuickGELU wherever the weights
+    need it."""
     import open_clip
 
     path = weights_file(weights)
     state = read_weights(path, OPEN_CLIP_FILES)
     force = choose_quick_gelu(model_name, trained_activation(path, state), what)
-    model = open_clip.create_model(model_name, pretrained=None, force_quick_gelu=force)
-    try:
+    try:  # a local-dir model loads its folder's weights as it is built
+        model = open_clip.create_model(model_name, pretrained=None, force_quick_gelu=force)
         if any(key in state for key in OPENAI_ONLY_KEYS):
             model.load_state_dict({k: v for k, v in state.items() if k not in OPENAI_ONLY_KEYS}, strict=True)
         else:

@@ -1,7 +1,8 @@
 """Start from other libraries' weights: a timm ViT for the vision tower, an open_clip text
 tower, or a sentence-transformers model (e.g. all-MiniLM-L6-v2) on disk as the text tower.
 
-Weight files are read by ``io.read_weights``, which never unpickles code.
+Weight files are read by ``io.read_weights``, which never unpickles code; a sentence-transformers
+folder's pickled weights are vetted by ``io.safe_torch_load`` before transformers reads them.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError
-from ..io import read_weights
+from ..io import read_weights, safe_torch_load
 
 # Files a weights folder may hold, in the order each kind of source looks for them.
 TIMM_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_model.safetensors", "open_clip_pytorch_model.bin")
@@ -102,6 +103,16 @@ def import_transformers() -> None:
     transformers.logging.disable_progress_bar()
 
 
+def check_pickled_weights(transformer: Path) -> None:
+    """Read the ``pytorch_model*.bin`` files transformers would unpickle (it takes them where the
+    folder has no safetensors weights) with ``io.safe_torch_load`` first, so that one holding
+    code, or damaged, is refused in one line instead of a traceback advising ``weights_only=False``."""
+    if any(transformer.glob("model*.safetensors*")):
+        return
+    for path in sorted(transformer.glob("pytorch_model*.bin")):
+        safe_torch_load(path, what="sentence-transformers weights")
+
+
 def build_sentence_transformer(folder: Path, embed_dim: int) -> nn.Module:
     """open_clip's ``HFTextEncoder`` over the model's transformer, pooled as the model pools,
     plus a linear projection to the joint space (``proj``, newly initialised)."""
@@ -115,6 +126,7 @@ def build_sentence_transformer(folder: Path, embed_dim: int) -> nn.Module:
     model_type = AutoConfig.from_pretrained(str(transformer)).model_type
     if model_type not in arch_dict:
         raise ConfigError(f"'{folder}' is a {model_type} model; open_clip's HFTextEncoder takes {', '.join(arch_dict)}")
+    check_pickled_weights(transformer)
     return HFTextEncoder(str(transformer), output_dim=embed_dim, pooler_type=pooler, proj_type="linear", pretrained=True)
 
 

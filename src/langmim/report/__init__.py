@@ -11,11 +11,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import LangmimError
-from .figures import plot_fewshot, plot_loss_curves, plot_retrieval, pyplot, read_metrics, segmentation_examples
+from .figures import plot_fewshot, plot_loss_curves, plot_retrieval, pyplot, segmentation_examples
 from .runs import Seeds, find_column, group_runs, labelled_columns, read_results, read_runs
-from .table import NO_TEXT_TASKS, TABLE_ROWS, column_has_text, comparison_table
+from .table import NO_TEXT_TASKS, TABLE_ROWS, column_has_text, comparison_table, differing_setups, setup_warning
 
-__all__ = ["NO_TEXT_TASKS", "TABLE_ROWS", "Seeds", "comparison_table", "plot_loss_curves", "pyplot", "read_metrics", "read_results",
+__all__ = ["NO_TEXT_TASKS", "TABLE_ROWS", "Seeds", "comparison_table", "plot_loss_curves", "pyplot", "read_results",
            "write_report"]
 
 
@@ -32,7 +32,9 @@ def write_report(
     ``floor`` and ``ceiling`` are model names: margin columns over the floor (points) and each
     model's share of the floor-to-ceiling gap (percent); a name with no column is warned about.
     ``compare`` pairs model names (A, B) for columns of A - B over paired seeds and its verdict,
-    ``langmim.stats.paired_verdict``'s. The seeded benchmark's call::
+    ``langmim.stats.paired_verdict``'s. The rows of a task whose columns were measured on
+    different data or split sizes are marked † and footnoted with each column's (a warning too).
+    The seeded benchmark's call::
 
         write_report(dirs, out, floor="random-init", ceiling="supervised", compare=[("rils", "clip")], seeds=True)
     """
@@ -46,11 +48,13 @@ def write_report(
     for (a, b), found in zip(compare, pairs):
         if None in found:
             raise LangmimError(f"--compare {a}:{b}: no column '{a if found[0] is None else b}'; the columns are {', '.join(columns)}")
+    differing = differing_setups(columns)
+    warnings += [setup_warning(task, setups) for task, setups in differing.items()]
     for warning in warnings:
         print(f"report: warning: {warning}")
     has_text = {label: column_has_text(runs) for label, runs in columns.items()}
     out_dir.mkdir(parents=True, exist_ok=True)
-    table = comparison_table(columns, has_text, find_column(floor, labels), find_column(ceiling, labels), pairs)
+    table = comparison_table(columns, has_text, find_column(floor, labels), find_column(ceiling, labels), pairs, differing)
     lines = ["# langmim report", "", "Runs: " + ", ".join(f"`{d}`" for d in run_dirs), "", table, ""]
     lines += [f"**Warning**: {w}." for w in warnings]
     if any(len(runs) > 1 for runs in columns.values()):

@@ -3,9 +3,9 @@ across models, and the runs' segmentation examples copied beside the report. mat
 imported when a figure is drawn."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from ..files import read_jsonl
 from .runs import results_dir_of
 
 
@@ -19,14 +19,10 @@ def pyplot():
     return plt
 
 
-def read_metrics(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def plot_loss_curves(metrics_path: Path, png: Path) -> None:
     """One panel per logged loss term (and RILS's share of samples with c_i = 1)."""
     plt = pyplot()
-    records = read_metrics(metrics_path)
+    records = read_jsonl(metrics_path)
     keys = [k for k in ("loss", "loss_clip", "loss_rec", "match_rate") if k in records[0]]
     fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False)
     steps = [r["step"] for r in records]

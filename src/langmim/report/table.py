@@ -2,7 +2,7 @@
 floor, shares of the floor-to-ceiling gap and paired verdicts."""
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from ..stats import Interval, mean_interval, paired_verdict
 from .runs import Seeds
@@ -33,6 +33,7 @@ TABLE_ROWS = (
     ("shifted renders: zero-shot, mean of styles (%)", "shift", "zeroshot_shifted_mean"),
 )
 NO_TEXT_TASKS = ("zeroshot", "retrieval", "compositional")
+MARKER = "†"  # on the rows of a task whose columns were measured on different data or split sizes
 MIN_GAP = 0.01  # points: a floor-to-ceiling gap narrower than the table prints has no meaningful share
 
 
@@ -91,9 +92,38 @@ def verdict_cell(a: dict[int, float], b: dict[int, float]) -> str:
     return f"{format_interval(verdict.difference, signed=True)}, {verdict.verdict}"
 
 
+def task_setup(result: dict) -> str | None:
+    """What a result was measured on, e.g. "fashion-mnist, test 2000, train 2000"; None where
+    its file records no split sizes (CLIP_benchmark's)."""
+    sizes = result.get("split_sizes")
+    if not sizes:
+        return None
+    return ", ".join([str(result.get("dataset", "unnamed data")), *(f"{k} {v}" for k, v in sorted(sizes.items()))])
+
+
+def differing_setups(columns: dict[str, Seeds]) -> dict[str, dict[str, list[str]]]:
+    """{task: {column: its setups}} for each task whose results were measured on different data or
+    split sizes, between columns or between one column's seeds."""
+    found: dict[str, dict[str, set[str]]] = {}
+    for name, runs in columns.items():
+        for results in runs.values():
+            for task, result in results.items():
+                if (setup := task_setup(result)) is not None:
+                    found.setdefault(task, {}).setdefault(name, set()).add(setup)
+    return {task: {name: sorted(setups) for name, setups in by_column.items()}
+            for task, by_column in found.items() if len(set().union(*by_column.values())) > 1}
+
+
+def setup_warning(task: str, setups: dict[str, list[str]]) -> str:
+    """The footnote of a task's marked rows, naming each column's setup."""
+    listed = "; ".join(f"{name}: {' and '.join(s)}" for name, s in setups.items())
+    return (f"{MARKER} {task}: the columns were measured on different data or split sizes ({listed}), so its rows do not "
+            "compare like with like; evaluate every run with the same eval.* sizes")
+
+
 def comparison_table(
     columns: dict[str, Seeds], has_text: dict[str, bool] | None = None, floor: str | None = None,
-    ceiling: str | None = None, compare: Sequence[tuple[str, str]] = (),
+    ceiling: str | None = None, compare: Sequence[tuple[str, str]] = (), marked: Collection[str] = (),
 ) -> str:
     """Markdown table: one row per metric that any model has, one column per model (its seeds'
     results keyed by task; several seeds read "mean ± half-width (n=K)", the 95% t interval).
@@ -101,7 +131,8 @@ def comparison_table(
     column's name, e.g. the random-init model), each other model also gets a column of its
     margin over the floor, in points; with ``ceiling`` too (e.g. the supervised model), one of
     its share of the floor-to-ceiling gap. ``compare`` (pairs of column names) adds a column of
-    A - B over paired seeds and its verdict (see ``paired_values``)."""
+    A - B over paired seeds and its verdict (see ``paired_values``). The rows of the ``marked``
+    tasks carry ``MARKER`` (see ``differing_setups``)."""
     names = list(columns)
     others = [n for n in names if n != floor] if floor in columns else []
     closing = [n for n in others if n != ceiling] if ceiling in columns else []
@@ -116,7 +147,7 @@ def comparison_table(
         cells += [margin_cell(values[n], values[floor]) for n in others]
         cells += [share_cell(values[n], values[floor], values[ceiling]) for n in closing]
         cells += [verdict_cell(values[a], values[b]) for a, b in compare]
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        lines.append(f"| {label}{f' {MARKER}' if task in marked else ''} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
