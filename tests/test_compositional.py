@@ -11,7 +11,8 @@ import torch
 from langmim.data.compositional import KINDS, CompositionalScenes, describe, hard_negatives
 from langmim.data.fashion_mnist import CLASS_NAMES
 from langmim.data.scenes import COLOURS, POSITIONS, FashionScenes
-from langmim.eval.compositional import compositional_accuracy, compositional_scores
+from langmim.eval.compositional import compositional_scores
+from langmim.eval.metrics import compositional_accuracy
 from langmim.transforms import to_float
 
 # The first position phrase of each cell, written out here so that the test does not read it from the code under test.

@@ -141,3 +141,11 @@ def test_the_checks_can_fail(tmp_path):
     assert path_references(doc) == ["shared/spec/EVAL.md"]
     assert slug("The demo (`make demo`)") == "the-demo-make-demo"
     assert slug("CLIP_benchmark beside langmim") == "clip_benchmark-beside-langmim"
+
+
+def test_every_test_the_fault_table_names_exists():
+    import re
+
+    named = set(re.findall(r"`(test_\w+)", (ROOT / "docs" / "faults.md").read_text()))
+    defined = {m for path in (ROOT / "tests").glob("test_*.py") for m in re.findall(r"^def (test_\w+)", path.read_text(), re.M)}
+    assert len(named) > 20 and not named - defined, sorted(named - defined)

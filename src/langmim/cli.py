@@ -119,14 +119,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write a timm or open_clip export into a folder with files in it, replacing the export's own files there")
 
     g = sub.add_parser("data", help="write the built-in data as WebDataset shards: training scenes (img2dataset "
-                       "layout) or the evaluation sets (CLIP_benchmark layout)",
+                       "layout) or the evaluation sets (CLIP_benchmark layout); or preview a world as a PNG",
                        description="shards: render fashion-scenes (train-split items) into tar shards with {key}.png, "
                        "{key}.txt and {key}.json per sample, the layout img2dataset writes; train on them with "
                        "data.name=webdataset data.root='OUT/{00000..NNNNN}.tar'. clip-benchmark: write the built-in "
                        "evaluation sets as CLIP_benchmark WebDataset sets, OUT/fashion-mnist (classification: train/ and "
                        "test/) and OUT/fashion-scenes-captions (retrieval), read by `langmim eval --dataset wds/NAME "
                        "--dataset-root OUT/NAME` and by `clip_benchmark eval` alike.")
-    g.add_argument("action", choices=("shards", "clip-benchmark"), help="what to write")
+    g.add_argument("action", choices=("shards", "clip-benchmark", "preview"), help="what to write (preview: a PNG grid of "
+                   "pre-training scenes of --world with their captions)")
+    g.add_argument("--world", default="web", choices=("clean", "web"), help="preview: the world to draw (default web)")
     g.add_argument("--out", required=True, help="output folder")
     g.add_argument("--shard-size", type=int, default=None, help="samples per shard (default 1000 for shards, 10000 for clip-benchmark)")
     g.add_argument("--seed", type=int, default=0, help="shards: scene seed; clip-benchmark: the eval.seed whose train rows to write (default 0)")
@@ -272,6 +274,15 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_data(args: argparse.Namespace) -> None:
+    if args.action == "preview":
+        from .data.scenes.preview import preview_grid
+        from .worlds import WebWorld
+
+        out = Path(args.out)
+        preview_grid(WebWorld() if args.world == "web" else None, canvas=args.canvas, seed=args.seed, root=args.data_root,
+                     plain_share=args.plain_share).save(out)
+        print(f"wrote {out}")
+        return
     if args.action == "shards":
         from .data.shards import write_scene_shards
 

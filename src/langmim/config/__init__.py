@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from ..errors import ConfigError
+from ..method_specs import method_spec
 from .keys import LEGACY_VALUES, apply_dict, flatten, parse_override, set_method, set_saved_value
 from .schema import ARCHS, REPORT_SINKS, RESUMABLE_CHANGES, Config, DataConfig, EvalConfig, ModelConfig, TrainConfig
 
@@ -73,6 +74,12 @@ def resolve(cfg: Config) -> Config:
         raise ConfigError(f"{cfg.method}.decoder_width={own.decoder_width} must be divisible by {cfg.method}.decoder_heads={own.decoder_heads}")
     if hasattr(own, "mask_ratio") and not 0.0 <= own.mask_ratio < 1.0:
         raise ConfigError(f"{cfg.method}.mask_ratio must be in [0, 1), got {own.mask_ratio}")
+    cfg.data.web.validate()
+    if cfg.data.world == "web" and cfg.data.name != "fashion-scenes":
+        raise ConfigError(f"data.world=web is a world of the built-in fashion-scenes; data.name={cfg.data.name} brings its own samples")
+    if cfg.data.world == "web" and method_spec(cfg.method).needs_scene_labels:
+        raise ConfigError(f"method={cfg.method} trains on the clean world's scene targets (1 to 3 items on a 3x3 grid); "
+                          "its web-world targets are not built yet: use data.world=clean")
     if not 0.0 <= cfg.data.plain_share <= 1.0:
         raise ConfigError(f"data.plain_share must be in [0, 1], got {cfg.data.plain_share}")
     low, high = cfg.data.crop_scale if len(cfg.data.crop_scale) == 2 else (0.0, -1.0)

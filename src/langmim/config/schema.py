@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from ..method_specs import method_spec
+from ..worlds import WORLDS, WebWorld
 
 DATASETS = ("fashion-scenes", "csv", "imagefolder", "webdataset")
 PRECISIONS = ("fp32", "bf16", "auto")
@@ -25,6 +26,14 @@ ARCHS: dict[str, dict] = {
         text_width=128, text_depth=3, text_heads=4, context_length=32,
         decoder_width=128, decoder_depth=2, decoder_heads=4,
         ssl_mlp_dim=512, ssl_embed_dim=128,  # SLIP's MLP scaled down from 4096 and 256
+    ),
+    # The web world's encoder: the demo's widths at 8 px patches, an 8x8 grid of 64 tokens, so that
+    # 75% masking leaves 16 visible and dense tasks read a grid finer than the scenes' 3x3 cells.
+    "demo_p8": dict(
+        img_size=64, patch_size=8, width=128, depth=6, heads=4, mlp_ratio=4.0, embed_dim=128,
+        text_width=128, text_depth=3, text_heads=4, context_length=32,
+        decoder_width=128, decoder_depth=2, decoder_heads=4,
+        ssl_mlp_dim=512, ssl_embed_dim=128,
     ),
     "vit_s16": dict(
         img_size=224, patch_size=16, width=384, depth=12, heads=6, mlp_ratio=4.0, embed_dim=384,
@@ -91,7 +100,9 @@ class DataConfig:
     hflip: bool = False
     max_image_pixels: int = 89_478_485  # csv, imagefolder, webdataset: larger images are skipped as decompression bombs
     max_member_mb: int = 512  # webdataset: a sample with a tar member declaring more is skipped without reading it
-    plain_share: float = 0.3  # fashion-scenes: share of single white/grey centred items
+    plain_share: float = 0.3  # fashion-scenes: share of single white/grey centred items (clean world)
+    world: str = "clean"  # fashion-scenes: "clean" (exhaustive, true captions) or "web" (clutter, long tail, noisy captions)
+    web: WebWorld = field(default_factory=WebWorld)  # the web world's properties (docs/data.md: values and sources)
     num_scenes: Optional[int] = None  # fashion-scenes: a fixed set of N scenes visited in seeded epochs; unset: a fresh scene per sample
     num_workers: int = 0
 
@@ -178,6 +189,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.precision": PRECISIONS,
     "train.device": DEVICES,
     "data.interpolation": INTERPOLATIONS,
+    "data.world": WORLDS,
 }
 
 INF = float("inf")

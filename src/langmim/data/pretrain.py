@@ -122,6 +122,7 @@ def build_pretrain_dataset(cfg: Config, annotate: bool = False) -> Dataset:
         scenes = FashionScenes(
             split="train", canvas=cfg.model.img_size, seed=cfg.train.seed, augment=cfg.data.augment,
             root=cfg.data.root, plain_prob=cfg.data.plain_share, annotate=annotate,
+            world=cfg.data.web if cfg.data.world == "web" else None,
         )
         return scenes if cfg.data.num_scenes is None else FixedScenes(scenes, cfg.data.num_scenes, cfg.train.seed)
     if cfg.data.name in ("csv", "imagefolder"):

@@ -70,6 +70,8 @@ def activations(module: torch.nn.Module | None) -> str:
 
 def augmentation(cfg: Config) -> str:
     d = cfg.data
+    if d.name == "fashion-scenes" and d.world == "web":
+        return f"the web world's scenes and captions (data.web.*){', flips that swap left and right in the caption' if d.augment else ''}"
     if d.name == "fashion-scenes":
         extra = ", flips that swap left and right in the caption, shifts of up to 3 px" if d.augment else ""
         return f"fashion-scenes' own layouts (plain share {d.plain_share}{extra})"

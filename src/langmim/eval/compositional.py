@@ -4,7 +4,9 @@ For every scene of a `CompositionalScenes` and every kind of hard negative it ha
 size, position, relation, swap), a pair counts as solved when the cosine similarity of the image to
 its true caption is strictly higher than to each negative of that kind (ARO, SugarCrepe). A tie is a
 failure, so a model that cannot tell the captions apart scores 0, not chance; the chance level
-(a random ranking of the candidates) is reported beside the accuracy.
+(a random ranking of the candidates) is reported beside the accuracy. Beside the model's figures
+stands a blind control, a scorer of the captions alone fitted on pairs of training scenes
+(`text_only.py`): a kind of negative it solves above chance can be solved without the image.
 """
 from __future__ import annotations
 
@@ -12,28 +14,22 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
 from torch.utils.data import DataLoader
 
 from ..data.compositional import KINDS, CompositionalScenes
+from ..data.scenes import EVAL_SCENE_SEED, FashionScenes
 from ..interface import LoadedModel
 from ..transforms import to_float
 from .inference import evaluating
+from .metrics import compositional_accuracy
 from .registry import task
+from .text_only import text_only_control
 
 if TYPE_CHECKING:
     from .context import EvalContext
 
-
-def compositional_accuracy(true_scores: Tensor, negative_scores: list[Tensor]) -> tuple[float, float]:
-    """(accuracy %, chance %) of n pairs: true_scores (n,) and per pair a (k_i,) tensor, k_i >= 1, of
-    negative scores; a pair is solved when its true score beats every negative strictly, and a
-    random ranking solves it with probability 1 / (1 + k_i)."""
-    if len(true_scores) != len(negative_scores) or not len(negative_scores) or any(len(s) == 0 for s in negative_scores):
-        raise ValueError("compositional_accuracy needs at least one pair and one non-empty tensor of negative scores per true score")
-    solved = [bool((t > s).all()) for t, s in zip(true_scores, negative_scores)]
-    chance = [100.0 / (1 + len(s)) for s in negative_scores]
-    return 100.0 * sum(solved) / len(solved), sum(chance) / len(chance)
+TEXT_ONLY_TRAIN_SCENES = 1000  # the blind control's training scenes at most: enough for a text prior, seconds to draw
+CAPTION_CANVAS = 16  # the smallest scene canvas: captions and negatives do not depend on it, and it renders fastest
 
 
 def _batch(samples: list[dict]) -> dict:
@@ -76,5 +72,17 @@ def compositional_scores(model: LoadedModel, scenes: CompositionalScenes, batch_
 def compositional_task(ctx: EvalContext) -> dict[str, Any]:
     scenes = CompositionalScenes(ctx.scenes("test"), seed=ctx.cfg.seed)
     result = compositional_scores(ctx.model, scenes, ctx.cfg.batch_size)
+    train = _training_pairs(ctx)
+    control = text_only_control(train, scenes)
+    result["metrics"].update(control["metrics"])
+    result["details"].update(control["details"], text_only_train_scenes=len(train))
     result["split_sizes"] = {"test": len(scenes)}
     return result
+
+
+def _training_pairs(ctx: EvalContext) -> CompositionalScenes:
+    """The blind control's training pairs: scenes of train-split items (the scene probes' first
+    ones, at most TEXT_ONLY_TRAIN_SCENES), their negatives drawn a seed apart from the test pairs'."""
+    length = min(ctx.cfg.scene_train_size, TEXT_ONLY_TRAIN_SCENES)
+    scenes = FashionScenes("train", CAPTION_CANVAS, seed=EVAL_SCENE_SEED, length=length, root=ctx.data_root)
+    return CompositionalScenes(scenes, seed=ctx.cfg.seed + 1)

@@ -28,3 +28,14 @@ def mean_per_class_recall(pred: Tensor, labels: Tensor, num_classes: int) -> flo
     correct = torch.bincount(labels[pred == labels], minlength=num_classes)
     present = support > 0
     return 100.0 * (correct[present].double() / support[present]).mean().item()
+
+
+def compositional_accuracy(true_scores: Tensor, negative_scores: list[Tensor]) -> tuple[float, float]:
+    """(accuracy %, chance %) of n pairs: true_scores (n,) and per pair a (k_i,) tensor, k_i >= 1, of
+    negative scores; a pair is solved when its true score beats every negative strictly, and a
+    random ranking solves it with probability 1 / (1 + k_i)."""
+    if len(true_scores) != len(negative_scores) or not len(negative_scores) or any(len(s) == 0 for s in negative_scores):
+        raise ValueError("compositional_accuracy needs at least one pair and one non-empty tensor of negative scores per true score")
+    solved = [bool((t > s).all()) for t, s in zip(true_scores, negative_scores)]
+    chance = [100.0 / (1 + len(s)) for s in negative_scores]
+    return 100.0 * sum(solved) / len(solved), sum(chance) / len(chance)

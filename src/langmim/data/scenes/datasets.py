@@ -13,14 +13,17 @@ from torch.utils.data import Dataset
 
 from langmim.data.fashion_mnist import load_fashion_mnist
 from langmim.errors import ConfigError, DataError
+from langmim.worlds import WebWorld
 
 from .captions import caption_of
 from .rendering import POSITIONS, block_items, item_side, render_centred, render_scene, resize_items, to_chw
-from .sampler import MAX_SHIFT, Scene, cumulative_item_probs, hflip, randint, sample_items, translate
+from .sampler import MAX_SHIFT, SPLIT_IDS, Scene, cumulative_item_probs, hflip, randint, sample_items, translate
+from .web import WORLD_TAG, web_scene
+from .web_captions import truthful_caption
 
 PATCH_CACHE_BYTES = 256 * 2**20  # resized items kept per process: the 64 px train split needs 90 MB
 EVAL_SCENE_SEED = 1  # held-out scenes are drawn from test-split items with their own seed
-_SPLIT_IDS = {"train": 0, "test": 1}
+AUGMENT_TAG = 1  # the last seed word of a web scene's flip: apart from the scene's own draws
 _SCENE_LENGTHS = {"train": 60000, "test": 10000}
 
 
@@ -47,12 +50,13 @@ class FashionScenes(Dataset):
         root: str | None = None,
         plain_prob: float = 0.0,
         annotate: bool = True,
+        world: WebWorld | None = None,
     ) -> None:
         if canvas < 16:
             raise ConfigError(f"scene canvas must be at least 16 px, got {canvas}")
         self.images, self.labels = load_fashion_mnist(split, root)
         self.split, self.canvas, self.seed, self.augment = split, canvas, seed, augment
-        self.annotate = annotate
+        self.annotate, self.world = annotate, world
         self.cum_item_probs = cumulative_item_probs(item_probs)
         if not 0.0 <= plain_prob <= 1.0:
             raise ConfigError(f"plain_prob must be in [0, 1], got {plain_prob}")
@@ -94,17 +98,13 @@ class FashionScenes(Dataset):
         index = operator.index(index)
         if index < 0:
             raise IndexError(f"scene index must be non-negative, got {index}")
-        rng = np.random.default_rng([self.seed, _SPLIT_IDS[self.split], index])
-        items = sample_items(rng, self.labels, self.cum_item_probs, self.plain_prob)
-        patches = [self._patch(it.source, item_side(it.size, self.canvas)) for it in items]
-        image, mask, boxes = render_scene(items, patches, self.canvas, self.annotate)
-        scene = Scene(image, mask, boxes, caption_of(items, rng),
-                      tuple(POSITIONS[it.cell] for it in items))
+        scene, items, rng = self._clean(index) if self.world is None else self._web(index)
         flipped, shift = False, (0, 0)
         if self.augment:  # drawn after the scene, so augmented scenes differ only by these
             augment_rng = rng if visit_rng is None else visit_rng
             flipped = bool(augment_rng.random() < 0.5)
-            shift = tuple(int(s) - MAX_SHIFT for s in randint(augment_rng, 2 * MAX_SHIFT + 1, 2))
+            if self.world is None:  # a web scene's textured backdrop has no border to shift in
+                shift = tuple(int(s) - MAX_SHIFT for s in randint(augment_rng, 2 * MAX_SHIFT + 1, 2))
             scene = translate(hflip(scene) if flipped else scene, *shift)
         sample = {"image": to_chw(scene.image), "caption": scene.caption, "index": index}
         if not self.annotate:
@@ -122,6 +122,23 @@ class FashionScenes(Dataset):
             "flipped": flipped,
             "shift": shift,
         }
+
+    def _clean(self, index: int) -> tuple[Scene, list, np.random.Generator]:
+        """A clean-world scene, its items and its generator (after the scene's draws)."""
+        rng = np.random.default_rng([self.seed, SPLIT_IDS[self.split], index])
+        items = sample_items(rng, self.labels, self.cum_item_probs, self.plain_prob)
+        patches = [self._patch(it.source, item_side(it.size, self.canvas)) for it in items]
+        image, mask, boxes = render_scene(items, patches, self.canvas, self.annotate)
+        return Scene(image, mask, boxes, caption_of(items, rng), tuple(POSITIONS[it.cell] for it in items)), items, rng
+
+    def _web(self, index: int) -> tuple[Scene, tuple, np.random.Generator]:
+        """A web-world scene, its items and a generator for its augmentation. Test-split scenes
+        carry the exhaustive, true caption (evaluation keeps its meaning); training scenes their
+        web caption (partial, noisy, mismatched or boilerplate)."""
+        web = web_scene(self.images, self.labels, self.world, self.split, self.seed, index, self.canvas, patch=self._patch)
+        caption = truthful_caption(web.items, self.canvas) if self.split == "test" else web.caption
+        scene = Scene(web.image, web.mask, web.boxes, caption, tuple(POSITIONS[it.cell] for it in web.items))
+        return scene, web.items, np.random.default_rng([self.seed, SPLIT_IDS[self.split], index, WORLD_TAG, AUGMENT_TAG])
 
 
 def collate_scenes(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:

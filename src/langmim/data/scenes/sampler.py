@@ -13,6 +13,7 @@ from langmim.errors import ConfigError
 
 from .rendering import CENTRE, COLOURS, MAX_JITTER, POSITIONS, SIZES, PlacedItem
 
+SPLIT_IDS = {"train": 0, "test": 1}  # the first seed word after the data seed: train- and test-split scenes never share draws
 MAX_SHIFT = 3  # px, random translation when augmenting; small enough to keep positions true
 CENTRED_PROB = 0.5  # chance that a single-item scene sits in the centre cell
 PLAIN_COLOURS = ("white", "grey")  # tints of "plain" scenes, which look like Fashion-MNIST
