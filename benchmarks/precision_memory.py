@@ -42,7 +42,8 @@ def measure(overrides: list[str]) -> dict:
     if cfg.train.compile:
         method.compile_towers()
     trainer = Trainer(cfg, method, torch.device("cpu"))
-    loader = build_pretrain_loader(cfg, build_tokenizer(cfg.model.context_length), method.visual.num_patches, 0)
+    loader = build_pretrain_loader(cfg, build_tokenizer(cfg.model.context_length), method.visual.num_patches, 0,
+                                   scene_labels=method.needs_scene_labels, views=method.spec.needs_views)
     batches = [move(b, torch.device("cpu")) for b in loader]
     start = time.perf_counter()
     for batch in batches[:5]:

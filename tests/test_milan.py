@@ -220,6 +220,9 @@ def test_teacher_under_autocast_runs_in_its_dtype_once_cast(clip_run):
     assert out.tokens.dtype == out.cls_attention.dtype == torch.float32
     assert torch.nn.functional.cosine_similarity(out.tokens, reference.tokens, dim=-1).min() > 0.99
     assert (out.cls_attention - reference.cls_attention).abs().max() < 0.02
+    after = teacher(images)  # a call without autocast afterwards (as the throughput benchmark makes) casts back to float32
+    assert {p.dtype for p in teacher.parameters()} == {torch.float32} and after.tokens.dtype == torch.float32
+    assert torch.nn.functional.cosine_similarity(after.tokens, reference.tokens, dim=-1).min() > 0.99
 
 
 def test_cls_attention_beside_the_block_equals_torchs_own_weights():

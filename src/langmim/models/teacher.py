@@ -81,14 +81,13 @@ class Teacher(nn.Module, abc.ABC):
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> TeacherOutput:
-        """Features in float32. Under autocast the frozen weights are cast to its dtype once, in
-        place (checkpoints never hold the teacher), and the tower runs with autocast off: autocast
-        casts weights that need no gradient anew on every call, which made a CPU bf16 teacher
-        slower than fp32 (benchmarks/throughput.py, teacher rows)."""
+        """Features in float32. The frozen weights are cast in place to the dtype of the call
+        (autocast's, else float32; weights once cast to bf16 keep its rounding; checkpoints never
+        hold the teacher), and the tower runs with autocast off: autocast casts weights that need
+        no gradient anew on every call, which made a CPU bf16 teacher slower than fp32
+        (benchmarks/throughput.py, teacher rows)."""
         device = images.device.type
-        if not torch.is_autocast_enabled(device):
-            return self.encode(self.prepare(images))
-        dtype = torch.get_autocast_dtype(device)
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else torch.float32
         if self.renormalise.scale.dtype != dtype:
             self.to(dtype)
         with torch.autocast(device, enabled=False):

@@ -30,7 +30,7 @@ def preview_grid(world: WebWorld | None, n: int = 16, canvas: int = 64, seed: in
         sample = scenes[i]
         caption = sample["caption"]
         if world is not None:
-            caption = f"[{web_pair(scenes.images, scenes.labels, world, 'train', seed, i, canvas, scenes._patch).kind}] {caption}"
+            caption = f"[{web_pair(scenes.images, scenes.labels, world, 'train', seed, i, canvas).kind}] {caption}"
         x, y = (i % columns) * (cell + 8) + 4, (i // columns) * height + 4
         sheet.paste(Image.fromarray(sample["image"].permute(1, 2, 0).numpy()).resize((cell, cell), Image.NEAREST), (x, y))
         for j, line in enumerate(textwrap.wrap(caption, width=max(8, cell // 5))[:TEXT_LINES]):
