@@ -86,6 +86,23 @@ def test_non_finite_weights_are_refused_by_export_and_eval(finished_run, tmp_pat
     assert not (tmp_path / "x.safetensors").exists()
 
 
+def test_non_finite_weights_in_a_safetensors_export_are_refused(finished_run, tmp_path, capsys):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    run, _ = copy_run(finished_run, tmp_path)
+    export = tmp_path / "model.safetensors"
+    assert main(["export", str(run), "--format", "safetensors", "--out", str(export)]) == 0
+    with safe_open(str(export), "pt") as f:
+        metadata = f.metadata()
+    weights = load_file(str(export))
+    name = next(k for k, v in weights.items() if v.is_floating_point())
+    weights[name].view(-1)[0] = float("inf")
+    save_file(weights, str(export), metadata=metadata)
+    assert main(["eval", "--checkpoint", str(export), "--tasks", "knn"]) == 2
+    assert f"weights '{export}' holds 1 non-finite values" in last_error(capsys)
+
+
 def overwrite_middle(path, size=4096):
     with path.open("r+b") as f:
         f.seek(path.stat().st_size // 2)

@@ -474,6 +474,7 @@ def read_saved_model(path: str | Path) -> SavedModel:
         step = metadata.get("step") or None
         if step is not None and not step.isdecimal():
             raise CheckpointError(f"'{file}': its step metadata {step[:40]!r} is not a whole number")
+        check_finite(weights, file, "weights")
         return SavedModel(file, config, weights, None if step is None else int(step))
     file = resolve_checkpoint(path)
     state = load_checkpoint(file)
