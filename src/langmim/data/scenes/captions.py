@@ -23,7 +23,7 @@ NOUNS: tuple[tuple[str, ...], ...] = (
     ("bag", "handbag", "purse"),
     ("ankle boot", "boot"),
 )  # per class: the canonical CLASS_NAMES name first, then synonyms
-_PLURAL_NOUNS = frozenset({"trousers", "pants", "sandals"})  # take "a pair of"
+PLURAL_NOUNS = frozenset({"trousers", "pants", "sandals"})  # take "a pair of"
 CANONICAL_NOUN_PROB = 0.5
 SIZE_WORD_PROB = 0.5
 
@@ -49,26 +49,28 @@ CAPTION_TEMPLATES: tuple[str, ...] = (
 )
 
 
-def _pick(options: Sequence[str], rng: np.random.Generator) -> str:
+def pick(options: Sequence[str], rng: np.random.Generator) -> str:
+    """One of ``options``, uniformly (both worlds' captions draw every word choice this way)."""
     return options[randint(rng, len(options))]
 
 
-def _noun(label: int, rng: np.random.Generator) -> str:
+def pick_noun(label: int, rng: np.random.Generator) -> str:
+    """A garment's canonical name half the time, else one of its synonyms."""
     canonical, *synonyms = NOUNS[label]
-    return canonical if rng.random() < CANONICAL_NOUN_PROB else _pick(synonyms, rng)
+    return canonical if rng.random() < CANONICAL_NOUN_PROB else pick(synonyms, rng)
 
 
 def item_phrase(noun: str, colour: str, position_phrase: str, size: str | None = None) -> str:
     """E.g. "a small red sneaker in the top left"; articles are fixed later."""
-    article = "a pair of" if noun in _PLURAL_NOUNS else "a"
+    article = "a pair of" if noun in PLURAL_NOUNS else "a"
     return f"{article} {size + ' ' if size else ''}{colour} {noun} {position_phrase}"
 
 
 def _item_phrase(item: PlacedItem, rng: np.random.Generator) -> str:
     """One item in words, with the size word, noun and position phrase drawn at random."""
     size = item.size if rng.random() < SIZE_WORD_PROB else None
-    noun = _noun(item.label, rng)
-    return item_phrase(noun, item.colour, _pick(POSITION_PHRASES[POSITIONS[item.cell]], rng), size)
+    noun = pick_noun(item.label, rng)
+    return item_phrase(noun, item.colour, pick(POSITION_PHRASES[POSITIONS[item.cell]], rng), size)
 
 
 def relations(cell_a: int, cell_b: int) -> list[str]:
@@ -97,7 +99,7 @@ def join_phrases(phrases: list[str], relation: str) -> str:
 
 
 def caption_of(items: Sequence[PlacedItem], rng: np.random.Generator) -> str:
-    template = _pick(CAPTION_TEMPLATES, rng)
+    template = pick(CAPTION_TEMPLATES, rng)
     phrases = [_item_phrase(item, rng) for item in items]
-    relation = _pick(relations(items[0].cell, items[1].cell), rng) if len(items) > 1 else "and"
+    relation = pick(relations(items[0].cell, items[1].cell), rng) if len(items) > 1 else "and"
     return fix_articles(template.format(items=join_phrases(phrases, relation)))

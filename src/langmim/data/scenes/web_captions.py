@@ -18,7 +18,7 @@ import numpy as np
 from langmim.transforms import fix_articles
 from langmim.worlds import WebWorld
 
-from .captions import _PLURAL_NOUNS, CAPTION_TEMPLATES, NOUNS, POSITION_PHRASES, _noun, _pick, item_phrase, join_phrases
+from .captions import CAPTION_TEMPLATES, NOUNS, PLURAL_NOUNS, POSITION_PHRASES, item_phrase, join_phrases, pick, pick_noun
 from .rendering import POSITIONS
 from .sampler import randint
 from .web_items import WebItem
@@ -81,14 +81,14 @@ def _mention(item: WebItem, world: WebWorld, rng: np.random.Generator) -> Mentio
     colour = None if rng.random() < world.colour_drop else item.colour
     size = None if rng.random() < world.size_drop else item.size
     position = None if rng.random() < world.position_drop else POSITIONS[item.cell]
-    noun = _pick(HYPERNYMS[item.label], rng) if rng.random() < world.hypernym_prob else _noun(item.label, rng)
+    noun = pick(HYPERNYMS[item.label], rng) if rng.random() < world.hypernym_prob else pick_noun(item.label, rng)
     return Mention(order=item.order, noun=noun, colour=colour, size=size, position=position)
 
 
 def _phrase(mention: Mention, world: WebWorld, rng: np.random.Generator) -> str:
     """E.g. "a small red sneaker in the top left", or reordered "a small sneaker in red"."""
-    article = _ARTICLES.get(mention.noun, "a pair of" if mention.noun in _PLURAL_NOUNS else "a")
-    where = _pick(POSITION_PHRASES[mention.position], rng) if mention.position else None
+    article = _ARTICLES.get(mention.noun, "a pair of" if mention.noun in PLURAL_NOUNS else "a")
+    where = pick(POSITION_PHRASES[mention.position], rng) if mention.position else None
     if mention.colour and rng.random() < world.reorder_prob:
         words = (article, mention.size, mention.noun, f"in {mention.colour}", where)
     else:
@@ -97,7 +97,7 @@ def _phrase(mention: Mention, world: WebWorld, rng: np.random.Generator) -> str:
 
 
 def _join(phrases: list[str], rng: np.random.Generator) -> str:
-    between, last = _pick(_JOINS, rng)
+    between, last = pick(_JOINS, rng)
     return phrases[0] if len(phrases) == 1 else between.join(phrases[:-1]) + last + phrases[-1]
 
 
@@ -123,7 +123,7 @@ def own_caption(items: Sequence[WebItem], world: WebWorld, canvas: int, rng: np.
         named += 1
     mentions = tuple(_mention(items[i], world, rng) for i in ranked[:named])
     phrases = [_phrase(m, world, rng) for m in mentions]
-    text = fix_articles(_pick(WEB_TEMPLATES, rng).format(items=_join(phrases, rng)))
+    text = fix_articles(pick(WEB_TEMPLATES, rng).format(items=_join(phrases, rng)))
     return misspell(text, world.misspell_prob, rng), mentions
 
 
@@ -131,9 +131,9 @@ def boilerplate(rng: np.random.Generator) -> str:
     """Text with no visual content: a shop phrase, a camera file name or a few hashtags."""
     kind = randint(rng, 3)
     if kind == 0:
-        return _pick(_SHOP_PHRASES, rng)
+        return pick(_SHOP_PHRASES, rng)
     if kind == 1:
-        return _pick(_FILE_NAMES, rng).format(randint(rng, 100000))
+        return pick(_FILE_NAMES, rng).format(randint(rng, 100000))
     return " ".join(_HASHTAGS[i] for i in rng.permutation(len(_HASHTAGS))[:2 + randint(rng, 3)])
 
 
