@@ -49,6 +49,22 @@ def clip_run(tmp_path_factory):
     return run
 
 
+@pytest.fixture(scope="session")
+def train_items():
+    """Fashion-MNIST's train split: (uint8 images (n, 28, 28), labels)."""
+    from langmim.data.fashion_mnist import load_fashion_mnist
+
+    return load_fashion_mnist("train")
+
+
+@pytest.fixture(scope="session")
+def test_items():
+    """Fashion-MNIST's test split: (uint8 images (n, 28, 28), labels)."""
+    from langmim.data.fashion_mnist import load_fashion_mnist
+
+    return load_fashion_mnist("test")
+
+
 @pytest.fixture
 def tiny():
     return tiny_overrides

@@ -32,16 +32,6 @@ CANVAS = 64
 LARGE = 32
 
 
-@pytest.fixture(scope="module")
-def train_items() -> tuple[np.ndarray, np.ndarray]:
-    return fm.load_fashion_mnist("train")
-
-
-@pytest.fixture(scope="module")
-def test_items() -> tuple[np.ndarray, np.ndarray]:
-    return fm.load_fashion_mnist("test")
-
-
 def first_index(ds: FashionScenes, accept, limit: int = 3000) -> int:
     """The first scene index whose sample satisfies `accept`."""
     for i in range(limit):

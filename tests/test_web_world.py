@@ -11,7 +11,6 @@ import torch
 from PIL import Image
 from scipy import stats
 
-from langmim.data import fashion_mnist as fm
 from langmim.data.scenes import COLOURS, ITEM_THRESHOLD, NOUNS, POSITION_PHRASES, POSITIONS
 from langmim.data.scenes.preview import preview_grid
 from langmim.data.scenes.web import (
@@ -30,16 +29,6 @@ from langmim.errors import ConfigError
 CANVAS = 64
 DRAWS = 10_000
 WORLD = WebWorld()
-
-
-@pytest.fixture(scope="module")
-def train_items() -> tuple[np.ndarray, np.ndarray]:
-    return fm.load_fashion_mnist("train")
-
-
-@pytest.fixture(scope="module")
-def test_items() -> tuple[np.ndarray, np.ndarray]:
-    return fm.load_fashion_mnist("test")
 
 
 @pytest.fixture(scope="module")
@@ -226,7 +215,7 @@ def test_the_clean_worlds_scenes_are_unchanged():
     assert digest.hexdigest() == "81c0376e167f0ad8ce8df389e78c0b034f304823ed265def744e47b2a9f84001"
 
 
-def test_fashion_scenes_in_the_web_world_train_on_web_captions_and_evaluate_on_true_ones(train_items):
+def test_fashion_scenes_in_the_web_world_train_on_web_captions_and_evaluate_on_true_ones(train_items, test_items):
     from langmim.data.scenes import FashionScenes
     from langmim.data.scenes.sampler import _swap_left_right
 
@@ -240,7 +229,7 @@ def test_fashion_scenes_in_the_web_world_train_on_web_captions_and_evaluate_on_t
         assert torch.equal(sample["image"], torch.from_numpy((unflipped.image[:, ::-1] if sample["flipped"] else unflipped.image).copy()).permute(2, 0, 1))
         assert sample["shift"] == (0, 0) and len(sample["labels"]) >= WORLD.min_items
         truth = test[i]
-        items = web_scene(*fm.load_fashion_mnist("test"), WORLD, "test", 3, i, CANVAS).items
+        items = web_scene(*test_items, WORLD, "test", 3, i, CANVAS).items
         assert truth["caption"] == truthful_caption(items, CANVAS)
 
 

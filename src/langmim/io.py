@@ -146,8 +146,9 @@ def non_finite_values(tensors: Any) -> tuple[int, list[str]]:
     named = [(name, t) for name, t in _tensors(tensors, "") if t.is_floating_point() and t.numel()]
     if not named:
         return 0, []
-    norms = torch.stack([n.float().cpu() for n in torch._foreach_norm([t.detach() for _, t in named], float("inf"))])
-    bad = [named[i] for i in torch.nonzero(~torch.isfinite(norms)).flatten().tolist()]
+    norms = torch._foreach_norm([t.detach() for _, t in named], float("inf"))
+    finite = torch.isfinite(torch.stack([n.float().to(norms[0].device) for n in norms])).cpu()  # one device sync, not one per tensor
+    bad = [named[i] for i in torch.nonzero(~finite).flatten().tolist()]
     return sum(int((~torch.isfinite(t)).sum()) for _, t in bad), [name for name, _ in bad]
 
 

@@ -68,12 +68,12 @@ def head_tail_concepts(world: WebWorld) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _cumulative_concepts(world: WebWorld, uniform: bool) -> np.ndarray:
-    return _cumulative(1 / NUM_CONCEPTS if uniform else None, world.zipf_exponent)
+    return _cumulative(uniform, world.zipf_exponent)
 
 
-@functools.cache
-def _cumulative(uniform: float | None, zipf_exponent: float) -> np.ndarray:
-    probs = np.full(NUM_CONCEPTS, uniform) if uniform else concept_frequencies(WebWorld(zipf_exponent=zipf_exponent))
+@functools.cache  # keyed by values: a WebWorld is a mutable config section
+def _cumulative(uniform: bool, zipf_exponent: float) -> np.ndarray:
+    probs = np.full(NUM_CONCEPTS, 1 / NUM_CONCEPTS) if uniform else concept_frequencies(WebWorld(zipf_exponent=zipf_exponent))
     cum = np.cumsum(probs)
     cum[-1] = 1.0
     return cum
