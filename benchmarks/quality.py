@@ -7,6 +7,8 @@ evaluation suite on each run; tables carry mean +- 95% interval over seeds and p
         [--num-scenes 2000,10000] [--data-steps 800] [--tasks ...] [--workers 2] [key=value ...]
     python benchmarks/quality.py --plan        # the jobs, done and left, without running them
     python benchmarks/quality.py --summarize   # tables and figures from the kept results
+    python benchmarks/quality.py --world web --steps 800 --num-scenes '' clip slip rils mae milan supervised random-init
+                                               # the first look: the same protocol pre-trained on the web world
 
 METHOD is any of clip, rils, mae, milan, siglip, flip, slip, supervised, random-init (default: all). A job is one
 (point, method, seed): pre-train (resuming an interrupted run), then evaluate; jobs already kept
@@ -15,7 +17,11 @@ are skipped, so the protocol runs across sessions and machines in pieces. Seed K
 which a pre-training seed must not repeat): the scenes drawn (and the fixed set of a data-limited
 point), their order, the initialisation and the masks; the random-init floor of seed K is that
 seed's initialisation.
-MILAN distils the CLIP run of its own point and seed. ``--workers`` processes run at a time, each
+MILAN distils the CLIP run of its own point and seed. ``--world web`` pre-trains on the web world
+(``data.world=web``) with its encoder (``model.arch=demo_p8``) and keeps its runs apart
+(benchmarks/results/quality/protocol-web/); every run of either world is evaluated on the same
+data. The first-look block of benchmarks/README.md sets the two worlds side by side at 800 steps.
+``--pretrain-only`` pre-trains the jobs left and stops. ``--workers`` processes run at a time, each
 on one torch thread.
 
 Checkpoints go to /tmp/langmim_quality/POINT/METHOD/seed-K; kept in the repository are each run's
@@ -45,6 +51,12 @@ from results_log import RESULTS_DIR, append_result
 
 WORK_DIR = Path("/tmp/langmim_quality")
 KEPT_DIR = RESULTS_DIR / "quality" / "protocol"
+# the settings each world adds to every run, and where its runs are kept. The web world's encoder has
+# 8 px patches (64 tokens), which read the 8x8 grid at a stride of 8 px that the demo's 16 px
+# patches reach by refinement (eval.dense_refine=2) without it; its supervised ceiling learns the clean scenes' ground truth (the web
+# world has no scene targets) with that encoder: every run of both worlds is evaluated on the same
+# truthful evaluation scenes, as web-pretrained models are measured on curated benchmarks
+WORLDS = {"clean": ([], KEPT_DIR), "web": (["data.world=web", "model.arch=demo_p8", "eval.dense_refine=1"], RESULTS_DIR / "quality" / "protocol-web")}
 FLOOR, CEILING = "random-init", "supervised"
 FIRST_SEED = 100  # clear of the evaluation scenes' seed (EVAL_SCENE_SEED = 1), whose train-split scenes the probes fit on
 RUNS = {  # name: (preset, overrides); milan's teacher is added per point and seed
@@ -58,7 +70,7 @@ RUNS = {  # name: (preset, overrides); milan's teacher is added per point and se
     CEILING: ("mae_demo", ["method=supervised"]),
     FLOOR: ("demo", ["method=rils"]),
 }
-DEFAULT_TASKS = ("zeroshot", "retrieval", "knn", "linear", "fewshot", "presence", "cells", "binding", "counting",
+DEFAULT_TASKS = ("zeroshot", "concepts", "retrieval", "knn", "linear", "fewshot", "presence", "cells", "binding", "counting",
                  "compositional", "detection", "segmentation", "shift")
 
 
@@ -82,16 +94,19 @@ class Job:
     point: Point
     method: str
     seed: int
+    world: str = "clean"
 
     @property
     def work_dir(self) -> Path:
-        return WORK_DIR / self.point.name / self.method / f"seed-{self.seed}"
+        world = WORK_DIR if self.world == "clean" else WORK_DIR / self.world
+        return world / self.point.name / self.method / f"seed-{self.seed}"
 
     @property
     def kept_dir(self) -> Path:
+        kept = WORLDS[self.world][1]
         if self.method == FLOOR:  # one floor per seed: no pre-training, so no point
-            return KEPT_DIR / FLOOR / f"seed-{self.seed}"
-        return KEPT_DIR / self.point.name / self.method / f"seed-{self.seed}"
+            return kept / FLOOR / f"seed-{self.seed}"
+        return kept / self.point.name / self.method / f"seed-{self.seed}"
 
     @property
     def done(self) -> bool:
@@ -99,7 +114,11 @@ class Job:
 
     def needs(self) -> Job | None:
         """The job whose checkpoint this one trains against (MILAN's teacher)."""
-        return Job(self.point, "clip", self.seed) if self.method == "milan" else None
+        return Job(self.point, "clip", self.seed, self.world) if self.method == "milan" else None
+
+    def world_overrides(self) -> list[str]:
+        overrides = WORLDS[self.world][0]
+        return [o for o in overrides if not o.startswith("data.world=")] if self.method == CEILING else overrides
 
 
 def build_config(job: Job, extra: list[str]):
@@ -107,9 +126,10 @@ def build_config(job: Job, extra: list[str]):
 
     preset, overrides = RUNS[job.method]
     if job.method == "milan":
-        overrides = [f"milan.teacher.source=langmim:{Job(job.point, 'clip', job.seed).work_dir}"]
+        overrides = [f"milan.teacher.source=langmim:{job.needs().work_dir}"]
     return load_config(preset, [f"output_dir={job.work_dir}", f"train.seed={job.seed}", "train.ckpt_every=200",
-                                "train.precision=auto", "train.report_to=[]", *job.point.overrides(), *overrides, *extra]), preset
+                                "train.precision=auto", "train.report_to=[]", *job.point.overrides(), *job.world_overrides(),
+                                *overrides, *extra]), preset
 
 
 def add_train_seconds(work_dir: Path, seconds: float) -> float:
@@ -120,8 +140,9 @@ def add_train_seconds(work_dir: Path, seconds: float) -> float:
     return total
 
 
-def run_job(job: Job, extra: list[str], tasks: list[str]) -> dict:
-    """Pre-train (resuming) and evaluate one job in this process on one torch thread; keep its files."""
+def run_job(job: Job, extra: list[str], tasks: list[str], pretrain_only: bool = False) -> dict | None:
+    """Pre-train (resuming) and evaluate one job in this process on one torch thread; keep its files.
+    With ``pretrain_only``, stop after pre-training (the evaluation comes with a later invocation)."""
     import torch
 
     from langmim import __version__
@@ -140,6 +161,8 @@ def run_job(job: Job, extra: list[str], tasks: list[str]) -> dict:
         start = time.perf_counter()
         pretrain(cfg, resume="latest", log_tensorboard=False)
         train_s = add_train_seconds(job.work_dir, time.perf_counter() - start)
+    if pretrain_only:
+        return None
     model = random_init_model(cfg) if job.method == FLOOR else load(job.work_dir)
     results_dir = job.work_dir / "results"
     shutil.rmtree(results_dir, ignore_errors=True)
@@ -154,8 +177,8 @@ def run_job(job: Job, extra: list[str], tasks: list[str]) -> dict:
         for log in ("metrics.jsonl", "config.yaml"):
             shutil.copy(job.work_dir / log, job.kept_dir / log)
     record = {
-        "date": date.today().isoformat(), "point": job.point.name, "run": job.method, "seed": job.seed, "preset": preset,
-        "overrides": [*job.point.overrides(), *extra], "steps": 0 if job.method == FLOOR else job.point.steps,
+        "date": date.today().isoformat(), "world": job.world, "point": job.point.name, "run": job.method, "seed": job.seed,
+        "preset": preset, "overrides": [*job.point.overrides(), *job.world_overrides(), *extra], "steps": 0 if job.method == FLOOR else job.point.steps,
         "num_scenes": job.point.num_scenes, "batch_size": cfg.train.batch_size,
         "images_seen": 0 if job.method == FLOOR else job.point.steps * cfg.train.batch_size, "precision": cfg.train.precision,
         "train_seconds": round(train_s, 1), "eval_seconds": round(eval_s, 1), "threads": torch.get_num_threads(),
@@ -170,6 +193,8 @@ def run_job(job: Job, extra: list[str], tasks: list[str]) -> dict:
 # (title, task, metric key) of the headline metrics: the sweep figures draw one panel each
 HEADLINE = (
     ("zero-shot top-1 (%)", "zeroshot", "top1"),
+    ("concept zero-shot, head concepts (%)", "concepts", "head_top1"),
+    ("concept zero-shot, tail concepts (%)", "concepts", "tail_top1"),
     ("linear probe top-1, patch mean (%)", "linear", "mean_top1"),
     ("few-shot 16-shot, logistic (%)", "fewshot", "mean_logistic_16shot"),
     ("scene presence mAP (%)", "presence", "mean_map"),
@@ -258,7 +283,7 @@ COMPARE = (("rils", "clip"), ("milan", "mae"), ("slip", "clip"), ("siglip", "cli
            ("milan", FLOOR), ("clip", FLOOR), ("rils", FLOOR))
 CLAIMS = (("rils", "clip"), ("milan", "mae"), ("slip", "clip"), ("mae", FLOOR), ("milan", FLOOR))  # the pairs the headline table tests
 HEADLINE_GAP = 25.0  # points the ceiling must clear the floor by for a task to headline
-TEXT_TASKS = ("zeroshot", "compositional")  # the ceiling has no text tower: these tasks have no ceiling
+TEXT_TASKS = ("zeroshot", "concepts", "compositional")  # the ceiling has no text tower: these tasks have no ceiling
 
 
 def interval_text(values: list[float], signed: bool = False) -> str:
@@ -295,19 +320,22 @@ def known_room(runs: dict[str, dict[int, dict]], task: str, key: str) -> tuple[s
     return f"{gap} ({best}; no ceiling: it has no text tower)", float(gap.split()[0])
 
 
-def headline_table(point: Point) -> str:
-    """Markdown: a row per headline metric at ``point``, each run's mean ± 95% interval over seeds,
-    the known room above the floor (``known_room``) and the protocol's paired claims with their
-    verdicts. A task headlines only where that room is at least HEADLINE_GAP points; the others
-    follow in a second table with their measured room."""
-    runs = {m: kept_metrics(KEPT_DIR / point.name / m) for m in RUNS if m != FLOOR}
-    runs[FLOOR] = kept_metrics(KEPT_DIR / FLOOR)
+def headline_table(point: Point, kept: Path = KEPT_DIR, claims: tuple[tuple[str, str], ...] = CLAIMS,
+                   methods: tuple[str, ...] = tuple(RUNS)) -> str:
+    """Markdown: a row per headline metric at ``point`` (of the runs kept under ``kept``), each run's
+    mean ± 95% interval over seeds, the known room above the floor (``known_room``) and the paired
+    ``claims`` with their verdicts. A task headlines only where that room is at least HEADLINE_GAP
+    points; the others follow in a second table with their measured room."""
+    runs = {m: kept_metrics(kept / point.name / m) if m in methods else {} for m in RUNS if m != FLOOR}
+    runs[FLOOR] = kept_metrics(kept / FLOOR)
     columns = [FLOOR, CEILING, *(m for m in RUNS if m not in (FLOOR, CEILING) and runs[m])]  # methods run at this point
-    claims = [(a, b) for a, b in CLAIMS if runs[a] and runs[b]]
+    claims = [(a, b) for a, b in claims if runs[a] and runs[b]]
     header = ["metric", *columns, "room above the floor", *(f"{a} − {b}" for a, b in claims)]
     rows: dict[bool, list[str]] = {True: [], False: []}
     for title, task, key in HEADLINE:
         cells = [interval_text(values) if (values := seed_values(runs[m], task, key)) else "–" for m in columns]
+        if all(cell == "–" for cell in cells):  # a task this point's runs were not evaluated on
+            continue
         room, points = known_room(runs, task, key)
         cells += [room, *(claim_text(runs[a], runs[b], task, key) for a, b in claims)]
         rows[points is not None and points >= HEADLINE_GAP].append(f"| {title} | " + " | ".join(cells) + " |")
@@ -369,6 +397,53 @@ def summarize(points: list[Point], data_steps: int, batch_size: int = 128) -> li
     return written
 
 
+FIRST_LOOK = Point(800)  # the one budget both worlds are compared at
+FIRST_LOOK_METHODS = ("clip", "slip", "rils", "mae", "milan", CEILING)
+FIRST_LOOK_CLAIMS = (("slip", "clip"), ("rils", "clip"), ("milan", "clip"), ("mae", "clip"), ("milan", "mae"), ("rils", "mae"))
+
+
+def cost_text(kept: Path, point: Point) -> str:
+    """When, where and at what CPU cost the kept jobs of one world at ``point`` ran."""
+    jobs = [json.loads((d / "job.json").read_text()) for d in
+            [*kept_seed_dirs(kept / point.name, "*/seed-*"), *kept_seed_dirs(kept / FLOOR)]]
+    jobs = [j for j in jobs if j["run"] in (*FIRST_LOOK_METHODS, FLOOR)]
+    if not jobs:
+        return "no jobs kept yet"
+    hours = {k: sum(j[k] for j in jobs) / 3600 for k in ("train_seconds", "eval_seconds")}
+    cpus = sorted({f"{j['cpu']} ({j['machine']})" for j in jobs})
+    dates = sorted({j["date"] for j in jobs})
+    return (f"{len(jobs)} jobs run {' to '.join(dict.fromkeys((dates[0], dates[-1])))} on {'; '.join(cpus)}, one torch thread "
+            f"each: {hours['train_seconds']:.1f} CPU-hours of pre-training and {hours['eval_seconds']:.1f} of evaluation")
+
+
+def text_only_text(kept: Path, point: Point) -> str:
+    """The compositional task's text-only control as one run of this world measured it (it reads
+    the captions alone, so every run measures the same)."""
+    for seed_dir in kept_seed_dirs(kept / point.name, "*/seed-*"):
+        path = seed_dir / "results" / "compositional.json"
+        if path.is_file():
+            metrics = json.loads(path.read_text())["metrics"]
+            kinds = ", ".join(f"{k[len('text_only_'):-len('_acc')]} {v:.1f}" for k, v in metrics.items()
+                              if k.startswith("text_only_") and k != "text_only_mean_acc")
+            return f"{metrics['text_only_mean_acc']:.1f}% (per kind of negative: {kinds})"
+    return "not measured"
+
+
+def first_look() -> Path | None:
+    """The first-look block of benchmarks/README.md: the headline table of both worlds at
+    FIRST_LOOK, verdicts against CLIP and MAE, and each world's cost."""
+    worlds = [(name, kept) for name, (_, kept) in WORLDS.items() if (kept / FIRST_LOOK.name).is_dir()]
+    if not worlds:
+        return None
+    blocks = []
+    for name, kept in worlds:
+        blocks.append(f"#### The {name} world: {point_title(FIRST_LOOK, 128)}\n\n"
+                      f"{headline_table(FIRST_LOOK, kept, FIRST_LOOK_CLAIMS, FIRST_LOOK_METHODS)}\n\n"
+                      f"Text-only control of the compositional task (no image seen): {text_only_text(kept, FIRST_LOOK)}. "
+                      f"Cost: {cost_text(kept, FIRST_LOOK)}.\n")
+    return replace_block(BENCHMARKS_README, "first-look", "\n".join(blocks))
+
+
 def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -379,18 +454,19 @@ def cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
-def plan_jobs(methods: list[str], seeds: int, budgets: list[int], num_scenes: list[int], data_steps: int) -> list[Job]:
+def plan_jobs(methods: list[str], seeds: int, budgets: list[int], num_scenes: list[int], data_steps: int,
+              world: str = "clean") -> list[Job]:
     """Every job of the grid, the shared point (``data_steps``, unlimited) first, then the
     data-limited points, then the other budgets; within a point, seed by seed."""
     points = [Point(data_steps)] + [Point(data_steps, n) for n in num_scenes] + [Point(s) for s in budgets if s != data_steps]
     seed_range = range(FIRST_SEED, FIRST_SEED + seeds)
-    jobs = [Job(points[0], FLOOR, seed) for seed in seed_range] if FLOOR in methods else []
+    jobs = [Job(points[0], FLOOR, seed, world) for seed in seed_range] if FLOOR in methods else []
     for point in points:
-        jobs += [Job(point, m, seed) for seed in seed_range for m in methods if m != FLOOR]
+        jobs += [Job(point, m, seed, world) for seed in seed_range for m in methods if m != FLOOR]
     return jobs
 
 
-def run_jobs(jobs: list[Job], extra: list[str], tasks: list[str], workers: int) -> None:
+def run_jobs(jobs: list[Job], extra: list[str], tasks: list[str], workers: int, pretrain_only: bool = False) -> None:
     """Run the jobs not done yet, ``workers`` at a time, each after the job it needs."""
     left = [job for job in jobs if not job.done]
     running: dict[Future, Job] = {}
@@ -402,7 +478,7 @@ def run_jobs(jobs: list[Job], extra: list[str], tasks: list[str], workers: int) 
                 if len(running) == workers:
                     break
                 if job.needs() is None or job.needs() not in (*left, *running.values()):
-                    running[pool.submit(run_job, job, extra, tasks)] = job
+                    running[pool.submit(run_job, job, extra, tasks, pretrain_only)] = job
                     left.remove(job)
                     print(f"started {job.point.name} {job.method} seed {job.seed}", flush=True)
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
@@ -417,8 +493,8 @@ def run_jobs(jobs: list[Job], extra: list[str], tasks: list[str], workers: int) 
                     print(f"FAILED {job.point.name} {job.method} seed {job.seed}: {type(err).__name__}: {err}"
                           f"{f' (dropped {len(dropped)} that need it)' if dropped else ''}", flush=True)
                     continue
-                print(f"done {job.point.name} {job.method} seed {job.seed}: train {record['train_seconds']} s, "
-                      f"eval {record['eval_seconds']} s", flush=True)
+                print(f"done {job.point.name} {job.method} seed {job.seed}" + ("" if record is None else
+                      f": train {record['train_seconds']} s, eval {record['eval_seconds']} s"), flush=True)
     if failed:
         raise SystemExit(f"{len(failed)} job(s) failed or were dropped: "
                          + ", ".join(f"{j.point.name}/{j.method}/seed-{j.seed}" for j in failed))
@@ -433,6 +509,8 @@ def main() -> None:
     parser.add_argument("--data-steps", type=int, default=800, help="the budget of the data-limited sweep (default 800)")
     parser.add_argument("--tasks", default=",".join(DEFAULT_TASKS), help="evaluation tasks of every job")
     parser.add_argument("--workers", type=int, default=2, help="jobs at a time, one torch thread each (default 2)")
+    parser.add_argument("--world", choices=list(WORLDS), default="clean", help="the pre-training world (default clean)")
+    parser.add_argument("--pretrain-only", action="store_true", help="pre-train the jobs left and stop (evaluate later)")
     parser.add_argument("--plan", action="store_true", help="list the jobs, done and left, and stop")
     parser.add_argument("--summarize", action="store_true", help="only write the tables and figures from the kept results")
     args = parser.parse_args()
@@ -442,16 +520,19 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"unknown run(s) {', '.join(unknown)}; choose from {', '.join(RUNS)}")
     jobs = plan_jobs(names, args.seeds, [int(s) for s in args.steps.split(",") if s],
-                     [int(n) for n in args.num_scenes.split(",") if n], args.data_steps)
+                     [int(n) for n in args.num_scenes.split(",") if n], args.data_steps, args.world)
     if args.plan:
         for job in jobs:
             print(f"{'done' if job.done else 'left'}  {job.point.name:<24} {job.method:<12} seed {job.seed}")
         print(f"{sum(j.done for j in jobs)} of {len(jobs)} jobs done")
         return
     if not args.summarize:
-        run_jobs(jobs, extra, args.tasks.split(","), args.workers)
+        run_jobs(jobs, extra, args.tasks.split(","), args.workers, args.pretrain_only)
+    if args.pretrain_only:
+        return
     points = list(dict.fromkeys(job.point for job in jobs))
-    print("written:", *summarize(points, args.data_steps), sep="\n  ")
+    written = summarize(points, args.data_steps) if args.world == "clean" else []
+    print("written:", *written, *filter(None, [first_look()]), sep="\n  ")
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ def test_every_task_writes_its_json(runs):
         "clip_segmentation_fashion-scenes-masks.json", "clip_presence_fashion-scenes.json", "clip_cells_fashion-scenes.json",
         "clip_binding_fashion-scenes.json", "clip_counting_fashion-scenes.json", "clip_compositional_fashion-scenes-compositional.json",
         "clip_detection_fashion-scenes-boxes.json", "clip_shift_fashion-mnist-shifted.json",
+        "clip_concepts_fashion-mnist-coloured.json",
     }
     for name in files:
         result = json.loads((runs["clip"] / "results" / name).read_text())
@@ -54,6 +55,9 @@ def test_every_task_writes_its_json(runs):
     assert results["cells"]["split_sizes"] == {"train_cells": 9 * 120, "test_cells": 9 * 50}
     assert results["compositional"]["split_sizes"] == {"test": 50} and "garment_acc" in results["compositional"]["metrics"]
     assert {"ap", "ap50", "ap75"} <= set(results["detection"]["metrics"])
+    concepts = results["concepts"]
+    assert concepts["split_sizes"]["test"] == 200 and concepts["details"]["pretraining_world"] == "clean"
+    assert len(concepts["details"]["head_concepts"]) == 20 and 0 <= concepts["metrics"]["tail_top1"] <= 100
     shift = results["shift"]["metrics"]
     assert {"linear_sketch", "zeroshot_inverted", "linear_clean", "zeroshot_shifted_mean"} <= set(shift)
     assert (runs["clip"] / "results" / "clip_segmentation_examples.png").is_file()

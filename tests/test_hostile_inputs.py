@@ -54,7 +54,7 @@ PRE_TORCH_MISTAKES = {  # argv ({tmp}: the test's folder) -> the words of its on
     "pretrain --config {tmp}/bomb-map.yaml": "bomb-map.yaml: unknown config key 'train.l0.k0'",
     "pretrain --config {tmp}/deep.yaml": "deep.yaml: nested too deeply to read",
     "eval --checkpoint {tmp}/nowhere": "checkpoint '{tmp}/nowhere' does not exist",
-    "eval --checkpoint {tmp} --tasks knn,knm": "--tasks: unknown task(s) knm; valid: zeroshot, knn,",
+    "eval --checkpoint {tmp} --tasks knn,knm": "--tasks: unknown task(s) knm; valid: zeroshot, concepts, knn,",
     "eval --checkpoint {tmp} --dataset {tmp}/pets": "--dataset '{tmp}/pets' does not exist",
     "eval --checkpoint {tmp} eval.test_size=many": "config key 'eval.test_size' expects int, got 'many'",
     "eval --checkpoint timm:local-dir:{tmp}/export": "--checkpoint timm:local-dir:{tmp}/export: '{tmp}/export' does not exist",

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from langmim.eval.retrieval import recall_at_k, relevance_from_captions
+from langmim.eval.retrieval import blind_recall_at_k, recall_at_k, relevance_from_captions
 
 
 def test_recall_from_a_hand_made_matrix():
@@ -50,3 +50,14 @@ def test_on_clip_benchmark_sets_only_an_images_own_captions_count():
     assert relevance_from_captions(captions, same_text=False).tolist() == [
         [True, False, False, False], [False, True, True, False], [False, False, False, True]]
     assert relevance_from_captions(captions).tolist()[0] == [True, True, False, False]  # the built-in rule: same text
+
+
+def test_the_blind_control_lists_the_commonest_captions_first():
+    # 6 images: "a bag." thrice, "a coat." twice, "a dress." once; a blind ranking cannot beat listing them so
+    relevant = relevance_from_captions(["a bag.", "a coat.", "a bag.", "a dress.", "a coat.", "a bag."])
+    blind = blind_recall_at_k(relevant, ks=(1, 2, 3))
+    assert blind == {"text_only_image_to_text_R@1": 50.0, "text_only_image_to_text_R@2": pytest.approx(500 / 6),
+                     "text_only_image_to_text_R@3": 100.0}
+    # distinct captions: one fixed order finds each image's caption in the top k for k of the n images
+    assert blind_recall_at_k(torch.eye(4, dtype=torch.bool), ks=(1, 2)) == {
+        "text_only_image_to_text_R@1": 25.0, "text_only_image_to_text_R@2": 50.0}

@@ -60,6 +60,20 @@ def recall_at_k(similarity: Tensor, relevant: Tensor, ks: Sequence[int] = DEFAUL
     return out
 
 
+def blind_recall_at_k(relevant: Tensor, ks: Sequence[int] = DEFAULT_KS) -> dict[str, float]:
+    """The text-only control of image-to-text recall: the R@k of the best ranking that never sees
+    the image (one fixed order of the texts for every image), its texts taken greedily to cover the
+    most images; exact when each image has one caption text, since the best blind ranking then
+    lists the commonest texts first. Repeated captions make retrieval partly solvable this way."""
+    covered = torch.zeros(relevant.shape[0], dtype=torch.bool)
+    out = {}
+    for k in range(1, min(max(ks), relevant.shape[1]) + 1):
+        covered |= relevant[:, (relevant & ~covered[:, None]).sum(dim=0).argmax()]
+        if k in ks:
+            out[f"text_only_image_to_text_R@{k}"] = 100.0 * covered.double().mean().item()
+    return out
+
+
 def image_captions_batch(samples: list[dict]) -> dict[str, Any]:
     """Images and, per image, its captions (one for the built-in scenes and tables, several in
     a CLIP_benchmark retrieval set)."""
@@ -93,7 +107,8 @@ def retrieval_task(ctx: EvalContext) -> dict[str, Any]:
             texts.append(model.encode_text(model.tokenizer(flat).to(device)).float().cpu())
             image_captions += batch["captions"]
     similarity = F.normalize(torch.cat(images), dim=-1) @ F.normalize(torch.cat(texts), dim=-1).T
-    metrics = recall_at_k(similarity, relevance_from_captions(image_captions, same_text))
+    relevant = relevance_from_captions(image_captions, same_text)
+    metrics = {**recall_at_k(similarity, relevant), **blind_recall_at_k(relevant)}
     captions = [c for per_image in image_captions for c in per_image]
     result = {"metrics": metrics, "details": {"captions": len(captions), "distinct_captions": len(set(captions)),
                                               "same_text_hits": same_text},

@@ -27,6 +27,7 @@ from ..files import write_atomic
 from ..interface import LoadedModel
 from . import (  # noqa: F401  (each registers its tasks)
     compositional,
+    concepts,
     detection,
     fewshot,
     finetune,

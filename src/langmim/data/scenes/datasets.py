@@ -156,7 +156,8 @@ def collate_scenes(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 class FashionMNISTCentred(Dataset):
-    """Plain Fashion-MNIST images rendered by `render_centred`; yields (uint8 (3,H,W), label)."""
+    """Plain Fashion-MNIST images rendered by `render_centred`, white or in per-row `colours`;
+    yields (uint8 (3,H,W), label)."""
 
     def __init__(
         self,
@@ -164,18 +165,22 @@ class FashionMNISTCentred(Dataset):
         canvas: int = 64,
         indices: Sequence[int] | np.ndarray | None = None,
         root: str | None = None,
+        colours: Sequence[str] | None = None,
     ) -> None:
         self.images, labels = load_fashion_mnist(split, root)
         n = len(labels)
         self.indices = np.arange(n) if indices is None else np.asarray(indices, dtype=np.int64)
         if self.indices.size and (self.indices.min() < 0 or self.indices.max() >= n):
             raise DataError(f"Fashion-MNIST {split} indices must lie in 0..{n - 1}")
+        if colours is not None and len(colours) != len(self.indices):
+            raise ValueError(f"{len(colours)} colours for {len(self.indices)} rows")
         self.labels = labels[self.indices]
-        self.canvas = canvas
+        self.canvas, self.colours = canvas, colours
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        image = render_centred(self.images[self.indices[i]], self.canvas)
+        colour = "white" if self.colours is None else self.colours[i]
+        image = render_centred(self.images[self.indices[i]], self.canvas, colour)
         return to_chw(image), int(self.labels[i])
