@@ -1,4 +1,4 @@
-"""Command line: ``langmim pretrain | eval | report | export | demo``."""
+"""Command line: ``langmim pretrain | finetune | eval | report | export | data | demo``."""
 from __future__ import annotations
 
 import argparse
@@ -13,6 +13,7 @@ from .eval.external_spec import is_external, parse_external
 from .method_specs import METHODS
 
 OVERRIDE_HELP = "config overrides as key=value, e.g. train.steps=100 model.arch=demo method=clip"
+TARGET_FORMATS = ("mae", "mmseg", "detectron2", "beit")  # export_targets.TARGET_FORMATS, named here without torch
 SEEDS_HELP = ("runs that report the same model name are seeds of one column, each cell 'mean +- half-width (n=K)' of "
               "the 95%% Student-t interval; a run's seed is the seed-K directory in its path (runs/clip/seed-0), else "
               "the train seed its results record")
@@ -33,6 +34,12 @@ def _method_settings() -> str:
 
     return "; ".join(f"{name}: " + (", ".join(section_keys(spec.settings(), f"{name}.")) if spec.settings else "none")
                      for name, spec in METHODS.items())
+
+
+def _finetune_presets() -> str:
+    from .config import preset_names
+
+    return ", ".join(preset_names("finetune"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,6 +65,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="build the model, print parameter counts and training FLOPs per image, take one step on a "
                    "synthetic batch of 2, and exit (no data read, nothing written)")
     p.add_argument("overrides", nargs="*", help=OVERRIDE_HELP)
+
+    f = sub.add_parser("finetune", help="fine-tune a pre-trained run's vision tower end to end (MAE's main_finetune.py); "
+                       "writes checkpoints, metrics, config.yaml, model-best.pt and model-last.pt",
+                       description="Fine-tune the vision tower of a pre-trained run (finetune.pretrained=RUN; or timm/MAE weights "
+                       "with init.vision=FILE) with a new fc_norm and head on an image folder in ImageNet's layout "
+                       "(finetune.dataset=imagefolder finetune.data_root=DIR with train/ and val/) or the built-in Fashion-MNIST "
+                       "images, with MAE's recipe: RandAugment, mixup/cutmix, label smoothing, random erasing, layer-wise lr "
+                       "decay, lr = blr x batch / 256 with warm-up and cosine per step. Validates every epoch. Run it under "
+                       "torchrun for several processes. The run loads with `langmim eval --checkpoint RUN` (the fine-tuned "
+                       "tower) and `langmim export RUN`.")
+    f.add_argument("--config", default="finetune_demo",
+                   help=f"a fine-tuning preset ({_finetune_presets()}) or a YAML file; default: finetune_demo")
+    f.add_argument("--resume", default=None, metavar="latest|PATH",
+                   help="'latest' continues from the newest checkpoint in output_dir (starting fresh if there is none); "
+                   "a path continues from that checkpoint file")
+    f.add_argument("--no-tensorboard", action="store_true", help="write metrics.jsonl only, no TensorBoard events")
+    f.add_argument("--dry-run", action="store_true",
+                   help="print the resolved recipe (with the lr used from blr), build the model, take one step on a synthetic "
+                   "batch of 2 and exit (no data read, nothing written)")
+    f.add_argument("overrides", nargs="*", help="config overrides as key=value, e.g. finetune.pretrained=runs/demo "
+                   "finetune.epochs=10 finetune.blr=1e-4")
 
     e = sub.add_parser("eval", help="evaluate a checkpoint: classification, retrieval, scene probes, compositional "
                        "zero-shot, detection, segmentation, distribution shift",
@@ -104,19 +132,27 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seeds", action="store_true", help=SEEDS_HELP)
     r.add_argument("--compare", default=None, metavar="A:B[,C:D]", help=COMPARE_HELP)
 
-    x = sub.add_parser("export", help="export a checkpoint for timm (vision tower), open_clip (CLIP/RILS) or as safetensors",
+    x = sub.add_parser("export", help="export a checkpoint for timm (vision tower), open_clip (CLIP/RILS), as safetensors, "
+                       "or for MAE/MILAN, mmseg, detectron2 (ViTDet) and BEiT",
                        description="Write the vision tower as a timm local-dir folder (timm.create_model('local-dir:OUT', "
                        "pretrained=True)), a model with a text tower as an open_clip local-dir folder "
                        "(open_clip.create_model('local-dir:OUT')), or the whole state dict as safetensors with the "
-                       "resolved config as metadata. The preprocessing travels with every export.")
+                       "resolved config as metadata; or the vision tower renamed for MAE's/MILAN's main_finetune.py (mae), "
+                       "mmsegmentation's MAE backbone (mmseg), detectron2's ViTDet (detectron2) or BEiT's fine-tuning "
+                       "(beit), each with langmim_export.json and an example config for that library. The preprocessing "
+                       "travels with every export.")
     x.add_argument("run", metavar="RUN", help="a checkpoint file or a run directory (newest checkpoint)")
-    x.add_argument("--format", required=True, choices=("timm", "open_clip", "safetensors", "checkpoint"),
+    x.add_argument("--format", required=True, choices=("timm", "open_clip", "safetensors", "checkpoint", *TARGET_FORMATS),
                    help="what to write (checkpoint: a sharded checkpoint folder as one checkpoint-N.pt file)")
     x.add_argument("--out", default=None, metavar="PATH",
-                   help="output folder (timm, open_clip) or file (safetensors, checkpoint); default: RUN/export-FORMAT[.safetensors], "
-                        "for checkpoint the .pt beside the folder; a folder with files in it is refused without --overwrite")
+                   help="output folder (timm, open_clip, mae, mmseg, detectron2, beit) or file (safetensors, checkpoint); "
+                        "default: RUN/export-FORMAT[.safetensors], for checkpoint the .pt beside the folder; a folder with "
+                        "files in it is refused without --overwrite")
     x.add_argument("--overwrite", action="store_true",
-                   help="write a timm or open_clip export into a folder with files in it, replacing the export's own files there")
+                   help="write a folder export into a folder with files in it, replacing the export's own files there")
+    x.add_argument("--image-size", type=int, default=None, metavar="PX",
+                   help="mae, mmseg, detectron2, beit: the target recipe's input size, which sets the grid the position "
+                        "table is resampled to (default: 224; mmseg 512, its ADE20K crop)")
 
     g = sub.add_parser("data", help="write the built-in data as WebDataset shards: training scenes (img2dataset "
                        "layout) or the evaluation sets (CLIP_benchmark layout); or preview a world as a PNG",
@@ -239,13 +275,34 @@ def cmd_eval(args: argparse.Namespace) -> None:
     print(json.dumps({t: r["metrics"] for t, r in results.items()}, indent=1))
 
 
+def cmd_finetune(args: argparse.Namespace) -> None:
+    from .config import load_config
+
+    cfg = load_config(args.config, args.overrides, folder="finetune")  # config mistakes surface before torch is imported
+    if cfg.finetune.pretrained:
+        require(cfg.finetune.pretrained, "finetune.pretrained")
+    from . import dist
+    from .finetune.train import dry_run, finetune
+
+    if args.dry_run:
+        dry_run(cfg)
+        return
+    run_dir = finetune(cfg, resume=args.resume, log_tensorboard=not args.no_tensorboard)
+    if dist.is_main():
+        print(f"run directory: {run_dir}")
+
+
 def export_out(args: argparse.Namespace) -> Path:
-    """Where a timm, open_clip or safetensors export goes (--out, else beside the run), refused when
-    it is the wrong kind of thing, or a folder with files in it and no --overwrite: the export
-    would replace a config.json, README.md or weights file someone else wrote there."""
-    run, folder = Path(args.run), args.format in ("timm", "open_clip")
+    """Where an export goes (--out, else beside the run), refused when it is a symbolic link (for the
+    target libraries' formats), the wrong kind of thing, or a folder with files in it and no
+    --overwrite: the export would replace a config.json, README.md or weights file someone else wrote there."""
+    run, folder = Path(args.run), args.format in ("timm", "open_clip", *TARGET_FORMATS)
     run_dir = run if run.is_dir() and run.suffix != ".dcp" else run.parent  # the folder of a checkpoint file or sharded one
     out = Path(args.out) if args.out else run_dir / f"export-{args.format}{'' if folder else '.safetensors'}"
+    if args.format in TARGET_FORMATS:
+        from .files import refuse_link
+
+        refuse_link(out)  # the weights, sidecar and config would land wherever the link points
     if folder and out.exists() and not out.is_dir():
         raise LangmimError(f"--out '{out}' is a file; a {args.format} export is a folder")
     if not folder and out.is_dir():
@@ -258,6 +315,8 @@ def export_out(args: argparse.Namespace) -> Path:
 
 def cmd_export(args: argparse.Namespace) -> None:
     require(args.run, "checkpoint")
+    if args.image_size is not None and args.format not in TARGET_FORMATS:
+        raise LangmimError(f"--image-size applies to --format {', '.join(TARGET_FORMATS)}, not {args.format}")
     if args.format == "checkpoint":
         from .io import atomic_save, load_checkpoint, resolve_checkpoint
 
@@ -269,7 +328,7 @@ def cmd_export(args: argparse.Namespace) -> None:
         from .api import load
         from .export import export
 
-        export(load(args.run), args.format, out)
+        export(load(args.run), args.format, out, image_size=args.image_size)
     print(f"exported: {out}")
 
 
@@ -338,6 +397,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_dir = pretrain(cfg, resume=args.resume, log_tensorboard=not args.no_tensorboard, stop_after=args.stop_after)
             if dist.is_main():
                 print(f"run directory: {run_dir}")
+        elif args.command == "finetune":
+            cmd_finetune(args)
         elif args.command == "eval":
             cmd_eval(args)
         elif args.command == "report":

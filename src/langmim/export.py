@@ -10,6 +10,9 @@
   bias, so ours is folded into the position embedding; its CLS token carries its position
   separately.
 - ``safetensors``: the model's whole state dict, with the resolved config as metadata.
+- ``mae``, ``mmseg``, ``detectron2``, ``beit``: the vision tower renamed for MAE's/MILAN's
+  fine-tuning scripts, mmsegmentation's MAE backbone, detectron2's ViTDet and BEiT, with a sidecar
+  and an example config (``export_targets.py``).
 Every export carries its preprocessing (size, mean, std, interpolation).
 """
 from __future__ import annotations
@@ -22,6 +25,7 @@ from safetensors.torch import save
 
 from .config import to_dict
 from .errors import LangmimError
+from .export_targets import TARGET_FORMATS, export_target
 from .files import write_atomic
 from .method_specs import methods_with
 from .methods.base import PretrainMethod
@@ -30,7 +34,7 @@ from .models.pretrained import sentence_transformer_parts
 from .models.text import sentence_transformer_folder
 from .transforms import IMAGE_MEAN, IMAGE_STD
 
-FORMATS = ("timm", "open_clip", "safetensors")
+FORMATS = ("timm", "open_clip", "safetensors", *TARGET_FORMATS)
 TIMM_ARCHITECTURE = "vit_base_patch16_224"  # its constructor, sized by model_args
 
 
@@ -131,8 +135,11 @@ def open_clip_export(model: PretrainMethod) -> tuple[dict[str, torch.Tensor], di
     return {k: t.detach().clone().contiguous() for k, t in state.items()}, config
 
 
-def export(model: PretrainMethod, fmt: str, out: Path) -> Path:
-    """Write ``model`` in ``fmt`` to ``out`` (a folder for timm/open_clip, a file for safetensors)."""
+def export(model: PretrainMethod, fmt: str, out: Path, image_size: int | None = None) -> Path:
+    """Write ``model`` in ``fmt`` to ``out`` (a folder for timm/open_clip and the target libraries, a
+    file for safetensors); ``image_size`` sets a target library's position grid (its recipe's by default)."""
+    if fmt in TARGET_FORMATS:
+        return export_target(model, fmt, Path(out), image_size)
     metadata = {"langmim_config": json.dumps(to_dict(model.config)), "source_checkpoint": str(getattr(model, "checkpoint_path", "")),
                 "step": str(getattr(model, "step", None) or "")}
     if fmt == "safetensors":

@@ -19,28 +19,34 @@ import yaml
 from ..errors import ConfigError
 from ..method_specs import method_spec
 from .keys import LEGACY_VALUES, apply_dict, flatten, parse_override, set_method, set_saved_value
-from .schema import ARCHS, REPORT_SINKS, RESUMABLE_CHANGES, Config, DataConfig, EvalConfig, ModelConfig, TrainConfig
+from .schema import ARCHS, REPORT_SINKS, RESUMABLE_CHANGES, Config, DataConfig, EvalConfig, FinetuneConfig, ModelConfig, TrainConfig
 
 __all__ = [
-    "ARCHS", "Config", "DataConfig", "EvalConfig", "ModelConfig", "TrainConfig", "apply_dict", "config_differences",
+    "ARCHS", "Config", "DataConfig", "EvalConfig", "FinetuneConfig", "ModelConfig", "TrainConfig", "apply_dict", "config_differences",
     "config_from_dict", "load_config", "parse_override", "preset_names", "resolve", "save_config", "to_dict",
 ]
 
 
-def preset_names() -> list[str]:
-    return sorted(p.name[:-5] for p in resources.files("langmim.configs").iterdir() if p.name.endswith(".yaml"))
+def preset_folder(folder: str = "") -> Any:
+    """The packaged presets: pre-training's in ``langmim/configs``, fine-tuning's in ``configs/finetune``."""
+    base = resources.files("langmim.configs")
+    return base / folder if folder else base
 
 
-def read_yaml(preset: str) -> tuple[dict, str]:
-    """A packaged preset's or a YAML file's mapping, and how to name it in messages."""
-    packaged = resources.files("langmim.configs") / f"{preset}.yaml"
+def preset_names(folder: str = "") -> list[str]:
+    return sorted(p.name[:-5] for p in preset_folder(folder).iterdir() if p.name.endswith(".yaml"))
+
+
+def read_yaml(preset: str, folder: str = "") -> tuple[dict, str]:
+    """A packaged preset's (of ``folder``) or a YAML file's mapping, and how to name it in messages."""
+    packaged = preset_folder(folder) / f"{preset}.yaml"
     path = Path(preset)
     if packaged.is_file():
         text, source = packaged.read_text(), f"preset '{preset}'"
     elif path.is_file():
         text, source = path.read_text(), str(path)
     else:
-        raise ConfigError(f"config '{preset}' is neither a preset ({', '.join(preset_names())}) nor a YAML file")
+        raise ConfigError(f"config '{preset}' is neither a preset ({', '.join(preset_names(folder))}) nor a YAML file")
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
@@ -109,14 +115,17 @@ def resolve(cfg: Config) -> Config:
         raise ConfigError(f"train.checkpoint_format must be file or sharded, got {t.checkpoint_format!r}")
     if len(t.betas) != 2:
         raise ConfigError(f"train.betas expects two numbers, got {t.betas}")
+    f = cfg.finetune
+    if f.batch_size % f.accum_iter:
+        raise ConfigError(f"finetune.batch_size={f.batch_size} must be divisible by finetune.accum_iter={f.accum_iter}")
     return cfg
 
 
-def load_config(preset: str | None = None, overrides: typing.Sequence[str] = ()) -> Config:
-    """Defaults <- preset or YAML file <- ``key=value`` overrides, then resolved. The method is
-    settled first (the last ``method=`` override, else the file's), so that its own section's keys
-    are read as such wherever they stand."""
-    data, source = read_yaml(preset) if preset else ({}, "")
+def load_config(preset: str | None = None, overrides: typing.Sequence[str] = (), folder: str = "") -> Config:
+    """Defaults <- preset (of ``folder``: "finetune" for ``langmim finetune``'s) or YAML file <-
+    ``key=value`` overrides, then resolved. The method is settled first (the last ``method=``
+    override, else the file's), so that its own section's keys are read as such wherever they stand."""
+    data, source = read_yaml(preset, folder) if preset else ({}, "")
     pairs = [parse_override(item) for item in overrides]
     chosen = [value for key, value in pairs if key == "method"]
     cfg = Config()

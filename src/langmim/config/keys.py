@@ -146,7 +146,7 @@ def set_value(cfg: Config, key: str, value: Any) -> None:
     hints = typing.get_type_hints(type(section))
     choices = fld.metadata.get("choices") or CHOICES.get(key)
     value = coerce(key, value, hints[fld.name], choices)
-    if key in RANGES:
+    if key in RANGES and value is not None:
         check_range(key, value)
     setattr(section, fld.name, value)
 

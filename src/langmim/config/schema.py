@@ -164,6 +164,52 @@ class EvalConfig:
     max_image_pixels: int = 89_478_485  # image folders, caption tables, CLIP_benchmark sets: larger images are skipped as decompression bombs
 
 
+FINETUNE_DATASETS = ("fashion-mnist", "imagefolder")
+MIXUP_MODES = ("batch", "pair", "elem")  # timm Mixup's modes
+GLOBAL_POOLS = ("avg", "token")  # MAE's --global_pool (patch-token mean + fc_norm) and --cls_token
+ERASE_MODES = ("const", "rand", "pixel")  # timm RandomErasing's modes
+
+
+@dataclass
+class FinetuneConfig:
+    """``langmim finetune``: MAE's ``main_finetune.py`` recipe (its argument names where it has
+    them; the presets in ``configs/finetune/`` cite each value). ``batch_size`` is the effective
+    batch (per GPU x GPUs x accum_iter in MAE's terms); the peak lr is ``lr``, or when unset
+    ``blr * batch_size / 256``."""
+
+    pretrained: Optional[str] = None  # a langmim run or checkpoint: its vision tower is fine-tuned, method and model come from it
+    dataset: str = "fashion-mnist"  # or imagefolder: data_root/train/<class>/... and data_root/val/<class>/... (ImageNet's layout)
+    data_root: Optional[str] = None  # the image folder; fashion-mnist: where its files are (default: the standard places)
+    train_size: Optional[int] = None  # the first N of a seeded order of the train images; unset: all
+    val_size: Optional[int] = None  # likewise for the validation images
+    epochs: int = 100
+    batch_size: int = 1024
+    accum_iter: int = 1
+    lr: Optional[float] = None
+    blr: float = 1e-3
+    min_lr: float = 1e-6
+    warmup_epochs: float = 5.0
+    layer_decay: float = 0.75
+    weight_decay: float = 0.05
+    drop_path: float = 0.1
+    clip_grad: float = 0.0  # max gradient norm; 0: none (MAE's default None)
+    smoothing: float = 0.1
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    mixup_prob: float = 1.0
+    mixup_switch_prob: float = 0.5
+    mixup_mode: str = "batch"
+    aa: Optional[str] = "rand-m9-mstd0.5-inc1"  # timm auto_augment policy; null: none
+    color_jitter: Optional[float] = None  # used only without aa, as in timm
+    reprob: float = 0.25
+    remode: str = "pixel"
+    recount: int = 1
+    global_pool: str = "avg"
+    head_init_std: float = 2e-5  # trunc_normal std of the new head's weights (MAE's)
+    crop_pct: float = 0.875  # evaluation: resize to img_size / crop_pct, centre crop img_size (224 / 256)
+    seed: int = 0
+
+
 @dataclass
 class Config:
     method: str = "rils"
@@ -173,6 +219,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     # the method's own section (``NAME.*``, a dataclass from its spec), None where it has none;
     # set with ``method`` and written under the method's name
     settings: Any = field(default=None, repr=False)
@@ -190,6 +237,10 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.device": DEVICES,
     "data.interpolation": INTERPOLATIONS,
     "data.world": WORLDS,
+    "finetune.dataset": FINETUNE_DATASETS,
+    "finetune.mixup_mode": MIXUP_MODES,
+    "finetune.global_pool": GLOBAL_POOLS,
+    "finetune.remode": ERASE_MODES,
 }
 
 INF = float("inf")
@@ -211,12 +262,36 @@ RANGES: dict[str, tuple[float, float, str]] = {
     "train.ckpt_every": (1, INF, "[)"),
     "train.keep_checkpoints": (1, INF, "[)"),
     "train.dist_timeout": (1, INF, "[)"),
+    "finetune.train_size": (1, INF, "[)"),
+    "finetune.val_size": (1, INF, "[)"),
+    "finetune.epochs": (1, INF, "[)"),
+    "finetune.batch_size": (1, INF, "[)"),
+    "finetune.accum_iter": (1, INF, "[)"),
+    "finetune.lr": (0, INF, "()"),
+    "finetune.blr": (0, INF, "()"),
+    "finetune.min_lr": (0, INF, "[)"),
+    "finetune.warmup_epochs": (0, INF, "[)"),
+    "finetune.layer_decay": (0, 1, "(]"),
+    "finetune.weight_decay": (0, INF, "[)"),
+    "finetune.drop_path": (0, 1, "[)"),
+    "finetune.clip_grad": (0, INF, "[)"),
+    "finetune.smoothing": (0, 1, "[)"),
+    "finetune.mixup": (0, INF, "[)"),
+    "finetune.cutmix": (0, INF, "[)"),
+    "finetune.mixup_prob": (0, 1, "[]"),
+    "finetune.mixup_switch_prob": (0, 1, "[]"),
+    "finetune.color_jitter": (0, INF, "[)"),
+    "finetune.reprob": (0, 1, "[]"),
+    "finetune.recount": (1, INF, "[)"),
+    "finetune.crop_pct": (0, 1, "(]"),
+    "finetune.head_init_std": (0, INF, "()"),
 }
 
 # Keys a resumed run may change without invalidating its checkpoint.
 RESUMABLE_CHANGES = (
     "output_dir", "train.steps", "train.log_every", "train.ckpt_every", "train.keep_checkpoints", "train.checkpoint_format", "train.dist_timeout",
     "train.device", "train.report_to", "data.num_workers", "data.root", "eval.",
+    "finetune.data_root", "finetune.pretrained",
 )
 
 

@@ -7,9 +7,11 @@ dict, so loading never unpickles code.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -100,7 +102,7 @@ def remove_stale_temporaries(run_dir: Path) -> list[Path]:
     """Delete temporary files (and sharded folders) left by a process killed inside a checkpoint
     write, and digests whose checkpoint was never renamed into place."""
     orphans = [d for d in run_dir.glob(f"checkpoint-*.pt{DIGEST_SUFFIX}") if not d.with_name(d.name.removesuffix(DIGEST_SUFFIX)).exists()]
-    stale = [*run_dir.glob(".checkpoint-*.pt.tmp-*"), *run_dir.glob(".checkpoint-*.dcp.tmp"), *orphans]
+    stale = [*run_dir.glob(".checkpoint-*.pt.tmp-*"), *run_dir.glob(".checkpoint-*.dcp.tmp"), *run_dir.glob(".model-*.pt.tmp-*"), *orphans]
     for path in stale:
         remove(path)
     return stale
@@ -126,6 +128,29 @@ def prepare_run_dir(path: Path, resuming: bool) -> RunLock:
         )
     lock.claim()
     return lock
+
+
+@contextlib.contextmanager
+def run_directory(cfg: Config, resume: str | None) -> Iterator[tuple[dist.DistInfo, Path, str | None]]:
+    """For the block: the process group set up (under torchrun), the run directory prepared and
+    locked by rank 0 (``prepare_run_dir``, stale temporaries removed), and the resume request,
+    ``latest`` for a worker group torchrun restarted after a failure (``--max-restarts``)."""
+    info = dist.setup(cfg.train.device, cfg.train.dist_timeout)
+    run_dir = Path(cfg.output_dir)
+    if resume is None and dist.elastic_restarts():  # a group torchrun restarted after a failure continues its run
+        resume = "latest"
+        if dist.is_main():
+            print(f"torchrun restart {dist.elastic_restarts()}: resuming from the newest checkpoint in '{run_dir}'")
+    lock = None
+    if dist.is_main():
+        lock = prepare_run_dir(run_dir, resuming=resume is not None)  # held until this run ends
+        for stale in remove_stale_temporaries(run_dir):
+            print(f"removed {stale.name}, left by a run killed while writing a checkpoint")
+    try:
+        yield info, run_dir, resume
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def find_resume_state(resume: str | None, run_dir: Path) -> tuple[Path, dict[str, Any]] | None:

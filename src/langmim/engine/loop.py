@@ -27,9 +27,8 @@ from .checkpoint import (
     check_resumable,
     find_resume_state,
     newest_checkpoint_line,
-    prepare_run_dir,
-    remove_stale_temporaries,
     restore_training_state,
+    run_directory,
     save_checkpoint,
     training_state,
 )
@@ -145,22 +144,8 @@ def pretrain(cfg: Config, resume: str | None = None, log_tensorboard: bool = Tru
     group that torchrun restarts (``--max-restarts``) resumes from the newest checkpoint by itself.
     """
     check_method_rules(cfg)
-    info = dist.setup(cfg.train.device, cfg.train.dist_timeout)
-    run_dir = Path(cfg.output_dir)
-    if resume is None and dist.elastic_restarts():  # a group torchrun restarted after a failure continues its run
-        resume = "latest"
-        if dist.is_main():
-            print(f"torchrun restart {dist.elastic_restarts()}: resuming from the newest checkpoint in '{run_dir}'")
-    lock = None
-    if dist.is_main():
-        lock = prepare_run_dir(run_dir, resuming=resume is not None)  # held until this run ends
-        for stale in remove_stale_temporaries(run_dir):
-            print(f"removed {stale.name}, left by a run killed while writing a checkpoint")
-    try:
+    with run_directory(cfg, resume) as (info, run_dir, resume):
         return run_training(cfg, info, run_dir, resume, log_tensorboard, stop_after)
-    finally:
-        if lock is not None:
-            lock.release()
 
 
 def run_training(cfg: Config, info: dist.DistInfo, run_dir: Path, resume: str | None, log_tensorboard: bool, stop_after: int | None) -> Path:

@@ -1,4 +1,5 @@
-"""End-to-end fine-tuning: the whole encoder plus a linear head (MAE ``main_finetune.py``).
+"""End-to-end fine-tuning as an evaluation task: the whole encoder plus a linear head, a small
+version of ``langmim finetune`` (whose classifier and layer-decay groups it shares).
 
 A copy of the vision tower is trained with a linear head on the pooled patch tokens, AdamW with
 layer-wise lr decay (layer ``i`` of ``L`` gets ``decay ** (L + 1 - i)`` of the head's lr),
@@ -7,19 +8,17 @@ cosine schedule. The checkpoint's own weights are never touched.
 """
 from __future__ import annotations
 
-import copy
 import math
 from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath
-from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..data.eval_rows import seeded_subset
 from ..engine.optim import lr_factor
 from ..errors import DataError
+from ..finetune.model import FineTuneClassifier, layer_decay_groups
 from ..models.vit import MaskedVisionTransformer
 from ..transforms import to_float
 from .linear import accuracy
@@ -27,49 +26,6 @@ from .registry import task
 
 if TYPE_CHECKING:
     from .context import EvalContext
-
-
-class FineTuneClassifier(nn.Module):
-    """Vision tower -> patch-token mean -> LayerNorm-free linear head."""
-
-    def __init__(self, visual: MaskedVisionTransformer, num_classes: int, drop_path: float) -> None:
-        super().__init__()
-        self.visual = copy.deepcopy(visual)
-        depth = len(self.visual.blocks)
-        for i, block in enumerate(self.visual.blocks):
-            rate = drop_path * i / max(1, depth - 1)
-            block.drop_path1 = DropPath(rate) if rate > 0 else nn.Identity()
-            block.drop_path2 = DropPath(rate) if rate > 0 else nn.Identity()
-        self.head = nn.Linear(self.visual.width, num_classes)
-        nn.init.trunc_normal_(self.head.weight, std=2e-5)  # MAE's head init
-        nn.init.zeros_(self.head.bias)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.visual.pool(self.visual.forward_features(images), "mean"))
-
-
-def layer_id(name: str, depth: int) -> int:
-    """0 for the embeddings, i + 1 for block i, depth + 1 for the final norm and the head."""
-    if name.startswith(("visual.patch_embed", "visual.cls_token", "visual.pos_embed")):
-        return 0
-    if name.startswith("visual.blocks."):
-        return int(name.split(".")[2]) + 1
-    return depth + 1
-
-
-def layer_decay_groups(model: FineTuneClassifier, weight_decay: float, layer_decay: float) -> list[dict]:
-    """One param group per (layer, decayed or not), each with its ``lr_scale``."""
-    depth = len(model.visual.blocks)
-    groups: dict[tuple[int, bool], dict] = {}
-    for name, param in model.named_parameters():
-        layer = layer_id(name, depth)
-        decay = param.ndim > 1 and not name.endswith(("cls_token", "pos_embed"))
-        group = groups.setdefault((layer, decay), {
-            "params": [], "weight_decay": weight_decay if decay else 0.0,
-            "lr_scale": layer_decay ** (depth + 1 - layer),
-        })
-        group["params"].append(param)
-    return list(groups.values())
 
 
 def finetune(

@@ -91,14 +91,18 @@ class MaskedVisionTransformer(nn.Module):
         """Recompute each block's activations in the backward pass instead of storing them (timm's API)."""
         self.grad_checkpointing = enable
 
-    def forward_features(self, images: torch.Tensor, ids_keep: torch.Tensor | None = None) -> torch.Tensor:
-        """Tokens after the final norm: (B, 1 + N, D), or (B, 1 + K, D) for K kept patches."""
+    def forward_blocks(self, images: torch.Tensor, ids_keep: torch.Tensor | None = None) -> torch.Tensor:
+        """Tokens after the last block, before the final norm (MAE's fine-tuning pools these into its ``fc_norm``)."""
         x = self.embed(images, ids_keep)
         if self.grad_checkpointing and torch.is_grad_enabled():
             for block in self.blocks:
                 x = checkpoint(block, x, use_reentrant=False)
-            return self.norm(x)
-        return self.norm(self.blocks(x))
+            return x
+        return self.blocks(x)
+
+    def forward_features(self, images: torch.Tensor, ids_keep: torch.Tensor | None = None) -> torch.Tensor:
+        """Tokens after the final norm: (B, 1 + N, D), or (B, 1 + K, D) for K kept patches."""
+        return self.norm(self.forward_blocks(images, ids_keep))
 
     def forward_with_cls_attention(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """All tokens after the final norm, and the last block's attention from the CLS query to
