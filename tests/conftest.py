@@ -34,6 +34,8 @@ TINY_EVAL = [
     "eval.fewshot_seeds=2", "eval.retrieval_size=100", "eval.scene_train_size=120",
     "eval.scene_test_size=50", "eval.segmentation_epochs=2", "eval.detection_epochs=2", "eval.finetune_train_size=256",
     "eval.finetune_epochs=1", "eval.lowshot_shots=[1,4]", "eval.shift_test_size=40",
+    "eval.finetune_lowshot_fractions=[0.001,0.005]", "eval.finetune_lowshot_steps=2", "eval.finetune_segmentation_steps=2",
+    "eval.finetune_detection_steps=2",
 ]
 
 

@@ -36,7 +36,8 @@ def test_every_task_writes_its_json(runs):
         "clip_segmentation_fashion-scenes-masks.json", "clip_presence_fashion-scenes.json", "clip_cells_fashion-scenes.json",
         "clip_binding_fashion-scenes.json", "clip_counting_fashion-scenes.json", "clip_compositional_fashion-scenes-compositional.json",
         "clip_detection_fashion-scenes-boxes.json", "clip_shift_fashion-mnist-shifted.json",
-        "clip_concepts_fashion-mnist-coloured.json",
+        "clip_concepts_fashion-mnist-coloured.json", "clip_finetune_lowshot_fashion-scenes.json",
+        "clip_finetune_segmentation_fashion-scenes-masks.json", "clip_finetune_detection_fashion-scenes-boxes.json",
     }
     for name in files:
         result = json.loads((runs["clip"] / "results" / name).read_text())
@@ -167,7 +168,9 @@ def test_evaluation_scenes_and_renders_use_test_split_items_only(runs, monkeypat
     model = load(runs["clip"])
     scene_tasks = [t for t, spec in TASKS.items() if spec.dataset and spec.dataset != "fashion-scenes-captions"]
     evaluate(model, scene_tasks + ["retrieval"], model.config.eval, None, "clip", log=lambda _: None)
-    assert {b for b in built if b[0] == "scenes"} == {("scenes", "train", 120), ("scenes", "test", 50), ("scenes", "test", 100)}
+    pool = model.config.eval.finetune_lowshot_scenes  # finetune_lowshot's labelled pool, of train items too
+    assert {b for b in built if b[0] == "scenes"} == {("scenes", "train", 120), ("scenes", "train", pool), ("scenes", "test", 50),
+                                                      ("scenes", "test", 100)}
     shifted = [b for b in built if b[0] != "scenes"]
     assert {b[0] for b in shifted} == {"sketch", "inverted", "small-offcentre", "noisy", "blurred"}
     assert all(split == "test" and n == 40 for _, split, n in shifted)

@@ -90,10 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="evaluate a checkpoint: classification, retrieval, scene probes, compositional "
                        "zero-shot, detection, segmentation, distribution shift",
                        description="Evaluate a checkpoint file or run directory on the built-in data: Fashion-MNIST "
-                       "test images rendered as centred scenes (zeroshot, knn, linear, fewshot, finetune), held-out captioned "
-                       "scenes (retrieval, compositional), scenes with items, boxes and masks (presence, cells, binding, "
-                       "counting, detection, segmentation) and shifted renders of the test images (shift); writes one JSON "
-                       "per task. Tasks that need a text tower are skipped with a note for MAE and MILAN.")
+                       "test images rendered as centred scenes (zeroshot, knn, linear, fewshot, finetune, finetune_lowshot), held-out "
+                       "captioned scenes (retrieval, compositional), scenes with items, boxes and masks (presence, cells, binding, "
+                       "counting, detection, segmentation, finetune_detection, finetune_segmentation) and shifted renders of the test "
+                       "images (shift); writes one JSON per task. Tasks that need a text tower are skipped with a note for MAE and MILAN.")
     e.add_argument("--checkpoint", required=True,
                    help="a langmim checkpoint file or run directory (newest checkpoint), or an external model "
                    "with weights on disk: timm:MODEL:WEIGHTS or openclip:MODEL:WEIGHTS (MODEL local-dir: WEIGHTS is a "
@@ -107,8 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "zeroshot_classification_templates.txt); {dataset} and {dataset_cleaned} are filled as "
                    "CLIP_benchmark fills them")
     e.add_argument("--tasks", default="zeroshot,knn,linear",
-                   help="comma-separated: zeroshot, knn, linear, fewshot, finetune, retrieval, presence, cells, binding, "
-                   "counting, compositional, detection, segmentation, shift, or 'all'")
+                   help="comma-separated: zeroshot, knn, linear, fewshot, finetune, finetune_lowshot, retrieval, presence, "
+                   "cells, binding, counting, compositional, detection, segmentation, finetune_detection, finetune_segmentation, "
+                   "shift, or 'all'")
     e.add_argument("--output", default=None, help="directory for the result JSONs; default: RUN/results "
                    "(runs/external/NAME-DIGEST/results for external models, DIGEST from the weights' path)")
     e.add_argument("--data-root", default=None, metavar="DIR",

@@ -161,9 +161,23 @@ class EvalConfig:
     finetune_lr: float = 3e-3
     finetune_layer_decay: float = 0.75  # MAE uses 0.65 for ViT-B's 12 blocks; the demo has 6
     finetune_drop_path: float = 0.1
+    # finetune_lowshot, finetune_segmentation, finetune_detection (their lr, layer decay and drop-path: the three above)
+    finetune_lowshot_scenes: int = 20000  # the pool of labelled scenes of train items that finetune_lowshot's fractions take
+    finetune_lowshot_fractions: list[float] = field(default_factory=lambda: [0.01, 0.1])  # of that pool
+    finetune_lowshot_steps: int = 200  # at least: whole epochs of each fraction's images, rounded up
+    finetune_lowshot_batch_size: int = 64
+    finetune_segmentation_steps: int = 300
+    finetune_detection_steps: int = 300
+    finetune_dense_batch_size: int = 64  # scenes per step of the two dense fine-tuning tasks
+    linear_probe: str = "lbfgs"  # linear (and shift's probe): lbfgs (swept logistic regression) or mae (MAE's main_linprobe.py head and LARS)
+    mae_probe_epochs: int = 90  # eval.linear_probe=mae: main_linprobe.py defaults, FINETUNE.md's ViT-B linear probing command
+    mae_probe_warmup_epochs: float = 10.0
+    mae_probe_batch_size: int = 16384  # capped at the train rows; lr = blr x batch / 256
+    mae_probe_blr: float = 0.1
     max_image_pixels: int = 89_478_485  # image folders, caption tables, CLIP_benchmark sets: larger images are skipped as decompression bombs
 
 
+LINEAR_PROBES = ("lbfgs", "mae")  # eval.linear_probe
 FINETUNE_DATASETS = ("fashion-mnist", "imagefolder")
 MIXUP_MODES = ("batch", "pair", "elem")  # timm Mixup's modes
 GLOBAL_POOLS = ("avg", "token")  # MAE's --global_pool (patch-token mean + fc_norm) and --cls_token
@@ -241,6 +255,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "finetune.mixup_mode": MIXUP_MODES,
     "finetune.global_pool": GLOBAL_POOLS,
     "finetune.remode": ERASE_MODES,
+    "eval.linear_probe": LINEAR_PROBES,
 }
 
 INF = float("inf")
@@ -262,6 +277,17 @@ RANGES: dict[str, tuple[float, float, str]] = {
     "train.ckpt_every": (1, INF, "[)"),
     "train.keep_checkpoints": (1, INF, "[)"),
     "train.dist_timeout": (1, INF, "[)"),
+    "eval.mae_probe_epochs": (1, INF, "[)"),
+    "eval.mae_probe_warmup_epochs": (0, INF, "[)"),
+    "eval.mae_probe_batch_size": (1, INF, "[)"),
+    "eval.mae_probe_blr": (0, INF, "()"),
+    "eval.finetune_lowshot_fractions": (0, 1, "(]"),
+    "eval.finetune_lowshot_scenes": (1, INF, "[)"),
+    "eval.finetune_lowshot_steps": (1, INF, "[)"),
+    "eval.finetune_lowshot_batch_size": (1, INF, "[)"),
+    "eval.finetune_segmentation_steps": (1, INF, "[)"),
+    "eval.finetune_detection_steps": (1, INF, "[)"),
+    "eval.finetune_dense_batch_size": (1, INF, "[)"),
     "finetune.train_size": (1, INF, "[)"),
     "finetune.val_size": (1, INF, "[)"),
     "finetune.epochs": (1, INF, "[)"),

@@ -179,6 +179,38 @@ def _box_distances(target: Tensor, centres: Tensor, image_size: float) -> Tensor
     return torch.stack([x - target[..., 0], y - target[..., 1], target[..., 2] - x, target[..., 3] - y], dim=-1) / image_size
 
 
+def init_detection_head(head: DetectionHead, generator: torch.Generator, positive_distances: Tensor) -> DetectionHead:
+    """Small normal weights, every class at the prior probability (RetinaNet's bias), the box
+    branch's bias at the mean of the positive tokens' true distances (m, 4), if any."""
+    for layer in head.modules():
+        if isinstance(layer, nn.Linear):
+            nn.init.normal_(layer.weight, std=0.01, generator=generator)
+            nn.init.zeros_(layer.bias)
+    with torch.no_grad():
+        head.cls.bias.fill_(-torch.log(torch.tensor((1 - PRIOR_PROBABILITY) / PRIOR_PROBABILITY)).item())
+        if len(positive_distances):
+            head.box.bias.copy_(positive_distances.mean(dim=0))
+    return head
+
+
+def detection_loss(logits: Tensor, pred: Tensor, cls: Tensor, one_hot: Tensor, distances: Tensor, target: Tensor,
+                   centres: Tensor, image_size: float) -> Tensor:
+    """The module docstring's loss for a batch of b images of T tokens: predicted ``logits``
+    (b, T, C) and normalised distances ``pred`` (b, T, 4) against the assigned ``cls`` (b, T)
+    (-1: background), its ``one_hot`` (b, T, C), the true ``distances`` (b, T, 4) and boxes
+    ``target`` (b, T, 4) xyxy, the tokens sitting at ``centres`` (T, 2)."""
+    positive = cls >= 0
+    num_positive = max(1, int(positive.sum()))
+    loss = sigmoid_focal_loss(logits, one_hot, alpha=0.25, gamma=2.0, reduction="sum") / num_positive
+    if positive.any():
+        pred_d, true_d = pred[positive], distances[positive]
+        loss = loss + L1_WEIGHT * F.l1_loss(pred_d, true_d)
+        c = centres.expand(len(cls), -1, -1)[positive]
+        giou = generalized_box_iou_loss(decode_boxes(pred_d, c, image_size), target[positive], reduction="mean")
+        loss = loss + GIOU_WEIGHT * giou
+    return loss
+
+
 @_one_thread()
 def train_detection_head(
     tokens: Tensor, boxes: list[Tensor], labels: list[Tensor], image_size: int, num_classes: int,
@@ -196,15 +228,7 @@ def train_detection_head(
     distances = _box_distances(target, centres, image_size)  # (n, T, 4), meaningful where cls >= 0
     one_hot = F.one_hot(cls.clamp_min(0), num_classes).float() * (cls >= 0).unsqueeze(-1)
 
-    head = DetectionHead(x.shape[-1], num_classes, hidden)
-    for layer in head.modules():
-        if isinstance(layer, nn.Linear):
-            nn.init.normal_(layer.weight, std=0.01, generator=generator)
-            nn.init.zeros_(layer.bias)
-    with torch.no_grad():
-        head.cls.bias.fill_(-torch.log(torch.tensor((1 - PRIOR_PROBABILITY) / PRIOR_PROBABILITY)).item())
-        if (cls >= 0).any():
-            head.box.bias.copy_(distances[cls >= 0].mean(dim=0))
+    head = init_detection_head(DetectionHead(x.shape[-1], num_classes, hidden), generator, distances[cls >= 0])
     steps = max(1, epochs * -(-n // batch_size))
     optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
@@ -212,15 +236,7 @@ def train_detection_head(
         for _ in range(epochs):
             for rows in torch.randperm(n, generator=generator).split(batch_size):
                 logits, pred = head(x[rows])
-                positive = cls[rows] >= 0
-                num_positive = max(1, int(positive.sum()))
-                loss = sigmoid_focal_loss(logits, one_hot[rows], alpha=0.25, gamma=2.0, reduction="sum") / num_positive
-                if positive.any():
-                    pred_d, true_d = pred[positive], distances[rows][positive]
-                    loss = loss + L1_WEIGHT * F.l1_loss(pred_d, true_d)
-                    c = centres.expand(len(rows), -1, -1)[positive]
-                    giou = generalized_box_iou_loss(decode_boxes(pred_d, c, image_size), target[rows][positive], reduction="mean")
-                    loss = loss + GIOU_WEIGHT * giou
+                loss = detection_loss(logits, pred, cls[rows], one_hot[rows], distances[rows], target[rows], centres, image_size)
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
@@ -244,17 +260,28 @@ def detect(
     predictions = []
     for chunk in tokens.split(batch_size):
         logits, distances = head(((chunk - mean) / std).flatten(1, 2))
-        probs = logits.sigmoid()  # (b, T, C)
-        boxes = decode_boxes(distances, centres, image_size).clamp(0, image_size)
-        num_classes = probs.shape[-1]
-        for p, b in zip(probs, boxes):
-            scores, flat = p.flatten().topk(min(pre_nms_top, p.numel()))
-            keep = scores > score_threshold
-            scores, flat = scores[keep], flat[keep]
-            token, label = flat // num_classes, flat % num_classes
-            kept_boxes = b[token]
-            keep = batched_nms(kept_boxes, scores, label, iou_threshold)[:max_detections]
-            predictions.append({"boxes": kept_boxes[keep], "scores": scores[keep], "labels": label[keep]})
+        predictions += decode_detections(logits, distances, centres, image_size, score_threshold, pre_nms_top, iou_threshold, max_detections)
+    return predictions
+
+
+def decode_detections(
+    logits: Tensor, distances: Tensor, centres: Tensor, image_size: int,
+    score_threshold: float = 0.05, pre_nms_top: int = 100, iou_threshold: float = 0.6, max_detections: int = 20,
+) -> list[dict]:
+    """Per-image predictions from a batch's class ``logits`` (b, T, C) and normalised
+    ``distances`` (b, T, 4) at token ``centres`` (T, 2): the rule of `detect`."""
+    probs = logits.sigmoid()  # (b, T, C)
+    boxes = decode_boxes(distances, centres, image_size).clamp(0, image_size)
+    num_classes = probs.shape[-1]
+    predictions = []
+    for p, b in zip(probs, boxes):
+        scores, flat = p.flatten().topk(min(pre_nms_top, p.numel()))
+        keep = scores > score_threshold
+        scores, flat = scores[keep], flat[keep]
+        token, label = flat // num_classes, flat % num_classes
+        kept_boxes = b[token]
+        keep = batched_nms(kept_boxes, scores, label, iou_threshold)[:max_detections]
+        predictions.append({"boxes": kept_boxes[keep], "scores": scores[keep], "labels": label[keep]})
     return predictions
 
 

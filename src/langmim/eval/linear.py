@@ -1,8 +1,15 @@
-"""Linear probe of frozen features: L-BFGS logistic regression with a weight-decay sweep.
+"""Linear probes of frozen features: L-BFGS logistic regression with a weight-decay sweep (the
+default), or MAE's linear probe (``eval.linear_probe=mae``).
 
-Follows CLIP_benchmark `linear_probe.py` / dinov2 `log_regression.py`: the weight decay is
-chosen on a validation split carved from train (never the test split), then the classifier is
-refit on all train rows and scored once on test.
+The L-BFGS probe follows CLIP_benchmark `linear_probe.py` / dinov2 `log_regression.py`: the weight
+decay is chosen on a validation split carved from train (never the test split), then the
+classifier is refit on all train rows and scored once on test.
+
+MAE's probe (``main_linprobe.py``, ``util/lars.py``) is a BatchNorm without affine parameters
+(eps 1e-6) then a linear layer (weights trunc_normal std 0.01, bias 0), trained by LARS (trust
+ratio on the weight matrix only, momentum 0.9, no weight decay) at lr = blr x batch / 256 per
+step, 10 warm-up epochs then a half-cycle cosine to 0, cross-entropy, no sweep. It is trained
+here on the cached features of the centre crops, not on RandomResizedCrop + flip views.
 """
 from __future__ import annotations
 
@@ -16,6 +23,8 @@ from torch import Tensor, nn
 
 from langmim.eval.metrics import topk_accuracy
 
+from ..config import EvalConfig, FinetuneConfig
+from ..finetune.schedule import lr_at
 from .features import POOLS
 from .registry import task
 
@@ -176,13 +185,119 @@ def linear_probe(
     }
 
 
-def shared_probe(ctx: EvalContext, pool: str) -> LinearProbe:
-    """The classification linear probe on ``pool`` features, fit once per evaluation and shared by
-    the tasks that read it (linear, shift)."""
-    def fit() -> LinearProbe:
+MAE_TRUST_COEFFICIENT = 0.001  # util/lars.py (MoCo v3's)
+MAE_MOMENTUM = 0.9
+
+
+def mae_lars(head: nn.Module, lr: float) -> torch.optim.Optimizer:
+    """MAE's LARS (``util/lars.py``) as timm's ``Lars``: each parameter of more than one dimension
+    steps by ``trust_coefficient * ||w|| / ||g||`` times its gradient (1 where either norm is 0),
+    the others (the bias) by plain SGD; momentum 0.9 on both, no weight decay.
+
+    timm applies the trust ratio per parameter group, to all or none of its parameters, so the
+    matrices and the rest go in two groups; with no weight decay and ``eps=0`` its ratio,
+    ``trust_coeff * ||w|| / (||g|| + weight_decay * ||w|| + eps)``, is MAE's ``||w|| / ||g + wd w||``
+    exactly (they differ only under weight decay, which MAE's probe does not use), and its momentum
+    buffer, started at the first gradient, is MAE's, started at 0 before adding it."""
+    from timm.optim import Lars
+
+    matrices = [p for p in head.parameters() if p.requires_grad and p.ndim > 1]
+    rest = [p for p in head.parameters() if p.requires_grad and p.ndim <= 1]
+    groups = [{"params": matrices, "always_adapt": True}, {"params": rest, "always_adapt": False}]
+    return Lars([g for g in groups if g["params"]], lr=lr, momentum=MAE_MOMENTUM, weight_decay=0.0,
+                trust_coeff=MAE_TRUST_COEFFICIENT, eps=0.0)
+
+
+def mae_probe_head(dim: int, num_classes: int, generator: torch.Generator | None = None) -> nn.Sequential:
+    """``BatchNorm1d(dim, affine=False, eps=1e-6)`` then ``Linear(dim, num_classes)``, the weights
+    trunc_normal with std 0.01 and the bias 0 (``main_linprobe.py``'s head, after MoCo v3)."""
+    linear = nn.Linear(dim, num_classes)
+    nn.init.trunc_normal_(linear.weight, std=0.01, generator=generator)
+    nn.init.zeros_(linear.bias)
+    return nn.Sequential(nn.BatchNorm1d(dim, affine=False, eps=1e-6), linear)
+
+
+@dataclass
+class MAEProbe:
+    """MAE's probe head fit on frozen features, in eval mode (its BatchNorm reads the running
+    statistics), with the recipe it ran."""
+
+    head: nn.Sequential
+    recipe: dict[str, Any]
+
+    def __call__(self, features: Tensor) -> Tensor:
+        device = self.head[1].weight.device
+        with torch.no_grad():
+            return self.head(features.float().to(device))
+
+    def details(self) -> dict[str, Any]:
+        return {"probe": "mae", **self.recipe}
+
+
+def fit_mae_probe(
+    features: Tensor, labels: Tensor, num_classes: int | None = None, epochs: int = 90, warmup_epochs: float = 10.0,
+    batch_size: int = 16384, blr: float = 0.1, seed: int = 0,
+) -> MAEProbe:
+    """MAE's linear probe trained on ``features`` (n, d) and class ``labels`` (n,).
+
+    The batch is ``batch_size`` capped at n; each epoch visits a seeded permutation of the rows in
+    full batches (the last partial one dropped, as MAE's loader does), and optimizer step k reads
+    the lr at epoch k / steps_per_epoch (``langmim.finetune.schedule.lr_at``: MAE's ``lr_sched``,
+    min_lr 0). The initialisation and the order come from ``seed`` alone: one seed, one head.
+    """
+    features = features.float()
+    device = features.device
+    labels = labels.to(device)
+    n = features.shape[0]
+    num_classes = int(labels.max()) + 1 if num_classes is None else num_classes
+    batch = min(batch_size, n)
+    steps_per_epoch = n // batch
+    schedule = FinetuneConfig(epochs=epochs, warmup_epochs=warmup_epochs, batch_size=batch, blr=blr, lr=None, min_lr=0.0)
+    generator = torch.Generator().manual_seed(seed)
+    head = mae_probe_head(features.shape[1], num_classes, generator).to(device).train()
+    optimizer = mae_lars(head, lr=0.0)
+    step = 0
+    with torch.enable_grad():
+        for _ in range(epochs):
+            order = torch.randperm(n, generator=generator).to(device)
+            for k in range(steps_per_epoch):
+                rows = order[k * batch:(k + 1) * batch]
+                for group in optimizer.param_groups:
+                    group["lr"] = lr_at(step, steps_per_epoch, schedule)
+                loss = F.cross_entropy(head(features[rows]), labels[rows])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                step += 1
+    recipe = {"epochs": epochs, "warmup_epochs": warmup_epochs, "batch_size": batch, "blr": blr,
+              "lr": blr * batch / 256, "steps": step, "n_train": n, "final_train_loss": float(loss.detach())}
+    return MAEProbe(head.eval().requires_grad_(False), recipe)
+
+
+def fit_configured_probe(features: Tensor, labels: Tensor, cfg: EvalConfig, num_classes: int) -> LinearProbe | MAEProbe:
+    """The probe ``eval.linear_probe`` names, fit on ``features``: ``lbfgs`` (the swept logistic
+    regression) or ``mae`` (MAE's probe with the ``eval.mae_probe_*`` recipe)."""
+    if cfg.linear_probe == "mae":
+        return fit_mae_probe(features, labels, num_classes, cfg.mae_probe_epochs, cfg.mae_probe_warmup_epochs,
+                             cfg.mae_probe_batch_size, cfg.mae_probe_blr, cfg.seed)
+    return fit_linear_probe(features, labels, seed=cfg.seed, num_outputs=num_classes)
+
+
+def classification_probe_details(probe: LinearProbe | MAEProbe) -> dict[str, Any]:
+    """What a probe records beside its score: the sweep of the L-BFGS one, the recipe of MAE's."""
+    if isinstance(probe, MAEProbe):
+        return probe.details()
+    return {"probe": "lbfgs", "best_weight_decay": probe.best_weight_decay, "val_top1": probe.val_score,
+            "sweep": {str(k): v for k, v in probe.sweep.items()}, "n_train": probe.n_train, "n_val": probe.n_val}
+
+
+def shared_probe(ctx: EvalContext, pool: str) -> LinearProbe | MAEProbe:
+    """The classification linear probe (``eval.linear_probe``) on ``pool`` features, fit once per
+    evaluation and shared by the tasks that read it (linear, shift)."""
+    def fit() -> LinearProbe | MAEProbe:
         train = ctx.classification_features("train")
-        return fit_linear_probe(train[pool], train["labels"], seed=ctx.cfg.seed, num_outputs=len(ctx.classification.classnames))
-    return ctx.cache.remember(f"linear-probe|{pool}", fit)
+        return fit_configured_probe(train[pool], train["labels"], ctx.cfg, len(ctx.classification.classnames))
+    return ctx.cache.remember(f"linear-probe|{ctx.cfg.linear_probe}|{pool}", fit)
 
 
 @task("linear", headline="top1")
@@ -193,8 +308,6 @@ def linear_task(ctx: EvalContext) -> dict[str, Any]:
     for pool in POOLS:
         probe = shared_probe(ctx, pool)
         metrics[f"{pool}_top1"] = accuracy(probe(test[pool]), test["labels"])
-        details[pool] = {"best_weight_decay": probe.best_weight_decay, "val_top1": probe.val_score,
-                         "sweep": {str(k): v for k, v in probe.sweep.items()}, "n_train": probe.n_train,
-                         "n_val": probe.n_val, "n_test": len(test["labels"])}
+        details[pool] = {**classification_probe_details(probe), "n_test": len(test["labels"])}
     metrics["top1"] = metrics["mean_top1"]
     return {"metrics": metrics, "details": details, "split_sizes": ctx.classification_sizes()}

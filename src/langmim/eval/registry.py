@@ -17,8 +17,8 @@ if TYPE_CHECKING:
 LEGACY_HEADLINE = "top1"  # result files written before tasks named their headline kept it under this key
 # Every task's name, in the order ``--tasks all`` runs them (classification first, then the scene
 # tasks); the command line checks ``--tasks`` against it before the task modules (and torch) load.
-TASK_NAMES = ("zeroshot", "concepts", "knn", "linear", "fewshot", "finetune", "retrieval", "presence", "cells", "binding", "counting",
-              "compositional", "detection", "segmentation", "shift")
+TASK_NAMES = ("zeroshot", "concepts", "knn", "linear", "fewshot", "finetune", "finetune_lowshot", "retrieval", "presence", "cells",
+              "binding", "counting", "compositional", "detection", "segmentation", "finetune_detection", "finetune_segmentation", "shift")
 
 
 @dataclass(frozen=True)

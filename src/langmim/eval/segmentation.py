@@ -7,6 +7,7 @@ on scenes of train-split items and is scored on scenes of test-split items.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -110,13 +111,23 @@ def segmentation_probe(
     train_masks, test_masks = train_masks.long(), test_masks.long()
     head, mean, std = train_segmentation_head(train_tokens, train_masks, num_classes, epochs=epochs, seed=seed,
                                               kernel=kernel, balanced=balanced)
+    batches = ((pixel_logits(head, (test_tokens[rows] - mean) / std, test_masks.shape[-1]), test_masks[rows])
+               for rows in torch.arange(len(test_tokens)).split(batch_size))
+    scores = segmentation_scores(batches, num_classes, num_examples)
+    scores.update({"n_train": len(train_tokens), "n_test": len(test_tokens), "epochs": epochs})
+    return scores
+
+
+def segmentation_scores(batches: Iterable[tuple[Tensor, Tensor]], num_classes: int, num_examples: int = 6) -> dict:
+    """Score (pixel logits (b, C, H, W), true masks (b, H, W)) batches: `iou_scores` plus
+    ``foreground_miou``, ``item_iou``, ``garment_accuracy_on_items`` (see `segmentation_probe`)
+    and the first ``num_examples`` predicted masks as ``example_predictions``."""
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
     item_confusion = torch.zeros(2, 2, dtype=torch.long)
     garment_hits = item_pixels = 0
     examples = []
-    for rows in torch.arange(len(test_tokens)).split(batch_size):
-        logits = pixel_logits(head, (test_tokens[rows] - mean) / std, test_masks.shape[-1])
-        pred, truth = logits.argmax(dim=1), test_masks[rows]
+    for logits, truth in batches:
+        pred, truth = logits.argmax(dim=1), truth.long()
         confusion += confusion_matrix(pred, truth, num_classes)
         item_confusion += confusion_matrix(pred > 0, truth > 0, 2)
         on_items = truth > 0
@@ -128,7 +139,6 @@ def segmentation_probe(
     scores.update({"foreground_miou": sum(foreground) / len(foreground) if foreground else float("nan"),
                    "item_iou": iou_scores(item_confusion)["per_class_iou"][1],
                    "garment_accuracy_on_items": 100.0 * garment_hits / max(1, item_pixels),
-                   "n_train": len(train_tokens), "n_test": len(test_tokens), "epochs": epochs,
                    "example_predictions": torch.cat(examples)})
     return scores
 

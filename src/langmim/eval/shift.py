@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..data.shifted import SHIFT_STYLES, FashionMNISTShifted
-from .linear import accuracy, shared_probe
+from .linear import LinearProbe, accuracy, shared_probe
 from .registry import task
 from .zeroshot import shared_classifier, zeroshot_scores
 
@@ -41,5 +41,6 @@ def shift_task(ctx: EvalContext) -> dict[str, Any]:
     for kind in per_style["clean"]:
         metrics[f"{kind}_shifted_mean"] = float(np.mean([per_style[s][kind] for s in SHIFT_STYLES]))
     metrics["shifted_mean"] = metrics["zeroshot_shifted_mean" if zeroshot is not None else "linear_shifted_mean"]
-    return {"metrics": metrics, "details": {"styles": list(SHIFT_STYLES), "probe_weight_decay": probe.best_weight_decay},
-            "split_sizes": {"test_per_style": len(rows), "probe_train": probe.n_train + probe.n_val}}
+    fit = {"probe_weight_decay": probe.best_weight_decay} if isinstance(probe, LinearProbe) else {"probe": probe.details()}
+    return {"metrics": metrics, "details": {"styles": list(SHIFT_STYLES), **fit},
+            "split_sizes": {"test_per_style": len(rows), "probe_train": ctx.classification_sizes()["train"]}}

@@ -3,11 +3,13 @@ per (model, task, data set).
 
 Built-in data, every evaluation image made of test-split items only (probes and heads fit on
 train-split items):
-- zeroshot, knn, linear, fewshot, finetune: Fashion-MNIST test images rendered as centred scenes;
+- zeroshot, knn, linear, fewshot, finetune, finetune_lowshot: Fashion-MNIST test images rendered as centred scenes;
 - retrieval: held-out captioned scenes;
 - presence, cells, binding, counting: scene probes (`scene_probes`);
 - compositional: each held-out scene against captions that change one thing (`compositional`);
 - detection, segmentation: heads on the scenes' refined patch-token grid (`scene_features`);
+- finetune_detection, finetune_segmentation: the encoder fine-tuned with a light head on a
+  pyramid level of its tokens (`finetune_dense`);
 - shift: zero-shot and the clean linear probe on shifted renders of the test set (`shift`).
 A task is a function of an `EvalContext` (``context``), which holds the model, the config and
 the features computed so far (in memory, and on disk per checkpoint: ``feature_cache``), so
@@ -31,6 +33,7 @@ from . import (  # noqa: F401  (each registers its tasks)
     detection,
     fewshot,
     finetune,
+    finetune_dense,
     knn,
     linear,
     retrieval,

@@ -32,11 +32,7 @@ class FineTuneClassifier(nn.Module):
             raise ValueError(f"global_pool must be 'avg' or 'token', got {global_pool!r}")
         self.visual = copy.deepcopy(visual) if copy_tower else visual
         self.global_pool = global_pool
-        depth = len(self.visual.blocks)
-        for i, block in enumerate(self.visual.blocks):  # timm's rule: rates rising linearly to drop_path
-            rate = drop_path * i / max(1, depth - 1)
-            block.drop_path1 = DropPath(rate) if rate > 0 else nn.Identity()
-            block.drop_path2 = DropPath(rate) if rate > 0 else nn.Identity()
+        add_drop_path(self.visual, drop_path)
         self.fc_norm = nn.LayerNorm(self.visual.width, eps=1e-6) if fc_norm and global_pool == "avg" else None
         if self.fc_norm is not None:
             self.visual.norm.requires_grad_(False)
@@ -58,6 +54,16 @@ class FineTuneClassifier(nn.Module):
         return {k: v for k, v in self.state_dict().items() if not k.startswith("visual.")}
 
 
+def add_drop_path(visual: MaskedVisionTransformer, drop_path: float) -> None:
+    """Stochastic depth in every block of ``visual``, in place: timm's rule, rates rising linearly
+    over the blocks from 0 to ``drop_path``."""
+    depth = len(visual.blocks)
+    for i, block in enumerate(visual.blocks):
+        rate = drop_path * i / max(1, depth - 1)
+        block.drop_path1 = DropPath(rate) if rate > 0 else nn.Identity()
+        block.drop_path2 = DropPath(rate) if rate > 0 else nn.Identity()
+
+
 def layer_id(name: str, depth: int) -> int:
     """0 for the embeddings, i + 1 for block i, depth + 1 for the rest (final norm, fc_norm,
     head): MAE's ``get_layer_id_for_vit`` with ``num_layers = depth + 1``."""
@@ -68,8 +74,9 @@ def layer_id(name: str, depth: int) -> int:
     return depth + 1
 
 
-def layer_decay_groups(model: FineTuneClassifier, weight_decay: float, layer_decay: float) -> list[dict]:
-    """One param group per (layer, decayed or not) of the trainable parameters, each with its
+def layer_decay_groups(model: nn.Module, weight_decay: float, layer_decay: float) -> list[dict]:
+    """One param group per (layer, decayed or not) of the trainable parameters of ``model`` (a
+    tower under ``visual.``, whatever else beside it counting as the head), each with its
     ``lr_scale`` = layer_decay ** (depth + 1 - layer); no decay on 1-D parameters, the CLS
     token and the position embedding (MAE's ``param_groups_lrd``)."""
     depth = len(model.visual.blocks)

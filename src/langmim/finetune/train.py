@@ -158,20 +158,27 @@ class _Head(nn.Module):
 
 def evaluate(model: nn.Module, val, cfg: Config, device: torch.device, precision: str, batch: int) -> dict[str, float]:
     """Top-1 and cross-entropy on the validation set (centre crops), each rank taking every
-    world_size-th image and the counts summed over ranks."""
+    world_size-th image and the counts summed over ranks. An unusable image is skipped and
+    counted (``val_skipped``), not scored as the neighbour that stands in for it in training."""
     rows = [(0, i) for i in range(dist.rank(), len(val), dist.world_size())]
     loader = DataLoader(val, batch_size=batch, sampler=rows, num_workers=cfg.data.num_workers)
-    totals = torch.zeros(3, dtype=torch.float64, device=device)
+    totals = torch.zeros(4, dtype=torch.float64, device=device)
     model.eval()
     with torch.no_grad(), autocast(device, precision):
-        for images, labels, _ in loader:
-            images, labels = images.to(device), labels.to(device)
+        for images, labels, replaced in loader:
+            usable = replaced == 0
+            images, labels = images[usable].to(device), labels[usable].to(device)
+            skipped = float((~usable).sum())
+            if not len(labels):
+                totals[3] += skipped
+                continue
             logits = model(images).float()
             totals += torch.stack([(logits.argmax(1) == labels).sum().double(), torch.nn.functional.cross_entropy(
-                logits, labels, reduction="sum").double(), torch.tensor(float(len(labels)), dtype=torch.float64, device=device)])
+                logits, labels, reduction="sum").double(), torch.tensor(float(len(labels)), dtype=torch.float64, device=device),
+                torch.tensor(skipped, dtype=torch.float64, device=device)])
     model.train()
-    correct, loss, count = dist.all_reduce_sum(totals).tolist()
-    return {"val_top1": 100.0 * correct / max(count, 1.0), "val_loss": loss / max(count, 1.0)}
+    correct, loss, count, skipped = dist.all_reduce_sum(totals).tolist()
+    return {"val_top1": 100.0 * correct / max(count, 1.0), "val_loss": loss / max(count, 1.0), "val_skipped": int(skipped)}
 
 
 def finetune(cfg: Config, resume: str | None = None, log_tensorboard: bool = True) -> Path:

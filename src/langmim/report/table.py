@@ -19,6 +19,8 @@ TABLE_ROWS = (
     ("few-shot 1-shot, prototype, patch mean (%)", "fewshot", "mean_prototype_1shot"),
     ("few-shot 16-shot, logistic, patch mean (%)", "fewshot", "mean_logistic_16shot"),
     ("fine-tuning top-1 (%)", "finetune", "top1"),
+    ("fine-tuned scene presence mAP, 1% of the labels (%)", "finetune_lowshot", "map_1pct"),
+    ("fine-tuned scene presence mAP, 10% of the labels (%)", "finetune_lowshot", "map_10pct"),
     ("scene presence mAP, patch mean (%)", "presence", "mean_map"),
     ("scene presence 4-shot mAP, patch mean (%)", "presence", "mean_lowshot_4"),
     ("garment per occupied cell (%)", "cells", "occupied_accuracy"),
@@ -29,6 +31,8 @@ TABLE_ROWS = (
     ("detection AP (%)", "detection", "ap"),
     ("segmentation mIoU (%)", "segmentation", "miou"),
     ("segmentation foreground mIoU (%)", "segmentation", "foreground_miou"),
+    ("fine-tuned detection AP50 (%)", "finetune_detection", "ap50"),
+    ("fine-tuned segmentation mIoU (%)", "finetune_segmentation", "miou"),
     ("shifted renders: linear probe, mean of styles (%)", "shift", "linear_shifted_mean"),
     ("shifted renders: zero-shot, mean of styles (%)", "shift", "zeroshot_shifted_mean"),
 )
