@@ -28,6 +28,12 @@ def tiny_overrides(run_dir, method: str, steps: int = 4, **extra) -> list[str]:
     return base + [f"{k}={v}" for k, v in extra.items()]
 
 
+# Python source for this process's peak resident bytes, run inside a child process: VmHWM, the
+# high-water mark of its own address space. Not ru_maxrss: at exec Linux folds the parent's peak
+# into the child's (vfork shares the parent's memory until then), so every child of a pytest
+# process holding 2 GB would report 2 GB.
+PEAK_RSS_BYTES = "int(next(line.split()[1] for line in open('/proc/self/status') if line.startswith('VmHWM:'))) * 1024"
+
 # Evaluation sizes that keep every task to seconds.
 TINY_EVAL = [
     "eval.test_size=200", "eval.probe_train_size=300", "eval.knn_k=[10,20]", "eval.fewshot_shots=[1,2]",

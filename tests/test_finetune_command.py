@@ -211,6 +211,11 @@ def test_a_run_killed_by_sigkill_resumes_bit_identical(tmp_path):
     assert langmim.load(tmp_path / "whole").step == 9 and langmim.load(tmp_path / "whole" / "model-best.pt").step in (3, 6, 9)
     classifier = load_classifier(tmp_path / "whole" / "model-last.pt")
     assert classifier(torch.zeros(2, 3, 32, 32)).shape == (2, 10) and len(classifier.classes) == 10
+    # the fine-tuned tower is what an export carries
+    assert main(["export", str(tmp_path / "whole"), "--format", "mae", "--out", str(tmp_path / "mae")]) == 0
+    exported = torch.load(tmp_path / "mae" / "mae_checkpoint.pth", map_location="cpu", weights_only=True)["model"]
+    tuned = torch.load(tmp_path / "whole" / "model-last.pt", map_location="cpu", weights_only=True)["model"]
+    assert torch.equal(exported["blocks.0.attn.qkv.weight"], tuned["visual.blocks.0.attn.qkv.weight"])
 
 
 def test_two_gloo_ranks_equal_one_process(tmp_path):

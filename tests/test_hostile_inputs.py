@@ -16,6 +16,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from conftest import PEAK_RSS_BYTES
 from langmim.cli import main
 from langmim.config import load_config
 from langmim.errors import CheckpointError, ConfigError, shown
@@ -68,16 +69,16 @@ def test_mistakes_are_refused_in_one_line_before_torch_loads(tmp_path):
     """Config values out of range, a YAML bomb, YAML nested 100,000 deep, and mistaken eval and
     export arguments: each exits 2 with one line (a value quoted at most ~200 characters), in a
     process that never imports torch, creates no run directory, overwrites nothing, and peaks
-    under 2 GB (its own ru_maxrss: the test process's RUSAGE_CHILDREN also holds earlier children)."""
+    under 2 GB (``conftest.PEAK_RSS_BYTES``)."""
     write_yaml_bombs(tmp_path)
     (tmp_path / "deep.yaml").write_text("train: " + "[" * 100_000 + "]" * 100_000 + "\n")
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "README.md").write_text("my own notes\n")
     argvs = [line.replace("{tmp}", str(tmp_path)).split() for line in PRE_TORCH_MISTAKES]
-    code = ("import json, resource, sys; from langmim.cli import main; "
+    code = ("import json, sys; from langmim.cli import main; "
             "codes = [main(argv) for argv in json.loads(sys.argv[1])]; "
             "print(json.dumps([codes, sorted(m for m in ('torch', 'timm', 'open_clip') if m in sys.modules), "
-            "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024]))")
+            f"{PEAK_RSS_BYTES}]))")
     result = subprocess.run([sys.executable, "-c", code, json.dumps(argvs)], capture_output=True, text=True, timeout=120)
     codes, loaded, peak_bytes = json.loads(result.stdout.strip().splitlines()[-1])
     errors = result.stderr.strip().splitlines()
