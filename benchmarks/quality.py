@@ -413,20 +413,19 @@ def cost_text(kept: Path, point: Point) -> str:
     cpus = sorted({f"{j['cpu']} ({j['machine']})" for j in jobs})
     dates = sorted({j["date"] for j in jobs})
     return (f"{len(jobs)} jobs run {' to '.join(dict.fromkeys((dates[0], dates[-1])))} on {'; '.join(cpus)}, one torch thread "
-            f"each: {hours['train_seconds']:.1f} CPU-hours of pre-training and {hours['eval_seconds']:.1f} of evaluation")
+            f"each: {hours['train_seconds']:.1f} hours of pre-training and {hours['eval_seconds']:.1f} of evaluation (wall-clock)")
 
 
 def text_only_text(kept: Path, point: Point) -> str:
     """The compositional task's text-only control as one run of this world measured it (it reads
     the captions alone, so every run measures the same)."""
-    for seed_dir in kept_seed_dirs(kept / point.name, "*/seed-*"):
-        path = seed_dir / "results" / "compositional.json"
-        if path.is_file():
-            metrics = json.loads(path.read_text())["metrics"]
+    for path in sorted((kept / point.name).glob("*/seed-*/results/*_compositional_*.json")):
+        metrics = json.loads(path.read_text())["metrics"]
+        if "text_only_mean_acc" in metrics:
             kinds = ", ".join(f"{k[len('text_only_'):-len('_acc')]} {v:.1f}" for k, v in metrics.items()
                               if k.startswith("text_only_") and k != "text_only_mean_acc")
             return f"{metrics['text_only_mean_acc']:.1f}% (per kind of negative: {kinds})"
-    return "not measured"
+    return "not in these runs' results (it reads the captions alone, the same for every run of both worlds)"
 
 
 def first_look() -> Path | None:
