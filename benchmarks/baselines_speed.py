@@ -19,9 +19,8 @@ import time
 from datetime import date
 
 import torch
-from quality import cpu_name
 
-from results_log import append_result
+from results_log import append_result, cpu_name
 
 METHODS = ("clip", "siglip", "flip", "slip")
 TARGETS = {"flip": (">=", 1.8), "siglip": (">=", 0.95)}  # images/s over CLIP's

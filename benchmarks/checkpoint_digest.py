@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import tempfile
 import time
@@ -24,7 +23,7 @@ from pathlib import Path
 import torch
 import xxhash
 
-from results_log import append_result
+from results_log import append_result, cpu_name
 
 
 def vit_b16_state() -> dict:
@@ -38,12 +37,6 @@ def vit_b16_state() -> dict:
                for i, p in enumerate(method.parameters())}
     return {"format": "langmim", "model": model, "optimizer": {"state": moments, "param_groups": []}}
 
-
-def cpu_name() -> str:
-    """The CPU's model name (Linux), else the machine type."""
-    info = Path("/proc/cpuinfo")
-    names = [line.split(":", 1)[1].strip() for line in info.read_text().splitlines() if line.startswith("model name")] if info.is_file() else []
-    return names[0] if names else platform.machine()
 
 
 def main() -> None:

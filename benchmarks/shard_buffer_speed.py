@@ -19,9 +19,8 @@ from datetime import date
 from pathlib import Path
 
 import torch
-from quality import cpu_name
 
-from results_log import append_result
+from results_log import append_result, cpu_name
 
 
 def images_per_s(spec: str, buffer: int) -> float:

@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from langmim.method_specs import METHODS as REGISTERED
-from results_log import append_result
+from results_log import append_result, cpu_name
 
 SHAPES = {
     "demo": ["model.arch=demo"],  # 64 px, patch 16, width 128, 6 blocks; 3-layer text tower
@@ -319,12 +319,6 @@ def main() -> None:
         print(json.dumps(record), flush=True)
     print(table(latest_records()))
 
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,248 @@
+"""The quality protocol's tables and figures, written from the kept results alone: per point a
+report and a headline table (mean +- 95% interval over seeds, the room above the floor, paired
+verdicts), the sweep figures, and the first look (both worlds side by side)."""
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Callable
+from pathlib import Path
+
+from quality_grid import CEILING, FLOOR, RUNS, WORLDS, Point, kept_metrics, kept_root, kept_seed_dirs, seed_values
+from results_log import RESULTS_DIR
+
+KEPT_DIR = kept_root(RESULTS_DIR, "clean")
+
+
+# (title, task, metric key) of the headline metrics: the sweep figures draw one panel each
+HEADLINE = (
+    ("zero-shot top-1 (%)", "zeroshot", "top1"),
+    ("concept zero-shot, head concepts (%)", "concepts", "head_top1"),
+    ("concept zero-shot, tail concepts (%)", "concepts", "tail_top1"),
+    ("linear probe top-1, patch mean (%)", "linear", "mean_top1"),
+    ("few-shot 16-shot, logistic (%)", "fewshot", "mean_logistic_16shot"),
+    ("scene presence mAP (%)", "presence", "mean_map"),
+    ("garment per occupied cell (%)", "cells", "occupied_accuracy"),
+    ("colour of a named garment (%)", "binding", "mean_top1"),
+    ("compositional zero-shot (%)", "compositional", "mean_acc"),
+    ("detection AP50 (%)", "detection", "ap50"),
+    ("segmentation mIoU (%)", "segmentation", "miou"),
+    ("shifted renders, linear probe (%)", "shift", "linear_shifted_mean"),
+)
+
+
+def plot_sweep(points: list[Point], x_of: Callable[[Point], int], x_label: str, figure_title: str, png: Path) -> Path | None:
+    """One panel per headline metric against ``x_of(point)`` (axis ``x_label``, figure ``figure_title``):
+    a line per method with its 95% interval band over seeds, the random-init floor as a grey band."""
+    from langmim.report import pyplot
+    from langmim.stats import mean_interval
+
+    points = [p for p in points if (KEPT_DIR / p.name).is_dir()]
+    if len(points) < 2:
+        return None
+    plt = pyplot()
+    floor = kept_metrics(KEPT_DIR / FLOOR)
+    columns = (len(HEADLINE) + 1) // 2
+    fig, axes = plt.subplots(2, columns, figsize=(4 * columns, 7), squeeze=False)
+    xs = [x_of(p) for p in points]
+    for ax, (title, task, key) in zip(axes.flat, HEADLINE):
+        for method in (m for m in RUNS if m != FLOOR):
+            line = []
+            for point, x in zip(points, xs):
+                values = seed_values(kept_metrics(KEPT_DIR / point.name / method), task, key)
+                if values:
+                    interval = mean_interval(values)
+                    line.append((x, interval.mean, interval.half_width if interval.n > 1 else 0.0))
+            if line:
+                x, mean, half = map(list, zip(*line))
+                style = "--" if method == CEILING else "-"
+                drawn = ax.plot(x, mean, style, marker="o", label=method)[0]
+                ax.fill_between(x, [m - h for m, h in zip(mean, half)], [m + h for m, h in zip(mean, half)], color=drawn.get_color(), alpha=0.2)
+        values = seed_values(floor, task, key)
+        if values:
+            interval = mean_interval(values)
+            ax.axhline(interval.mean, color="grey", linestyle=":", label=FLOOR)
+            if interval.n > 1:
+                ax.axhspan(interval.low, interval.high, color="grey", alpha=0.15)
+        ax.set_xscale("log")
+        ax.set_xticks(xs, [f"{x:,}" for x in xs], fontsize=7)
+        ax.minorticks_off()
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel(x_label)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(HEADLINE):]:
+        ax.axis("off")
+    handles = {label: line for ax in axes.flat for line, label in zip(*ax.get_legend_handles_labels())}
+    fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=len(handles), fontsize=9)
+    fig.suptitle(figure_title)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+    return png
+
+
+COMPARE = (("rils", "clip"), ("milan", "mae"), ("slip", "clip"), ("siglip", "clip"), ("flip", "clip"), ("mae", FLOOR),
+           ("milan", FLOOR), ("clip", FLOOR), ("rils", FLOOR))
+CLAIMS = (("rils", "clip"), ("milan", "mae"), ("slip", "clip"), ("mae", FLOOR), ("milan", FLOOR))  # the pairs the headline table tests
+HEADLINE_GAP = 25.0  # points the ceiling must clear the floor by for a task to headline
+TEXT_TASKS = ("zeroshot", "concepts", "compositional")  # the ceiling has no text tower: these tasks have no ceiling
+
+
+def interval_text(values: list[float], signed: bool = False) -> str:
+    """"mean ± 95% half-width" over seeds, one decimal; a single seed reads "mean (n=1)"."""
+    from langmim.stats import mean_interval
+
+    interval = mean_interval(values)
+    mean = f"{interval.mean:+.1f}" if signed else f"{interval.mean:.1f}"
+    return f"{mean} (n=1)" if interval.n == 1 else f"{mean} ± {interval.half_width:.1f}"
+
+
+def claim_text(a: dict[int, dict], b: dict[int, dict], task: str, key: str) -> str:
+    """A - B over the seeds both have, "mean ± half-width, verdict" (paired t-test at 95%)."""
+    from langmim.stats import paired_verdict
+
+    seeds = [s for s in sorted(a.keys() & b.keys()) if key in a[s].get(task, {}) and key in b[s].get(task, {})]
+    if not seeds:
+        return "–"
+    verdict = paired_verdict([a[s][task][key] for s in seeds], [b[s][task][key] for s in seeds])
+    return f"{interval_text([a[s][task][key] - b[s][task][key] for s in seeds], signed=True)} {verdict.verdict}"
+
+
+def known_room(runs: dict[str, dict[int, dict]], task: str, key: str) -> tuple[str, float | None]:
+    """How far above the floor a task is known to reach, in points: the ceiling's paired gap; for
+    the text tasks, which the ceiling (no text tower) cannot take, the best method's gap instead."""
+    if task not in TEXT_TASKS:
+        gap = claim_text(runs[CEILING], runs[FLOOR], task, key)
+        return gap, None if gap == "–" else float(gap.split()[0])
+    best = max((m for m in runs if m not in (FLOOR, CEILING) and seed_values(runs[m], task, key)),
+               key=lambda m: statistics.mean(seed_values(runs[m], task, key)), default=None)
+    gap = "–" if best is None else claim_text(runs[best], runs[FLOOR], task, key)
+    if gap == "–":
+        return gap, None
+    return f"{gap} ({best}; no ceiling: it has no text tower)", float(gap.split()[0])
+
+
+def headline_table(point: Point, kept: Path = KEPT_DIR, claims: tuple[tuple[str, str], ...] = CLAIMS,
+                   methods: tuple[str, ...] = tuple(RUNS)) -> str:
+    """Markdown: a row per headline metric at ``point`` (of the runs kept under ``kept``), each run's
+    mean ± 95% interval over seeds, the known room above the floor (``known_room``) and the paired
+    ``claims`` with their verdicts. A task headlines only where that room is at least HEADLINE_GAP
+    points; the others follow in a second table with their measured room."""
+    runs = {m: kept_metrics(kept / point.name / m) if m in methods else {} for m in RUNS if m != FLOOR}
+    runs[FLOOR] = kept_metrics(kept / FLOOR)
+    columns = [FLOOR, CEILING, *(m for m in RUNS if m not in (FLOOR, CEILING) and runs[m])]  # methods run at this point
+    claims = [(a, b) for a, b in claims if runs[a] and runs[b]]
+    header = ["metric", *columns, "room above the floor", *(f"{a} − {b}" for a, b in claims)]
+    rows: dict[bool, list[str]] = {True: [], False: []}
+    for title, task, key in HEADLINE:
+        cells = [interval_text(values) if (values := seed_values(runs[m], task, key)) else "–" for m in columns]
+        if all(cell == "–" for cell in cells):  # a task this point's runs were not evaluated on
+            continue
+        room, points = known_room(runs, task, key)
+        cells += [room, *(claim_text(runs[a], runs[b], task, key) for a, b in claims)]
+        rows[points is not None and points >= HEADLINE_GAP].append(f"| {title} | " + " | ".join(cells) + " |")
+    table = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    out = [f"Headline tasks (room above the floor of at least {HEADLINE_GAP:.0f} points):", "", *table, *rows[True]]
+    if rows[False]:
+        out += ["", f"Out of the headline (room under {HEADLINE_GAP:.0f} points: the task cannot show what an encoder "
+                "knows at this point):", "", *table, *rows[False]]
+    return "\n".join(out)
+
+
+BENCHMARKS_README = Path(__file__).with_name("README.md")
+
+
+def point_title(point: Point, batch_size: int) -> str:
+    seen = f"{point.steps:,} steps of {batch_size} ({point.steps * batch_size:,} images seen)"
+    return f"{seen}, " + (f"a fixed set of {point.num_scenes:,} scenes" if point.num_scenes else "a fresh scene per sample")
+
+
+def replace_block(path: Path, name: str, text: str) -> Path:
+    """Put ``text`` between the ``<!-- name -->`` and ``<!-- /name -->`` lines of ``path``."""
+    start, end = f"<!-- {name} -->", f"<!-- /{name} -->"
+    before, found, rest = path.read_text().partition(start)
+    if not found or end not in rest:
+        raise SystemExit(f"{path}: no {start} ... {end} block to write the tables into")
+    path.write_text(f"{before}{start}\n{text}\n{end}{rest.split(end, 1)[1]}")
+    return path
+
+
+def summarize(points: list[Point], data_steps: int, batch_size: int = 128) -> list[Path]:
+    """Per point, report.md (mean +- 95% interval over seeds, margins over the floor, shares of the
+    floor-to-ceiling gap, paired verdicts); the two sweep figures."""
+    from langmim.report import write_report
+
+    written = []
+    floor_dirs = kept_seed_dirs(KEPT_DIR / FLOOR)
+    for point in points:
+        run_dirs = kept_seed_dirs(KEPT_DIR / point.name, "*/seed-*")
+        if not run_dirs:
+            continue
+        present = {d.parent.name for d in run_dirs} | ({FLOOR} if floor_dirs else set())
+        compare = [(a, b) for a, b in COMPARE if {a, b} <= present]
+        written.append(write_report(run_dirs + floor_dirs, KEPT_DIR / point.name, floor=FLOOR if floor_dirs else None,
+                                    ceiling=CEILING if CEILING in present and floor_dirs else None, compare=compare, seeds=True))
+    tables = [f"#### {point_title(p, batch_size)}\n\n{headline_table(p)}\n" for p in points if (KEPT_DIR / p.name).is_dir()]
+    if tables:
+        (KEPT_DIR / "headline.md").write_text("# Headline metrics per point: mean ± 95% interval over seeds; "
+                                              "differences paired by seed with their verdicts\n\n" + "\n".join(tables))
+        written += [KEPT_DIR / "headline.md", replace_block(BENCHMARKS_README, "quality-headline", "\n".join(tables))]
+    budget = sorted({p for p in points if p.num_scenes is None}, key=lambda p: p.steps)
+    data = sorted({p for p in points if p.steps == data_steps}, key=lambda p: p.num_scenes or p.steps * batch_size)
+    written += [png for png in (
+        plot_sweep(budget, lambda p: p.steps * batch_size, "images seen", "The budget sweep: a fresh scene per sample; "
+                   "mean and 95% interval over seeds", KEPT_DIR / "sweep_budget.png"),
+        plot_sweep(data, lambda p: p.num_scenes or p.steps * batch_size, "distinct scenes",
+                   f"The data-limited sweep: {data_steps * batch_size:,} images seen; rightmost, a fresh scene per sample; "
+                   "mean and 95% interval over seeds", KEPT_DIR / "sweep_data.png"),
+    ) if png is not None]
+    return written
+
+
+FIRST_LOOK = Point(800)  # the one budget both worlds are compared at
+FIRST_LOOK_METHODS = ("clip", "slip", "rils", "mae", "milan", CEILING)
+FIRST_LOOK_CLAIMS = (("slip", "clip"), ("rils", "clip"), ("milan", "clip"), ("mae", "clip"), ("milan", "mae"), ("rils", "mae"))
+
+
+def cost_text(kept: Path, point: Point) -> str:
+    """When, where and at what CPU cost the kept jobs of one world at ``point`` ran."""
+    jobs = [json.loads((d / "job.json").read_text()) for d in
+            [*kept_seed_dirs(kept / point.name, "*/seed-*"), *kept_seed_dirs(kept / FLOOR)]]
+    jobs = [j for j in jobs if j["run"] in (*FIRST_LOOK_METHODS, FLOOR)]
+    if not jobs:
+        return "no jobs kept yet"
+    hours = {k: sum(j[k] for j in jobs) / 3600 for k in ("train_seconds", "eval_seconds")}
+    cpus = sorted({f"{j['cpu']} ({j['machine']})" for j in jobs})
+    dates = sorted({j["date"] for j in jobs})
+    return (f"{len(jobs)} jobs run {' to '.join(dict.fromkeys((dates[0], dates[-1])))} on {'; '.join(cpus)}, one torch thread "
+            f"each: {hours['train_seconds']:.1f} hours of pre-training and {hours['eval_seconds']:.1f} of evaluation (wall-clock)")
+
+
+def text_only_text(kept: Path, point: Point) -> str:
+    """The compositional task's text-only control as one run of this world measured it (it reads
+    the captions alone, so every run measures the same)."""
+    for path in sorted((kept / point.name).glob("*/seed-*/results/*_compositional_*.json")):
+        metrics = json.loads(path.read_text())["metrics"]
+        if "text_only_mean_acc" in metrics:
+            kinds = ", ".join(f"{k[len('text_only_'):-len('_acc')]} {v:.1f}" for k, v in metrics.items()
+                              if k.startswith("text_only_") and k != "text_only_mean_acc")
+            return f"{metrics['text_only_mean_acc']:.1f}% (per kind of negative: {kinds})"
+    return "not in these runs' results (it reads the captions alone, the same for every run of both worlds)"
+
+
+def first_look() -> Path | None:
+    """The first-look block of benchmarks/README.md: the headline table of both worlds at
+    FIRST_LOOK, verdicts against CLIP and MAE, and each world's cost."""
+    worlds = [(name, kept_root(RESULTS_DIR, name)) for name in WORLDS]
+    worlds = [(name, kept) for name, kept in worlds if (kept / FIRST_LOOK.name).is_dir()]
+    if not worlds:
+        return None
+    blocks = []
+    for name, kept in worlds:
+        blocks.append(f"#### The {name} world: {point_title(FIRST_LOOK, 128)}\n\n"
+                      f"{headline_table(FIRST_LOOK, kept, FIRST_LOOK_CLAIMS, FIRST_LOOK_METHODS)}\n\n"
+                      f"Text-only control of the compositional task (no image seen): {text_only_text(kept, FIRST_LOOK)}. "
+                      f"Cost: {cost_text(kept, FIRST_LOOK)}.\n")
+    return replace_block(BENCHMARKS_README, "first-look", "\n".join(blocks))
+
+

@@ -1,0 +1,147 @@
+"""benchmarks/quality.py: jobs through submitit's local executor, the plan, tasks added to kept
+jobs, the dependency order, and the grid's points."""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import TINY_EVAL, TINY_MODEL
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import quality  # noqa: E402
+from quality_grid import FLOOR, REGIMES, TEXT_TASKS, Job, Point, plan_jobs  # noqa: E402
+
+TINY_TRAIN = ["train.batch_size=16", "train.warmup_steps=1", "train.log_every=1"]
+
+
+def grid_args(tmp_path: Path, *more: str) -> list[str]:
+    """Two tiny jobs (the floor and CLIP, seed 100, 3 steps) kept under tmp_path, never in the repository."""
+    return ["random-init", "clip", "--seeds", "1", "--steps", "", "--num-scenes", "", "--data-steps", "3", "--tasks", "knn",
+            "--work-dir", str(tmp_path / "work"), "--results-dir", str(tmp_path / "results"), *TINY_MODEL, *TINY_TRAIN, *TINY_EVAL, *more]
+
+
+def plan_lines(capsys, tmp_path: Path, *more: str) -> list[str]:
+    quality.main(grid_args(tmp_path, "--plan", *more))
+    return capsys.readouterr().out.splitlines()
+
+
+def test_submitit_local_executor_runs_and_keeps_two_jobs(tmp_path, capsys):
+    pytest.importorskip("submitit")
+    before = plan_lines(capsys, tmp_path, "--executor", "local")
+    assert [line.split()[:4] for line in before[:2]] == [["left", "clean", "steps-3", FLOOR], ["left", "clean", "steps-3", "clip"]]
+    assert before[-1].startswith("0 of 2 jobs done")
+
+    quality.main(grid_args(tmp_path, "--executor", "local", "--timeout-min", "20"))
+    out = capsys.readouterr().out
+    assert "done clean/steps-3/clip/seed-100: train" in out and "FAILED" not in out
+    kept = tmp_path / "results" / "quality" / "protocol"
+    for folder in (kept / FLOOR / "seed-100", kept / "steps-3" / "clip" / "seed-100"):
+        record = json.loads((folder / "job.json").read_text())
+        assert record["tasks"] == ["knn"] and record["threads"] == 1
+        assert json.loads(next((folder / "results").glob("*_knn_*.json")).read_text())["metrics"]["top1"] > 0
+    assert (kept / "steps-3" / "clip" / "seed-100" / "metrics.jsonl").is_file()
+    assert len((tmp_path / "results" / "quality.jsonl").read_text().splitlines()) == 2
+    submitted = [json.loads(line) for line in (tmp_path / "work" / "submitit" / "submitted.jsonl").read_text().splitlines()]
+    assert {s["job"] for s in submitted} == {f"clean/steps-3/{FLOOR}/seed-100", "clean/steps-3/clip/seed-100"}
+    assert all(s["executor"] == "local" and s["id"].isdigit() for s in submitted)
+
+    for executor in ("pool", "local", "slurm"):  # the plan reads the kept files, whichever executor ran them
+        after = plan_lines(capsys, tmp_path, "--executor", executor)
+        assert [line.split()[0] for line in after[:2]] == ["done", "done"]
+        assert after[-1] == f"2 of 2 jobs done; left: 0.0 CPU-hours by the kept jobs' seconds (executor: {executor})"
+    # a task added later leaves both jobs with only that task to do, priced by the seconds kept
+    added = plan_lines(capsys, tmp_path, "--tasks", "knn,retrieval")
+    assert all(line.startswith("left") and "(tasks left: retrieval)" in line for line in added[:2])
+    assert "~? min" in added[0] and added[-1].endswith("and 2 job(s) of a method or task never measured (executor: pool)")
+
+    quality.main(grid_args(tmp_path, "--executor", "local"))  # everything kept: nothing is submitted again
+    assert "started" not in capsys.readouterr().out
+    assert len((tmp_path / "work" / "submitit" / "submitted.jsonl").read_text().splitlines()) == 2
+
+
+def test_an_added_task_is_evaluated_alone_and_kept_beside_the_others(tmp_path):
+    threads = torch.get_num_threads()
+    extra = [*TINY_MODEL, *TINY_EVAL]
+    job = Job(Point(3), FLOOR, 100, tasks=("knn",), work_root=tmp_path / "work", results_root=tmp_path / "results")
+    try:
+        first = quality.run_job(job, extra)
+        knn_file = next((job.kept_dir / "results").glob("*_knn_*.json"))
+        knn_text = knn_file.read_text()
+        wider = Job(job.point, FLOOR, 100, tasks=("knn", "retrieval"), work_root=job.work_root, results_root=job.results_root)
+        assert wider.missing_tasks() == ["retrieval"] and not wider.done
+        second = quality.run_job(wider, extra)
+    finally:
+        torch.set_num_threads(threads)
+    assert first["tasks"] == ["knn"] and second["tasks"] == ["retrieval"] and set(second["metrics"]) == {"retrieval"}
+    assert knn_file.read_text() == knn_text and wider.done
+    kept = json.loads((job.kept_dir / "job.json").read_text())
+    assert kept["tasks"] == ["knn", "retrieval"]
+    assert kept["eval_seconds"] == pytest.approx(first["eval_seconds"] + second["eval_seconds"], abs=0.11)
+    assert len((tmp_path / "results" / "quality.jsonl").read_text().splitlines()) == 2
+
+
+def test_a_model_without_a_text_tower_owes_no_text_task(tmp_path):
+    job = Job(Point(3), "mae", 100, tasks=("knn", *TEXT_TASKS), results_root=tmp_path)
+    (job.kept_dir / "results").mkdir(parents=True)
+    (job.kept_dir / "results" / "mae_knn_fashion-mnist.json").write_text(json.dumps({"task": "knn", "metrics": {}, "has_text": False}))
+    assert job.missing_tasks() == list(job.tasks)  # not kept until job.json is written
+    (job.kept_dir / "job.json").write_text("{}")
+    assert job.done
+
+
+def test_text_tasks_are_the_suites():
+    from langmim.eval.suite import TASKS
+
+    assert set(TEXT_TASKS) == {name for name, spec in TASKS.items() if spec.needs_text}
+
+
+class InstantSubmitter:
+    """Finishes every job at once, recording what was running when each job started."""
+
+    log: list[tuple[str, list[str]]] = []
+
+    def __init__(self, *args):
+        self.poll_s, self.running = 0.0, []
+
+    def submit(self, job, extra, pretrain_only):
+        InstantSubmitter.log.append((job.method, list(self.running)))
+        self.running.append(job.method)
+        return type("Done", (), {"done": lambda _: True, "result": lambda _: None})()
+
+    def close(self):
+        pass
+
+
+def test_milan_starts_only_after_its_clip_teacher(tmp_path, monkeypatch):
+    monkeypatch.setattr(quality, "Submitter", InstantSubmitter)
+    InstantSubmitter.log = []
+    jobs = plan_jobs(["milan", "clip", "mae"], 1, [], [], 800, "web", results_root=tmp_path)
+    quality.run_jobs(jobs, [], workers=4)
+    order = [method for method, _ in InstantSubmitter.log]
+    assert order.index("clip") < order.index("milan")
+    started_with_milan = dict(InstantSubmitter.log)["milan"]
+    assert "clip" in started_with_milan  # submitted in a later round than its teacher, after it finished
+
+
+def test_job_round_trips_through_its_command_line_form(tmp_path):
+    job = Job(Point(800, 2000, "mismatch-36"), "slip", 102, "web", ("knn", "zeroshot"), tmp_path / "w", tmp_path / "r")
+    back = Job.from_json(job.to_json())
+    assert back == job and back.work_root == job.work_root and back.results_root == job.results_root
+    assert back.work_dir == tmp_path / "w" / "web" / "steps-800-scenes-2000-mismatch-36" / "slip" / "seed-102"
+
+
+def test_regimes_are_points_of_the_web_world_with_their_caption_settings(tmp_path):
+    from langmim.config import load_config
+
+    jobs = plan_jobs(["clip"], 1, [], [], 800, "web", regimes=list(REGIMES))
+    assert [j.point.name for j in jobs] == ["steps-800", "steps-800-mismatch-0", "steps-800-mismatch-36", "steps-800-exhaustive"]
+    for job in jobs:
+        world = load_config("demo", [f"output_dir={tmp_path}", *job.point.overrides(), *job.world_overrides()]).data.web
+        expected = {None: 0.168, "mismatch-0": 0.0, "mismatch-36": 0.365, "exhaustive": 0.0}[job.point.regime]
+        assert world.mismatch_share + world.boilerplate_share == pytest.approx(expected)
+    with pytest.raises(SystemExit, match="--world web"):
+        quality.main(["clip", "--regimes", "mismatch-0", "--plan"])
+    with pytest.raises(SystemExit, match="choose from mismatch-0"):
+        quality.main(["clip", "--world", "web", "--regimes", "mismatch-50", "--plan"])
