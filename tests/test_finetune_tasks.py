@@ -12,7 +12,7 @@ from langmim.data.scenes import EVAL_SCENE_SEED, FashionScenes
 from langmim.errors import ConfigError
 from langmim.eval import finetune as finetune_module
 from langmim.eval.finetune import PresenceScenes
-from langmim.eval.finetune_dense import DenseFineTuner, SimpleFeaturePyramid, flip_boxes, train_dense
+from langmim.eval.finetune_dense import DenseFineTuner, SimpleFeaturePyramid, flip_boxes, pyramid_scale, train_dense
 from langmim.eval.segmentation import SegmentationHead
 from langmim.eval.suite import evaluate
 
@@ -44,6 +44,8 @@ def test_metrics_in_range_and_the_checkpoint_untouched(model):
     seg = results["finetune_segmentation"]
     assert seg["split_sizes"] == {"train": 120, "test": 50} and 0 < seg["metrics"]["miou"] <= 100
     assert 0 <= seg["metrics"]["pixel_accuracy"] <= 100 and seg["details"]["steps"] == 2
+    # 8 px patches: segmentation reads 4 px cells (2x), detection 8 px ones (the token grid itself)
+    assert seg["details"]["pyramid_scale"] == 2 and results["finetune_detection"]["details"]["pyramid_scale"] == 1
     det = results["finetune_detection"]
     assert {"ap", "ap50", "ap75"} <= set(det["metrics"]) and det["split_sizes"] == {"train": 120, "test": 50}
     assert all(v is None or 0 <= v <= 100 for v in det["metrics"].values())
@@ -109,6 +111,9 @@ def test_pyramid_levels_and_flipped_boxes():
     assert SimpleFeaturePyramid(128, 64, 1)(grid).shape == (2, 64, 4, 4)
     with pytest.raises(ValueError):
         SimpleFeaturePyramid(128, 64, 3)
+    # the level nearest a stride without going finer: the demo's 16 px patches and the web encoder's 8 px
+    assert [pyramid_scale(patch, 4) for patch in (16, 8, 14, 32, 4)] == [4, 2, 2, 4, 1]
+    assert [pyramid_scale(patch, 8) for patch in (16, 8, 14, 32, 4)] == [2, 1, 1, 4, 1]
     boxes = [torch.tensor([[2, 4, 10, 20], [30, 0, 64, 8]]), torch.zeros(0, 4)]
     flipped = flip_boxes(boxes, 64)
     assert flipped[0].tolist() == [[54, 4, 62, 20], [0, 0, 34, 8]] and len(flipped[1]) == 0

@@ -15,11 +15,13 @@ learnt upsampling can read it out. So the heads read one forward's final-norm pa
 through one level of a simple feature pyramid (ViTDet's, cut to the level a task uses):
 transposed 2x2 convolutions of stride 2 (one for 2x, two with LayerNorm + GELU between for 4x),
 then a 1x1 and a 3x3 convolution to ``PYRAMID_CHANNELS``, each followed by a channel LayerNorm.
-Segmentation reads the 4x level (16x16 on the demo: 4 px cells, upsampled bilinearly to pixels)
-through the frozen probe's linear per-cell head; detection reads the 2x level (8x8: the grid the
-frozen probe sees at ``refine=2``, so its centre-sampling assignment applies unchanged) through
-the frozen probe's 2-layer per-cell head. The pyramid is the only part that is new; it holds
-74k (2x) or 80k (4x) weights against the demo encoder's 1.29M.
+Each task reads the level of a fixed stride in pixels, whatever the patch size, so that encoders
+of both built-in worlds are read on the same grids: segmentation at 4 px (the 4x level of the
+demo's 16 px patches, the 2x level of the web encoder's 8 px ones: 16x16 cells on a 64 px scene,
+upsampled bilinearly to pixels) through the frozen probe's linear per-cell head; detection at 8 px
+(2x on the demo, 1x at 8 px patches: the 8x8 grid the frozen probe sees, so its centre-sampling
+assignment applies unchanged) through the frozen probe's 2-layer per-cell head. The pyramid is the
+only part that is new; it holds 74k (2x) or 80k (4x) weights against the demo encoder's 1.29M.
 """
 from __future__ import annotations
 
@@ -58,7 +60,14 @@ if TYPE_CHECKING:
     from .context import EvalContext
 
 PYRAMID_CHANNELS = 64
-SEGMENTATION_SCALE, DETECTION_SCALE = 4, 2  # the pyramid level each task reads, as an upsampling of the token grid
+SEGMENTATION_STRIDE, DETECTION_STRIDE = 4, 8  # pixels per cell of the pyramid level each task reads
+PYRAMID_SCALES = (1, 2, 4)
+
+
+def pyramid_scale(patch_size: int, stride: int) -> int:
+    """The pyramid level (an upsampling of the token grid) nearest ``stride`` pixels per cell
+    without going finer: ``patch_size / stride``, or the largest scale the pyramid has below it."""
+    return max(s for s in PYRAMID_SCALES if s <= max(1, patch_size // stride))
 
 
 class SimpleFeaturePyramid(nn.Module):
@@ -161,13 +170,13 @@ def _scene_data(ctx: EvalContext, split: str) -> tuple[Tensor, dict[str, Tensor]
 def finetune_segmentation(visual: MaskedVisionTransformer, train_images: Tensor, train_masks: Tensor, test_images: Tensor,
                           test_masks: Tensor, num_classes: int, *, steps: int, batch_size: int, lr: float, layer_decay: float,
                           drop_path: float, seed: int = 0, eval_batch_size: int = 256) -> dict:
-    """Fine-tune a copy of ``visual`` with the 4x pyramid level and a linear per-cell head on
+    """Fine-tune a copy of ``visual`` with the 4 px pyramid level and a linear per-cell head on
     uint8 scene images and pixel masks (per-pixel cross-entropy on the bilinearly upsampled
     logits); `segmentation_scores` on the test scenes."""
     torch.manual_seed(seed)
     device = next(visual.parameters()).device
     head = SegmentationHead(PYRAMID_CHANNELS, num_classes)
-    model = DenseFineTuner(visual, head, SEGMENTATION_SCALE, drop_path).to(device)
+    model = DenseFineTuner(visual, head, pyramid_scale(visual.patch_size, SEGMENTATION_STRIDE), drop_path).to(device)
     size = train_masks.shape[-1]
 
     def batch_loss(rows: Tensor, flip: Tensor) -> Tensor:
@@ -191,13 +200,14 @@ def finetune_detection(visual: MaskedVisionTransformer, train_images: Tensor, tr
                        test_images: Tensor, test_boxes: list[Tensor], test_labels: list[Tensor], num_classes: int, *, steps: int,
                        batch_size: int, lr: float, layer_decay: float, drop_path: float, hidden: int = 64, seed: int = 0,
                        eval_batch_size: int = 256) -> dict:
-    """Fine-tune a copy of ``visual`` with the 2x pyramid level and the frozen probe's per-cell
+    """Fine-tune a copy of ``visual`` with the 8 px pyramid level and the frozen probe's per-cell
     head, targets and loss (`detection`) on uint8 scene images and their xyxy boxes and labels;
     `detection_metrics` of the decoded test detections."""
     torch.manual_seed(seed)
     device = next(visual.parameters()).device
     size = train_images.shape[-1]
-    grid = size // visual.patch_size * DETECTION_SCALE
+    scale = pyramid_scale(visual.patch_size, DETECTION_STRIDE)
+    grid = size // visual.patch_size * scale
     centres = token_centres(grid, size)
     targets = []  # per flip (no, yes): class (n, T), box (n, T, 4), distances (n, T, 4), one-hot (n, T, C)
     for boxes in (train_boxes, flip_boxes(train_boxes, size)):
@@ -207,7 +217,7 @@ def finetune_detection(visual: MaskedVisionTransformer, train_images: Tensor, tr
     cls0, _, distances0, _ = targets[0]
     head = init_detection_head(DetectionHead(PYRAMID_CHANNELS, num_classes, hidden), torch.Generator().manual_seed(seed),
                                distances0[cls0 >= 0])
-    model = DenseFineTuner(visual, head, DETECTION_SCALE, drop_path).to(device)
+    model = DenseFineTuner(visual, head, scale, drop_path).to(device)
     centres = centres.to(device)
 
     def batch_loss(rows: Tensor, flip: Tensor) -> Tensor:
@@ -241,7 +251,7 @@ def finetune_segmentation_task(ctx: EvalContext) -> dict[str, Any]:
     metrics = {key: scores[key] for key in ("miou", "foreground_miou", "pixel_accuracy", "item_iou", "garment_accuracy_on_items")}
     return {"metrics": metrics,
             "details": {**settings, "per_class_iou": dict(zip(["background", *CLASS_NAMES], per_class)),
-                        "pyramid_scale": SEGMENTATION_SCALE, "final_loss": scores["final_loss"]},
+                        "pyramid_scale": pyramid_scale(ctx.model.visual.patch_size, SEGMENTATION_STRIDE), "final_loss": scores["final_loss"]},
             "split_sizes": {"train": len(train_images), "test": len(test_images)}}
 
 
@@ -255,6 +265,6 @@ def finetune_detection_task(ctx: EvalContext) -> dict[str, Any]:
     per_class = scores.pop("ap50_per_class")
     final_loss = scores.pop("final_loss")
     return {"metrics": scores,
-            "details": {**settings, "ap50_per_class": dict(zip(CLASS_NAMES, per_class)), "pyramid_scale": DETECTION_SCALE,
-                        "final_loss": final_loss},
+            "details": {**settings, "ap50_per_class": dict(zip(CLASS_NAMES, per_class)),
+                        "pyramid_scale": pyramid_scale(ctx.model.visual.patch_size, DETECTION_STRIDE), "final_loss": final_loss},
             "split_sizes": {"train": len(train_images), "test": len(test_images)}}
