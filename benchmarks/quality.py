@@ -307,7 +307,7 @@ def main(argv: list[str] | None = None) -> None:
     from quality_tables import first_look, summarize
 
     points = list(dict.fromkeys(job.point for job in jobs))
-    written = summarize(points, args.data_steps) if args.world == "clean" else []
+    written = summarize(points, args.data_steps, args.world)
     print("written:", *written, *filter(None, [first_look()]), sep="\n  ")
 
 

@@ -6,9 +6,10 @@ from __future__ import annotations
 import json
 import statistics
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-from quality_grid import CEILING, FLOOR, RUNS, WORLDS, Point, kept_metrics, kept_root, kept_seed_dirs, seed_values
+from quality_grid import CEILING, FLOOR, RUNS, TEXT_TASKS, WORLDS, Point, kept_metrics, kept_root, kept_seed_dirs, seed_values
 from results_log import RESULTS_DIR
 
 KEPT_DIR = kept_root(RESULTS_DIR, "clean")
@@ -29,19 +30,27 @@ HEADLINE = (
     ("segmentation mIoU (%)", "segmentation", "miou"),
     ("shifted renders, linear probe (%)", "shift", "linear_shifted_mean"),
 )
+# the tables' rows: the headline metrics, retrieval, and the fine-tuning tasks where a point's runs have them
+TABLE_METRICS = HEADLINE + (
+    ("retrieval, image to text R@1 (%)", "retrieval", "image_to_text_R@1"),
+    ("fine-tuned presence mAP, 1% of labels (%)", "finetune_lowshot", "map_1pct"),
+    ("fine-tuned presence mAP, 10% of labels (%)", "finetune_lowshot", "map_10pct"),
+    ("fine-tuned segmentation mIoU (%)", "finetune_segmentation", "miou"),
+    ("fine-tuned detection AP50 (%)", "finetune_detection", "ap50"),
+)
 
 
-def plot_sweep(points: list[Point], x_of: Callable[[Point], int], x_label: str, figure_title: str, png: Path) -> Path | None:
+def plot_sweep(points: list[Point], x_of: Callable[[Point], int], x_label: str, figure_title: str, png: Path, kept: Path = KEPT_DIR) -> Path | None:
     """One panel per headline metric against ``x_of(point)`` (axis ``x_label``, figure ``figure_title``):
     a line per method with its 95% interval band over seeds, the random-init floor as a grey band."""
     from langmim.report import pyplot
     from langmim.stats import mean_interval
 
-    points = [p for p in points if (KEPT_DIR / p.name).is_dir()]
+    points = [p for p in points if (kept / p.name).is_dir()]
     if len(points) < 2:
         return None
     plt = pyplot()
-    floor = kept_metrics(KEPT_DIR / FLOOR)
+    floor = kept_metrics(kept / FLOOR)
     columns = (len(HEADLINE) + 1) // 2
     fig, axes = plt.subplots(2, columns, figsize=(4 * columns, 7), squeeze=False)
     xs = [x_of(p) for p in points]
@@ -49,7 +58,7 @@ def plot_sweep(points: list[Point], x_of: Callable[[Point], int], x_label: str, 
         for method in (m for m in RUNS if m != FLOOR):
             line = []
             for point, x in zip(points, xs):
-                values = seed_values(kept_metrics(KEPT_DIR / point.name / method), task, key)
+                values = seed_values(kept_metrics(kept / point.name / method), task, key)
                 if values:
                     interval = mean_interval(values)
                     line.append((x, interval.mean, interval.half_width if interval.n > 1 else 0.0))
@@ -85,7 +94,6 @@ COMPARE = (("rils", "clip"), ("milan", "mae"), ("slip", "clip"), ("siglip", "cli
            ("milan", FLOOR), ("clip", FLOOR), ("rils", FLOOR))
 CLAIMS = (("rils", "clip"), ("milan", "mae"), ("slip", "clip"), ("mae", FLOOR), ("milan", FLOOR))  # the pairs the headline table tests
 HEADLINE_GAP = 25.0  # points the ceiling must clear the floor by for a task to headline
-TEXT_TASKS = ("zeroshot", "concepts", "compositional")  # the ceiling has no text tower: these tasks have no ceiling
 
 
 def interval_text(values: list[float], signed: bool = False) -> str:
@@ -134,7 +142,7 @@ def headline_table(point: Point, kept: Path = KEPT_DIR, claims: tuple[tuple[str,
     claims = [(a, b) for a, b in claims if runs[a] and runs[b]]
     header = ["metric", *columns, "room above the floor", *(f"{a} − {b}" for a, b in claims)]
     rows: dict[bool, list[str]] = {True: [], False: []}
-    for title, task, key in HEADLINE:
+    for title, task, key in TABLE_METRICS:
         cells = [interval_text(values) if (values := seed_values(runs[m], task, key)) else "–" for m in columns]
         if all(cell == "–" for cell in cells):  # a task this point's runs were not evaluated on
             continue
@@ -167,36 +175,173 @@ def replace_block(path: Path, name: str, text: str) -> Path:
     return path
 
 
-def summarize(points: list[Point], data_steps: int, batch_size: int = 128) -> list[Path]:
-    """Per point, report.md (mean +- 95% interval over seeds, margins over the floor, shares of the
-    floor-to-ceiling gap, paired verdicts); the two sweep figures."""
+def summarize(points: list[Point], data_steps: int, world: str = "clean", batch_size: int = 128) -> list[Path]:
+    """Per point of one world, report.md (mean +- 95% interval over seeds, margins over the floor,
+    shares of the floor-to-ceiling gap, paired verdicts) and its headline table; the sweep figures
+    where a sweep has two points or more; on the web world, the regime map."""
     from langmim.report import write_report
 
+    kept = kept_root(RESULTS_DIR, world)
     written = []
-    floor_dirs = kept_seed_dirs(KEPT_DIR / FLOOR)
+    floor_dirs = kept_seed_dirs(kept / FLOOR)
     for point in points:
-        run_dirs = kept_seed_dirs(KEPT_DIR / point.name, "*/seed-*")
+        run_dirs = kept_seed_dirs(kept / point.name, "*/seed-*")
         if not run_dirs:
             continue
         present = {d.parent.name for d in run_dirs} | ({FLOOR} if floor_dirs else set())
         compare = [(a, b) for a, b in COMPARE if {a, b} <= present]
-        written.append(write_report(run_dirs + floor_dirs, KEPT_DIR / point.name, floor=FLOOR if floor_dirs else None,
+        written.append(write_report(run_dirs + floor_dirs, kept / point.name, floor=FLOOR if floor_dirs else None,
                                     ceiling=CEILING if CEILING in present and floor_dirs else None, compare=compare, seeds=True))
-    tables = [f"#### {point_title(p, batch_size)}\n\n{headline_table(p)}\n" for p in points if (KEPT_DIR / p.name).is_dir()]
+    protocol = [p for p in points if p.regime is None and (kept / p.name).is_dir()]
+    tables = [f"#### {point_title(p, batch_size)}\n\n{headline_table(p, kept)}\n" for p in protocol]
     if tables:
-        (KEPT_DIR / "headline.md").write_text("# Headline metrics per point: mean ± 95% interval over seeds; "
-                                              "differences paired by seed with their verdicts\n\n" + "\n".join(tables))
-        written += [KEPT_DIR / "headline.md", replace_block(BENCHMARKS_README, "quality-headline", "\n".join(tables))]
-    budget = sorted({p for p in points if p.num_scenes is None}, key=lambda p: p.steps)
-    data = sorted({p for p in points if p.steps == data_steps}, key=lambda p: p.num_scenes or p.steps * batch_size)
+        (kept / "headline.md").write_text("# Headline metrics per point: mean ± 95% interval over seeds; "
+                                          "differences paired by seed with their verdicts\n\n" + "\n".join(tables))
+        block = "quality-headline" if world == "clean" else f"quality-headline-{world}"
+        written += [kept / "headline.md", replace_block(BENCHMARKS_README, block, "\n".join(tables))]
+    budget = sorted({p for p in protocol if p.num_scenes is None}, key=lambda p: p.steps)
+    data = sorted({p for p in protocol if p.steps == data_steps}, key=lambda p: p.num_scenes or p.steps * batch_size)
     written += [png for png in (
         plot_sweep(budget, lambda p: p.steps * batch_size, "images seen", "The budget sweep: a fresh scene per sample; "
-                   "mean and 95% interval over seeds", KEPT_DIR / "sweep_budget.png"),
+                   "mean and 95% interval over seeds", kept / "sweep_budget.png", kept),
         plot_sweep(data, lambda p: p.num_scenes or p.steps * batch_size, "distinct scenes",
                    f"The data-limited sweep: {data_steps * batch_size:,} images seen; rightmost, a fresh scene per sample; "
-                   "mean and 95% interval over seeds", KEPT_DIR / "sweep_data.png"),
+                   "mean and 95% interval over seeds", kept / "sweep_data.png", kept),
     ) if png is not None]
+    if world == "web":
+        written += regime_map(kept, data_steps)
     return written
+
+
+# the regime map: the web world's caption regimes at one budget, from today's exhaustive, true captions to YFCC15M's noise
+REGIME_CELLS = (("exhaustive", "exhaustive, 0%"), ("mismatch-0", "web, 0%"), (None, "web, 16.8% (CC3M)"), ("mismatch-36", "web, 36.5% (YFCC15M)"))
+REGIME_METHODS, REGIME_BASELINE = ("slip", "rils", "siglip"), "clip"
+REGIME_METRICS = (
+    ("zero-shot top-1", "zeroshot", "top1"),
+    ("concept zero-shot, tail", "concepts", "tail_top1"),
+    ("retrieval R@1", "retrieval", "image_to_text_R@1"),
+    ("compositional", "compositional", "mean_acc"),
+    ("linear probe", "linear", "mean_top1"),
+)
+VERDICT_COLOURS = {"ahead": "#9be39b", "behind": "#f2a0a0", "level": "#e6e6e6", "cannot tell": "#ffffff"}
+
+
+def regime_runs(kept: Path, steps: int) -> list[tuple[str, dict[str, dict[int, dict]]]]:
+    """(cell label, {method: {seed: {task: metrics}}}) of each regime with kept runs, in REGIME_CELLS order."""
+    cells = []
+    for regime, label in REGIME_CELLS:
+        folder = kept / Point(steps, regime=regime).name
+        runs = {m: kept_metrics(folder / m) for m in (REGIME_BASELINE, *REGIME_METHODS)}
+        if any(runs.values()):
+            cells.append((label, runs))
+    return cells
+
+
+def regime_map(kept: Path, steps: int) -> list[Path]:
+    """The regime map's table (regime_map.md and the README's regime-map block) and figure: per
+    metric, CLIP's mean and each method's paired difference from it in every cell, with its verdict."""
+    cells = regime_runs(kept, steps)
+    if not cells:
+        return []
+    header = "| metric | run | " + " | ".join(label for label, _ in cells) + " |\n|---|---|" + "---|" * len(cells)
+    rows = []
+    for title, task, key in REGIME_METRICS:
+        rows.append(f"| {title} | {REGIME_BASELINE} | " + " | ".join(
+            interval_text(v) if (v := seed_values(runs[REGIME_BASELINE], task, key)) else "–" for _, runs in cells) + " |")
+        for method in REGIME_METHODS:
+            rows.append(f"| | {method} − {REGIME_BASELINE} | " + " | ".join(
+                claim_text(runs[method], runs[REGIME_BASELINE], task, key) for _, runs in cells) + " |")
+    table = header + "\n" + "\n".join(rows)
+    (kept / "regime_map.md").write_text(f"# The regime map at {steps} steps: mean ± 95% interval over seeds; differences "
+                                        "paired by seed, with their verdicts\n\n{table}\n")
+    return [kept / "regime_map.md", replace_block(BENCHMARKS_README, "regime-map", table), plot_regime_map(cells, kept / "regime_map.png")]
+
+
+def plot_regime_map(cells: list[tuple[str, dict]], png: Path) -> Path:
+    """One panel per metric: a row per method, a column per regime, each cell its paired difference
+    from CLIP (mean ± 95% half-width) coloured by the verdict."""
+    from langmim.report import pyplot
+
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(REGIME_METRICS), figsize=(3.4 * len(REGIME_METRICS), 0.6 * len(REGIME_METHODS) + 2.4), squeeze=False)
+    for ax, (title, task, key) in zip(axes.flat, REGIME_METRICS):
+        for row, method in enumerate(REGIME_METHODS):
+            for column, (_, runs) in enumerate(cells):
+                text = claim_text(runs[method], runs[REGIME_BASELINE], task, key)
+                verdict = next((v for v in VERDICT_COLOURS if text.endswith(v)), "cannot tell")
+                ax.add_patch(plt.Rectangle((column, row), 1, 1, facecolor=VERDICT_COLOURS[verdict], edgecolor="white"))
+                ax.text(column + 0.5, row + 0.5, text.replace(" ahead", "").replace(" behind", "").replace(" level", "").replace(" ± ", "\n± "),
+                        ha="center", va="center", fontsize=7)
+        ax.set_xlim(0, len(cells))
+        ax.set_ylim(len(REGIME_METHODS), 0)
+        ax.set_xticks([c + 0.5 for c in range(len(cells))], [label.replace(", ", "\n").replace(" (", "\n(") for label, _ in cells], fontsize=7)
+        ax.set_yticks([r + 0.5 for r in range(len(REGIME_METHODS))], [f"{m} − {REGIME_BASELINE}" for m in REGIME_METHODS], fontsize=8)
+        ax.set_title(title, fontsize=9)
+    handles = [plt.Rectangle((0, 0), 1, 1, facecolor=c) for c in VERDICT_COLOURS.values()]
+    fig.legend(handles, list(VERDICT_COLOURS), loc="lower center", ncol=len(handles), fontsize=8)
+    fig.suptitle("The regime map: each method's paired difference from CLIP (points), per caption regime (coverage, mismatched share)")
+    fig.tight_layout(rect=(0, 0.08, 1, 0.95))
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+    return png
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A published ordering: ``a`` against ``b`` is ``expected`` ("ahead", or "not ahead": level or
+    behind) on ``metrics`` ((task, key) pairs), as ``published`` reports it."""
+
+    text: str
+    a: str
+    b: str
+    expected: str
+    metrics: tuple[tuple[str, str], ...]
+    published: str
+
+
+LOW_SHOT = (("finetune_lowshot", "map_1pct"), ("finetune_lowshot", "map_10pct"), ("fewshot", "mean_logistic_16shot"), ("linear", "mean_top1"))
+PUBLISHED_CLAIMS = (
+    Claim("SLIP over CLIP when pairs are few", "slip", "clip", "ahead",
+          (("zeroshot", "top1"), ("concepts", "tail_top1"), ("retrieval", "image_to_text_R@1")),
+          "zero-shot +5.9 (CC3M), +4.2 (CC12M), +5.2 (YFCC15M); SLIP README"),
+    Claim("RILS over CLIP, largest at low shot", "rils", "clip", "ahead", LOW_SHOT, "RILS paper, its abstract stressing low-shot transfer"),
+    Claim("RILS over MAE, largest at low shot", "rils", "mae", "ahead", LOW_SHOT,
+          "RILS paper: well ahead on linear probe, k-NN and few-shot; fine-tuned ImageNet 83.6 = MAE's"),
+    Claim("MILAN over MAE, fine-tuned and probed", "milan", "mae", "ahead",
+          (("linear", "mean_top1"), ("finetune_lowshot", "map_1pct"), ("finetune_segmentation", "miou"), ("finetune_detection", "ap50")),
+          "ViT-B/16: linear probe 78.9 (mmpretrain) vs 68.0, fine-tuned 85.4 vs 83.6, ADE20K 52.7 vs 48.1"),
+    Claim("FLIP at 50% without unmasked tuning, level with or behind CLIP at equal epochs", "flip", "clip", "not ahead",
+          (("zeroshot", "top1"), ("retrieval", "image_to_text_R@1"), ("linear", "mean_top1")),
+          "FLIP Tab. 1, A-CLIP, GLIP's CC12M table"),
+)
+
+
+def reproduces(claim: Claim, difference: str) -> str:
+    """Whether a paired difference ("mean ± hw verdict") shows the claim: yes, no, or cannot tell."""
+    verdict = next((v for v in ("cannot tell", "ahead", "behind", "level") if difference.endswith(v)), None)
+    if verdict in (None, "cannot tell"):
+        return "cannot tell"
+    if claim.expected == "ahead":
+        return {"ahead": "yes", "level": "no (level)", "behind": "no (reversed)"}[verdict]
+    return "no" if verdict == "ahead" else "yes"
+
+
+def claims_table(kept: Path, points: list[Point]) -> str:
+    """Markdown: a row per (claim, metric), per point the paired difference A - B with its verdict
+    and whether it reproduces the claim."""
+    runs = {p: {m: kept_metrics(kept / p.name / m) for m in RUNS if m != FLOOR} for p in points}
+    titles = {(task, key): title for title, task, key in TABLE_METRICS}
+    header = ["claim (published)", "metric", *(f"{point_title(p, 128).split(' (')[0]}, {p.num_scenes or 'unlimited'} scenes" for p in points)]
+    rows = []
+    for claim in PUBLISHED_CLAIMS:
+        for index, (task, key) in enumerate(claim.metrics):
+            cells = []
+            for point in points:
+                difference = claim_text(runs[point][claim.a], runs[point][claim.b], task, key)
+                cells.append("–" if difference == "–" else f"{claim.a} − {claim.b}: {difference}: **{reproduces(claim, difference)}**")
+            name = f"{claim.text} ({claim.published})" if index == 0 else ""
+            rows.append(f"| {name} | {titles.get((task, key), f'{task} {key}')} | " + " | ".join(cells) + " |")
+    return "\n".join(["| " + " | ".join(header) + " |", "|---" * len(header) + "|", *rows])
 
 
 FIRST_LOOK = Point(800)  # the one budget both worlds are compared at

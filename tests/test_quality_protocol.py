@@ -145,3 +145,46 @@ def test_regimes_are_points_of_the_web_world_with_their_caption_settings(tmp_pat
         quality.main(["clip", "--regimes", "mismatch-0", "--plan"])
     with pytest.raises(SystemExit, match="choose from mismatch-0"):
         quality.main(["clip", "--world", "web", "--regimes", "mismatch-50", "--plan"])
+
+
+def keep_synthetic(kept: Path, point: Point, method: str, seed: int, metrics: dict[str, dict[str, float]]) -> None:
+    """A kept job as run_job leaves it: job.json and one result JSON per task."""
+    folder = kept / point.name / method / f"seed-{seed}"
+    (folder / "results").mkdir(parents=True)
+    (folder / "job.json").write_text(json.dumps({"run": method, "seed": seed, "steps": point.steps, "train_seconds": 1.0, "eval_seconds": 1.0}))
+    for task, values in metrics.items():
+        (folder / "results" / f"{method}_{task}.json").write_text(json.dumps({"task": task, "metrics": values, "has_text": True}))
+
+
+def test_regime_map_and_claims_table_read_the_verdicts_off_kept_seeds(tmp_path, monkeypatch):
+    import quality_tables
+
+    readme = tmp_path / "README.md"
+    readme.write_text("before\n<!-- regime-map -->\nold\n<!-- /regime-map -->\nafter\n")
+    monkeypatch.setattr(quality_tables, "BENCHMARKS_README", readme)
+    kept = tmp_path / "protocol-web"
+    offsets = {"clip": 0.0, "slip": 5.0, "rils": -5.0, "siglip": 0.0, "flip": -1.0}
+    for regime in (None, "mismatch-0"):
+        for method, offset in offsets.items():
+            for seed, base in zip((100, 101, 102), (30.0, 34.0, 38.0)):
+                wobble = {"siglip": (1.0, -1.0, 0.5)[seed - 100]}.get(method, 0.0)  # a level difference: its interval spans 0
+                value = base + offset + wobble
+                keep_synthetic(kept, Point(800, regime=regime), method, seed,
+                               {"zeroshot": {"top1": value}, "retrieval": {"image_to_text_R@1": value}, "linear": {"mean_top1": value}})
+    written = quality_tables.regime_map(kept, 800)
+    assert [p.name for p in written] == ["regime_map.md", "README.md", "regime_map.png"] and written[2].stat().st_size > 10_000
+    table = readme.read_text()
+    assert table.startswith("before\n<!-- regime-map -->\n| metric | run | web, 0% | web, 16.8% (CC3M) |") and table.endswith("<!-- /regime-map -->\nafter\n")
+    zero_shot = [line for line in table.splitlines() if line.startswith("| zero-shot top-1 |")][0]
+    assert zero_shot == "| zero-shot top-1 | clip | 34.0 ± 9.9 | 34.0 ± 9.9 |"
+    assert "| | slip − clip | +5.0 ± 0.0 ahead | +5.0 ± 0.0 ahead |" in table
+    assert "| | rils − clip | -5.0 ± 0.0 behind | -5.0 ± 0.0 behind |" in table
+    assert "| | siglip − clip | +0.2 ± 2.6 level | +0.2 ± 2.6 level |" in table
+    assert "| compositional | clip | – | – |" in table  # not evaluated: a dash, not a number
+
+    claims = quality_tables.claims_table(kept, [Point(800)])
+    slip_row = [line for line in claims.splitlines() if line.startswith("| SLIP over CLIP")][0]
+    assert slip_row.endswith("| zero-shot top-1 (%) | slip − clip: +5.0 ± 0.0 ahead: **yes** |")
+    assert "rils − clip: -5.0 ± 0.0 behind: **no (reversed)**" in claims
+    assert "flip − clip: -1.0 ± 0.0 behind: **yes** |" in claims  # FLIP's claim is "not ahead"
+    assert "| fine-tuned presence mAP, 1% of labels (%) | – |" in claims  # a task no run has
