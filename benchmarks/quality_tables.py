@@ -177,8 +177,9 @@ def replace_block(path: Path, name: str, text: str) -> Path:
 
 def summarize(points: list[Point], data_steps: int, world: str = "clean", batch_size: int = 128) -> list[Path]:
     """Per point of one world, report.md (mean +- 95% interval over seeds, margins over the floor,
-    shares of the floor-to-ceiling gap, paired verdicts) and its headline table; the sweep figures
-    where a sweep has two points or more; on the web world, the regime map."""
+    shares of the floor-to-ceiling gap, paired verdicts) and its headline table (headline.md); the
+    sweep figures where a sweep has two points or more; on the web world, the regime map and the
+    published-claims table at ``data_steps`` (both also in benchmarks/README.md)."""
     from langmim.report import write_report
 
     kept = kept_root(RESULTS_DIR, world)
@@ -197,8 +198,7 @@ def summarize(points: list[Point], data_steps: int, world: str = "clean", batch_
     if tables:
         (kept / "headline.md").write_text("# Headline metrics per point: mean ± 95% interval over seeds; "
                                           "differences paired by seed with their verdicts\n\n" + "\n".join(tables))
-        block = "quality-headline" if world == "clean" else f"quality-headline-{world}"
-        written += [kept / "headline.md", replace_block(BENCHMARKS_README, block, "\n".join(tables))]
+        written.append(kept / "headline.md")
     budget = sorted({p for p in protocol if p.num_scenes is None}, key=lambda p: p.steps)
     data = sorted({p for p in protocol if p.steps == data_steps}, key=lambda p: p.num_scenes or p.steps * batch_size)
     written += [png for png in (
@@ -210,6 +210,8 @@ def summarize(points: list[Point], data_steps: int, world: str = "clean", batch_
     ) if png is not None]
     if world == "web":
         written += regime_map(kept, data_steps)
+        claims = [p for p in protocol if p.steps == data_steps]
+        written.append(replace_block(BENCHMARKS_README, "published-claims", claims_table(kept, claims)))
     return written
 
 
@@ -345,8 +347,8 @@ def claims_table(kept: Path, points: list[Point]) -> str:
 
 
 FIRST_LOOK = Point(800)  # the one budget both worlds are compared at
-FIRST_LOOK_METHODS = ("clip", "slip", "rils", "mae", "milan", CEILING)
-FIRST_LOOK_CLAIMS = (("slip", "clip"), ("rils", "clip"), ("milan", "clip"), ("mae", "clip"), ("milan", "mae"), ("rils", "mae"))
+FIRST_LOOK_METHODS = tuple(m for m in RUNS if m != FLOOR)
+FIRST_LOOK_CLAIMS = (("slip", "clip"), ("rils", "clip"), ("milan", "clip"), ("mae", "clip"), ("milan", "mae"), ("rils", "mae"), ("flip", "clip"))
 
 
 def cost_text(kept: Path, point: Point) -> str:
