@@ -63,21 +63,25 @@ def test_submitit_local_executor_runs_and_keeps_two_jobs(tmp_path, capsys):
 
 def test_an_added_task_is_evaluated_alone_and_kept_beside_the_others(tmp_path):
     threads = torch.get_num_threads()
-    extra = [*TINY_MODEL, *TINY_EVAL]
-    job = Job(Point(3), FLOOR, 100, tasks=("knn",), work_root=tmp_path / "work", results_root=tmp_path / "results")
+    extra = [*TINY_MODEL, *TINY_TRAIN, *TINY_EVAL]
+    job = Job(Point(3), "clip", 100, tasks=("knn",), work_root=tmp_path / "work", results_root=tmp_path / "results")
     try:
         first = quality.run_job(job, extra)
         knn_file = next((job.kept_dir / "results").glob("*_knn_*.json"))
         knn_text = knn_file.read_text()
-        wider = Job(job.point, FLOOR, 100, tasks=("knn", "retrieval"), work_root=job.work_root, results_root=job.results_root)
+        checkpoints = sorted(p.name for p in job.work_dir.glob("checkpoint-*.pt"))
+        wider = Job(job.point, "clip", 100, tasks=("knn", "retrieval"), work_root=job.work_root, results_root=job.results_root)
         assert wider.missing_tasks() == ["retrieval"] and not wider.done
         second = quality.run_job(wider, extra)
     finally:
         torch.set_num_threads(threads)
     assert first["tasks"] == ["knn"] and second["tasks"] == ["retrieval"] and set(second["metrics"]) == {"retrieval"}
     assert knn_file.read_text() == knn_text and wider.done
+    # the finished run is resumed at its last step: no step trained twice, its training seconds kept
+    assert sorted(p.name for p in job.work_dir.glob("checkpoint-*.pt")) == checkpoints
+    assert [json.loads(line)["step"] for line in (job.work_dir / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
     kept = json.loads((job.kept_dir / "job.json").read_text())
-    assert kept["tasks"] == ["knn", "retrieval"]
+    assert kept["tasks"] == ["knn", "retrieval"] and kept["train_seconds"] == first["train_seconds"] > 0
     assert kept["eval_seconds"] == pytest.approx(first["eval_seconds"] + second["eval_seconds"], abs=0.11)
     assert len((tmp_path / "results" / "quality.jsonl").read_text().splitlines()) == 2
 
