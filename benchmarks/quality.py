@@ -148,9 +148,14 @@ class Submitter:
         if executor == "pool":  # a fresh interpreter per job: no state shared with torch's threads
             self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"), max_tasks_per_child=1)
             return
-        import submitit
-
-        self.submitit = submitit.AutoExecutor(folder=folder / "%j", cluster=executor)
+        try:
+            import submitit
+        except ImportError:
+            raise SystemExit(f"--executor {executor} needs submitit: pip install 'langmim[bench]'") from None
+        try:
+            self.submitit = submitit.AutoExecutor(folder=folder / "%j", cluster=executor)
+        except RuntimeError as err:  # no srun on the PATH: not a SLURM cluster
+            raise SystemExit(f"--executor {executor}: {err}") from None
         self.submitit.update_parameters(timeout_min=timeout_min, cpus_per_task=1, tasks_per_node=1, nodes=1, name="langmim-quality")
         if slurm_partition:
             self.submitit.update_parameters(slurm_partition=slurm_partition)

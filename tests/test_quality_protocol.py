@@ -1,6 +1,7 @@
 """benchmarks/quality.py: jobs through submitit's local executor, the plan, tasks added to kept
 jobs, the dependency order, and the grid's points."""
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -192,3 +193,31 @@ def test_regime_map_and_claims_table_read_the_verdicts_off_kept_seeds(tmp_path, 
     assert "rils − clip: -5.0 ± 0.0 behind: **no (reversed)**" in claims
     assert "flip − clip: -1.0 ± 0.0 behind: **yes** |" in claims  # FLIP's claim is "not ahead"
     assert "| fine-tuned presence mAP, 1% of labels (%) | – |" in claims  # a task no run has
+
+
+def test_slurm_jobs_are_submitted_with_one_cpu_and_their_state_is_planned(tmp_path, monkeypatch, capsys):
+    """SLURM's commands stand in as scripts on the PATH: sbatch records the batch file it is given
+    and answers with a job id, sacct reports that job pending."""
+    pytest.importorskip("submitit")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    scripts = {"srun": "exit 0", "sbatch": f'cp "${{@: -1}}" {tmp_path}/batch.sh; echo "Submitted batch job 4242"',
+               "sacct": 'printf "JobID|State|NodeList\\n4242|PENDING|None\\n"'}
+    for name, body in scripts.items():
+        (bin_dir / name).write_text(f"#!/bin/bash\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    args = ["random-init", "--seeds", "1", "--steps", "", "--num-scenes", "", "--data-steps", "3", "--tasks", "knn",
+            "--work-dir", str(tmp_path / "work"), "--results-dir", str(tmp_path / "results"), "--executor", "slurm"]
+    with pytest.raises(SystemExit, match="--executor slurm: .*srun"):  # no SLURM here: one line, no traceback
+        quality.run_jobs(plan_jobs(["random-init"], 1, [], [], 3, results_root=tmp_path), [], 1, executor="slurm", folder=tmp_path / "s")
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    job = plan_jobs([FLOOR], 1, [], [], 3, tasks=("knn",), work_root=tmp_path / "work", results_root=tmp_path / "results")[0]
+    submitter = quality.Submitter("slurm", 1, tmp_path / "work" / "submitit", 90, "cpu")
+    handle = submitter.submit(job, ["eval.test_size=200"], pretrain_only=False)
+    assert handle.job_id == "4242"
+    batch = (tmp_path / "batch.sh").read_text()
+    for line in ("#SBATCH --cpus-per-task=1", "#SBATCH --partition=cpu", "#SBATCH --time=90", "#SBATCH --ntasks-per-node=1"):
+        assert line in batch
+    quality.main([*args, "--plan"])
+    line = capsys.readouterr().out.splitlines()[0]
+    assert line.startswith("left  clean steps-3") and line.endswith("(submitted as slurm job 4242 (PENDING))")
