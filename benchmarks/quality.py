@@ -54,10 +54,9 @@ from concurrent.futures import ProcessPoolExecutor
 from datetime import date
 from pathlib import Path
 
-from quality_grid import DEFAULT_TASKS, FINETUNE_TASKS, FLOOR, REGIMES, RUNS, WORK_DIR, WORLDS, Costs, Job, build_config, plan_jobs
+from quality_grid import FINETUNE_TASKS, FLOOR, HEADLINE_TASKS, REGIMES, RUNS, WORK_DIR, WORLDS, Costs, Job, build_config, kept_points, kept_results, plan_jobs
 from results_log import RESULTS_DIR, append_result, cpu_name
 
-TASK_GROUPS = {"headline": DEFAULT_TASKS, "finetune": FINETUNE_TASKS}
 EXECUTORS = ("pool", "local", "slurm")
 
 
@@ -85,6 +84,8 @@ def run_job(job: Job, extra: list[str], pretrain_only: bool = False) -> dict | N
     cfg, preset = build_config(job, extra)
     previous = json.loads((job.kept_dir / "job.json").read_text()) if job.kept else None
     tasks = job.missing_tasks()
+    if previous is not None and not tasks:  # kept on every task meanwhile (another driver ran it)
+        return None
     train_s = 0.0
     need = job.needs()
     if need is not None:  # its checkpoint may be gone with /tmp: training it again gives the same weights
@@ -114,14 +115,15 @@ def run_job(job: Job, extra: list[str], pretrain_only: bool = False) -> dict | N
         "preset": preset, "overrides": [*job.point.overrides(), *job.world_overrides(), *extra], "steps": 0 if job.method == FLOOR else job.point.steps,
         "num_scenes": job.point.num_scenes, "regime": job.point.regime, "batch_size": cfg.train.batch_size,
         "images_seen": 0 if job.method == FLOOR else job.point.steps * cfg.train.batch_size, "precision": cfg.train.precision,
-        "tasks": tasks, "train_seconds": round(train_s, 1) if previous is None else previous["train_seconds"], "eval_seconds": round(eval_s, 1),
+        "tasks": list(results), "train_seconds": round(train_s, 1) if previous is None else previous["train_seconds"], "eval_seconds": round(eval_s, 1),
         "threads": torch.get_num_threads(), "torch": torch.__version__, "langmim": __version__, "machine": platform.machine(), "cpu": cpu_name(),
         "metrics": {task: {k: round(v, 2) for k, v in r["metrics"].items() if isinstance(v, (int, float))} for task, r in results.items()},
     }
-    kept = {k: v for k, v in record.items() if k != "metrics"}
-    if previous is not None:  # the job's totals: every task kept, every evaluation's seconds
-        kept.update(tasks=[*previous.get("tasks", []), *tasks], eval_seconds=round(previous["eval_seconds"] + eval_s, 1),
-                    date=previous["date"], dates=sorted({previous["date"], *previous.get("dates", []), record["date"]}))
+    # the job's totals: every task kept (read back from its results), every evaluation's seconds
+    kept = {k: v for k, v in record.items() if k != "metrics"} | {"tasks": sorted(kept_results(job.kept_dir))}
+    if previous is not None:
+        kept.update(eval_seconds=round(previous["eval_seconds"] + eval_s, 1), date=previous["date"],
+                    dates=sorted({previous["date"], *previous.get("dates", []), record["date"]}))
     temporary = job.kept_dir / "job.json.tmp"
     temporary.write_text(json.dumps(kept, indent=1) + "\n")
     temporary.replace(job.kept_dir / "job.json")
@@ -138,11 +140,14 @@ def run_job_command(argv: list[str]) -> None:
     run_job(job, [a for a in argv[1:] if a != "--pretrain-only"], pretrain_only)
 
 
+LIVE_STATES = {"RUNNING", "PENDING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING"}
+
+
 class Submitter:
     """Starts jobs on one executor and hands back handles with ``done()`` and ``result()`` (a
     concurrent future or a submitit job)."""
 
-    def __init__(self, executor: str, workers: int, folder: Path, timeout_min: int, slurm_partition: str | None):
+    def __init__(self, executor: str, workers: int, folder: Path, timeout_min: int, slurm_partition: str | None = None, mem_gb: int = 8):
         self.executor, self.folder = executor, folder
         self.poll_s = 30.0 if executor == "slurm" else 1.0
         if executor == "pool":  # a fresh interpreter per job: no state shared with torch's threads
@@ -157,8 +162,8 @@ class Submitter:
         except RuntimeError as err:  # no srun on the PATH: not a SLURM cluster
             raise SystemExit(f"--executor {executor}: {err}") from None
         self.submitit.update_parameters(timeout_min=timeout_min, cpus_per_task=1, tasks_per_node=1, nodes=1, name="langmim-quality")
-        if slurm_partition:
-            self.submitit.update_parameters(slurm_partition=slurm_partition)
+        if executor == "slurm":
+            self.submitit.update_parameters(mem_gb=mem_gb, **({"slurm_partition": slurm_partition} if slurm_partition else {}))
 
     def submit(self, job: Job, extra: list[str], pretrain_only: bool):
         if self.executor == "pool":
@@ -175,17 +180,40 @@ class Submitter:
             self.pool.shutdown()
 
 
+class Reattached:
+    """A job an earlier driver submitted that is still queued or running: watched, not submitted again."""
+
+    def __init__(self, job: Job, record: dict, folder: Path):
+        self.job, self.record, self.folder = job, record, folder
+
+    def done(self) -> bool:
+        return submission_state(self.record, self.folder) not in LIVE_STATES
+
+    def result(self) -> None:
+        if not self.job.done:
+            raise RuntimeError(f"submitted earlier as {self.record['executor']} job {self.record['id']}, it ended without keeping "
+                               f"{','.join(self.job.missing_tasks())}; its log is in {self.folder / self.record['id']}")
+
+
 def run_jobs(jobs: list[Job], extra: list[str], workers: int, pretrain_only: bool = False, executor: str = "pool",
-             folder: Path = WORK_DIR / "submitit", timeout_min: int = 720, slurm_partition: str | None = None) -> None:
-    """Run the jobs not done yet, ``workers`` at a time on ``executor``, each after the job it needs."""
-    left = [job for job in jobs if not job.done]
+             folder: Path = WORK_DIR / "submitit", timeout_min: int = 720, slurm_partition: str | None = None, mem_gb: int = 8) -> None:
+    """Run the jobs not done yet, ``workers`` at a time on ``executor``, each after the job it needs;
+    a job an earlier driver submitted that is still queued or running is waited for, not submitted again."""
+    left = [job for job in jobs if not job.done and not (pretrain_only and job.method == FLOOR)]
     running: dict[object, Job] = {}
     failed: list[Job] = []
-    submitter = Submitter(executor, workers, folder, timeout_min, slurm_partition)
+    submitted = submitted_jobs(folder)
+    for job in list(left):
+        record = submitted.get(job.key)
+        if record is not None and submission_state(record, folder) in LIVE_STATES:
+            running[Reattached(job, record, folder)] = job
+            left.remove(job)
+            print(f"still running: {job.key} as {record['executor']} job {record['id']}", flush=True)
+    submitter = Submitter(executor, workers, folder, timeout_min, slurm_partition, mem_gb)
     try:
         while left or running:
             for job in list(left):
-                if len(running) == workers:
+                if len(running) >= workers:
                     break
                 if job.needs() is None or job.needs() not in (*left, *running.values()):
                     running[submitter.submit(job, extra, pretrain_only)] = job
@@ -220,11 +248,14 @@ def submitted_jobs(folder: Path) -> dict[str, dict]:
 
 
 def submission_state(record: dict, folder: Path) -> str:
-    """What became of a submitted job: its scheduler's state (SLURM), or whether its process lives (local)."""
+    """What became of a submitted job: its scheduler's state (SLURM: PENDING, RUNNING, COMPLETED, ...),
+    or whether its process lives (local: RUNNING or ENDED)."""
     if record["executor"] == "slurm":
-        import submitit
-
-        return submitit.SlurmJob(folder / record["id"], record["id"]).state
+        try:
+            import submitit
+        except ImportError:
+            return "UNKNOWN (no submitit here)"
+        return submitit.SlurmJob(folder / "%j", record["id"]).state
     try:
         os.kill(int(record["id"]), 0)
         return "RUNNING"
@@ -233,13 +264,14 @@ def submission_state(record: dict, folder: Path) -> str:
 
 
 def print_plan(jobs: list[Job], executor: str, folder: Path) -> None:
-    """Each job, done or left (with the tasks left and, where submitted, its job id and state), the
-    seconds it is expected to take from the kept jobs' measured ones, and the CPU-hours left."""
+    """Each job, done or left (with the tasks left and, where submitted, its last job id and state),
+    the minutes it is expected to take from the kept jobs' measured seconds, and the CPU-hours left."""
     costs = {world: Costs.measured(jobs[0].results_root, world) for world in {j.world for j in jobs}}
-    submitted = submitted_jobs(folder) if executor != "pool" else {}
-    seconds, unmeasured = 0.0, 0
+    submitted = submitted_jobs(folder)
+    seconds, unmeasured, done = 0.0, 0, 0
     for job in jobs:
         missing = job.missing_tasks()
+        done += not missing
         notes = []
         if missing and job.kept:
             notes.append(f"tasks left: {','.join(missing)}")
@@ -254,14 +286,20 @@ def print_plan(jobs: list[Job], executor: str, folder: Path) -> None:
         expected = "" if not missing else "  ~? min" if estimate is None else f"  ~{estimate / 60:.0f} min"
         print(f"{'left' if missing else 'done'}  {job.world:<5} {job.point.name:<28} {job.method:<12} seed {job.seed}{expected}"
               + (f"  ({'; '.join(notes)})" if notes else ""))
-    done = sum(j.done for j in jobs)
     print(f"{done} of {len(jobs)} jobs done; left: {seconds / 3600:.1f} CPU-hours by the kept jobs' seconds"
           + (f", and {unmeasured} job(s) of a method or task never measured" if unmeasured else "") + f" (executor: {executor})")
 
 
-def task_list(text: str) -> tuple[str, ...]:
-    """Comma-separated task names; ``headline`` and ``finetune`` stand for their groups."""
-    tasks = [t for name in text.split(",") if name for t in TASK_GROUPS.get(name, (name,))]
+def task_list(text: str, world: str) -> tuple[str, ...]:
+    """Comma-separated task names; ``headline`` (the world's) and ``finetune`` stand for their groups.
+    An unknown name is refused before any job starts."""
+    from langmim.eval.registry import TASK_NAMES
+
+    groups = {"headline": HEADLINE_TASKS[world], "finetune": FINETUNE_TASKS}
+    tasks = [t for name in text.split(",") if name for t in groups.get(name, (name,))]
+    unknown = [t for t in tasks if t not in TASK_NAMES]
+    if unknown:
+        raise SystemExit(f"--tasks: unknown task(s) {', '.join(unknown)}; choose from headline, finetune, {', '.join(TASK_NAMES)}")
     return tuple(dict.fromkeys(tasks))
 
 
@@ -273,17 +311,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--num-scenes", default="2000,10000", help="the data-limited sweep: fixed scene sets ('' for none)")
     parser.add_argument("--data-steps", type=int, default=800, help="the budget of the data-limited sweep and the regimes (default 800)")
     parser.add_argument("--regimes", default="", help=f"web world only: caption regimes at --data-steps ({', '.join(REGIMES)})")
-    parser.add_argument("--tasks", default="headline", help="evaluation tasks of every job; 'headline' and 'finetune' name groups (default headline)")
+    parser.add_argument("--tasks", default="headline", help="evaluation tasks of every job; 'headline' (the world's) and 'finetune' "
+                        "name groups (default headline)")
     parser.add_argument("--workers", type=int, default=2, help="jobs at a time, one torch thread each (default 2)")
     parser.add_argument("--world", choices=list(WORLDS), default="clean", help="the pre-training world (default clean)")
     parser.add_argument("--executor", choices=EXECUTORS, default="pool", help="a local process pool (default), or submitit's local or slurm executor")
     parser.add_argument("--slurm-partition", default=None, help="--executor slurm: the partition")
     parser.add_argument("--timeout-min", type=int, default=720, help="submitit executors: a job's time limit in minutes (default 720)")
+    parser.add_argument("--mem-gb", type=int, default=8, help="--executor slurm: memory per job in GB (default 8)")
     parser.add_argument("--work-dir", type=Path, default=WORK_DIR, help=f"checkpoints and submitit logs (default {WORK_DIR})")
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help="where jobs are kept (default benchmarks/results)")
     parser.add_argument("--pretrain-only", action="store_true", help="pre-train the jobs left and stop (evaluate later)")
     parser.add_argument("--plan", action="store_true", help="list the jobs, done and left, with the CPU-hours left, and stop")
-    parser.add_argument("--summarize", action="store_true", help="only write the tables and figures from the kept results")
+    parser.add_argument("--summarize", action="store_true", help="only write the tables and figures, from every point the world has kept")
     return parser.parse_intermixed_args(argv)
 
 
@@ -300,19 +340,24 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"unknown run(s) {', '.join(unknown)}; choose from {', '.join(RUNS)}")
     if [r for r in regimes if r not in REGIMES] or (regimes and args.world != "web"):
         raise SystemExit(f"--regimes {args.regimes!r}: choose from {', '.join(REGIMES)}, with --world web")
+    if args.workers < 1:
+        raise SystemExit(f"--workers must be at least 1, got {args.workers}")
+    if args.executor == "slurm" and not args.plan and args.work_dir.resolve().is_relative_to("/tmp"):
+        raise SystemExit(f"--executor slurm: --work-dir {args.work_dir} is local to each node; give a folder every node shares")
     jobs = plan_jobs(names, args.seeds, [int(s) for s in args.steps.split(",") if s], [int(n) for n in args.num_scenes.split(",") if n],
-                     args.data_steps, args.world, regimes, task_list(args.tasks), args.work_dir, args.results_dir)
+                     args.data_steps, args.world, regimes, task_list(args.tasks, args.world), args.work_dir, args.results_dir)
     folder = args.work_dir / "submitit"
     if args.plan:
         return print_plan(jobs, args.executor, folder)
     if not args.summarize:
-        run_jobs(jobs, extra, args.workers, args.pretrain_only, args.executor, folder, args.timeout_min, args.slurm_partition)
-    if args.pretrain_only or args.results_dir != RESULTS_DIR:  # the tables describe the repository's kept jobs
+        run_jobs(jobs, extra, args.workers, args.pretrain_only, args.executor, folder, args.timeout_min, args.slurm_partition, args.mem_gb)
+    if args.pretrain_only:
         return
+    if args.results_dir != RESULTS_DIR:
+        return print(f"kept under {args.results_dir}; the tables and figures are written for benchmarks/results only")
     from quality_tables import first_look, summarize
 
-    points = list(dict.fromkeys(job.point for job in jobs))
-    written = summarize(points, args.data_steps, args.world)
+    written = summarize(kept_points(RESULTS_DIR, args.world), args.data_steps, args.world)
     print("written:", *written, *filter(None, [first_look()]), sep="\n  ")
 
 

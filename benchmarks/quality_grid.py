@@ -43,8 +43,13 @@ RUNS = {  # name: (preset, overrides); milan's teacher is added per point and se
 }
 DEFAULT_TASKS = ("zeroshot", "concepts", "retrieval", "knn", "linear", "fewshot", "presence", "cells", "binding", "counting",
                  "compositional", "detection", "segmentation", "shift")
+# each world's headline tasks: the clean world's kept jobs predate `concepts` (their checkpoints were
+# gone when it came), so asking it of them means pre-training all of them again
+HEADLINE_TASKS = {"clean": tuple(t for t in DEFAULT_TASKS if t != "concepts"), "web": DEFAULT_TASKS}
 FINETUNE_TASKS = ("finetune_lowshot", "finetune_segmentation", "finetune_detection")
 TEXT_TASKS = ("zeroshot", "concepts", "retrieval", "compositional")  # the evaluation skips them for a model with no text tower
+TEXTLESS_RUNS = ("mae", "milan", CEILING)  # runs whose model has no text tower
+CAPTION_BLIND_RUNS = ("mae", CEILING, FLOOR)  # runs that never read a caption: a caption regime leaves them as they are
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,24 @@ class Point:
     def overrides(self) -> list[str]:
         return ([f"train.steps={self.steps}"] + ([f"data.num_scenes={self.num_scenes}"] if self.num_scenes else [])
                 + list(REGIMES[self.regime] if self.regime else ()))
+
+    @classmethod
+    def from_name(cls, name: str) -> Point | None:
+        """The point a kept folder is named after (``steps-800-scenes-2000-mismatch-36``); None for another folder."""
+        parts = name.split("-")
+        if len(parts) < 2 or parts[0] != "steps" or not parts[1].isdigit():
+            return None
+        scenes = int(parts[3]) if parts[2:4] and parts[2] == "scenes" and parts[3].isdigit() else None
+        regime = "-".join(parts[4:] if scenes else parts[2:]) or None
+        point = cls(int(parts[1]), scenes, regime)
+        return point if point.name == name and (regime is None or regime in REGIMES) else None
+
+
+def kept_points(results_root: Path, world: str) -> list[Point]:
+    """The points one world has kept jobs at."""
+    folders = sorted(kept_root(results_root, world).glob("steps-*")) if kept_root(results_root, world).is_dir() else []
+    points = [Point.from_name(f.name) for f in folders if kept_seed_dirs(f, "*/seed-*")]
+    return sorted((p for p in points if p is not None), key=lambda p: (p.regime or "", p.num_scenes or 0, p.steps))
 
 
 def kept_root(results_root: Path, world: str) -> Path:
@@ -149,10 +172,11 @@ def build_config(job: Job, extra: list[str]):
 
 
 def plan_jobs(methods: list[str], seeds: int, budgets: list[int], num_scenes: list[int], data_steps: int, world: str = "clean",
-              regimes: list[str] = (), tasks: tuple[str, ...] = DEFAULT_TASKS, work_root: Path = WORK_DIR,
+              regimes: list[str] = (), tasks: tuple[str, ...] = HEADLINE_TASKS["clean"], work_root: Path = WORK_DIR,
               results_root: Path = RESULTS_DIR) -> list[Job]:
     """Every job of the grid, the shared point (``data_steps``, unlimited, the world's preset) first,
-    then the data-limited points, the caption regimes, then the other budgets; within a point, seed by seed."""
+    then the data-limited points, the caption regimes (without the runs that read no caption), then
+    the other budgets; within a point, seed by seed."""
     points = ([Point(data_steps)] + [Point(data_steps, n) for n in num_scenes] + [Point(data_steps, regime=r) for r in regimes]
               + [Point(s) for s in budgets if s != data_steps])
     seed_range = range(FIRST_SEED, FIRST_SEED + seeds)
@@ -162,7 +186,8 @@ def plan_jobs(methods: list[str], seeds: int, budgets: list[int], num_scenes: li
 
     jobs = [job(points[0], FLOOR, seed) for seed in seed_range] if FLOOR in methods else []
     for point in points:
-        jobs += [job(point, m, seed) for seed in seed_range for m in methods if m != FLOOR]
+        jobs += [job(point, m, seed) for seed in seed_range for m in methods
+                 if m != FLOOR and not (point.regime and m in CAPTION_BLIND_RUNS)]
     return jobs
 
 
@@ -190,6 +215,12 @@ def seed_values(by_seed: dict[int, dict[str, dict]], task: str, key: str) -> lis
     return [m[task][key] for _, m in sorted(by_seed.items()) if key in m.get(task, {})]
 
 
+def trained_steps(work_dir: Path) -> int:
+    """The step of a run's newest checkpoint (0 without one)."""
+    steps = [int(p.stem.split("-")[1]) for p in work_dir.glob("checkpoint-*.pt") if p.stem.split("-")[1].isdigit()]
+    return max(steps, default=0)
+
+
 @dataclass
 class Costs:
     """Measured seconds of the kept jobs of one world: pre-training per step of each method, and
@@ -201,9 +232,7 @@ class Costs:
     @classmethod
     def measured(cls, results_root: Path, world: str) -> Costs:
         costs = cls()
-        for seed_dir in kept_root(results_root, world).glob("**/seed-*"):
-            if not (seed_dir / "job.json").is_file():
-                continue
+        for seed_dir in kept_seed_dirs(kept_root(results_root, world), "**/seed-*"):
             job = json.loads((seed_dir / "job.json").read_text())
             if job["steps"] and job["train_seconds"]:
                 costs.train_per_step.setdefault(job["run"], []).append(job["train_seconds"] / job["steps"])
@@ -213,16 +242,22 @@ class Costs:
         return costs
 
     def estimate(self, job: Job, tasks: list[str]) -> float | None:
-        """Seconds to pre-train (unless already kept) and evaluate ``tasks``: the median of the kept
-        jobs of the same method (a task's seconds of any method where this one has none); None when a
-        part was never measured."""
+        """Seconds to pre-train (where no checkpoint is left: a kept job whose checkpoints are gone
+        trains again, MILAN its teacher too) and evaluate ``tasks``: the median of the kept jobs of
+        the same method (a task's seconds of any method where this one has none); None when a part
+        was never measured."""
         seconds = 0.0
-        if not job.kept and job.method != FLOOR:
-            per_step = self.train_per_step.get(job.method)
-            if not per_step:
-                return None
-            seconds += statistics.median(per_step) * job.point.steps
+        teacher = job.needs()  # trained by this job only where it is kept and its checkpoints are gone
+        for run in (job, teacher if teacher is not None and teacher.kept else None):
+            steps_left = 0 if run is None or run.method == FLOOR else run.point.steps - trained_steps(run.work_dir)
+            if steps_left > 0:
+                per_step = self.train_per_step.get(run.method)
+                if not per_step:
+                    return None
+                seconds += statistics.median(per_step) * steps_left
         for task in tasks:
+            if task in TEXT_TASKS and job.method in TEXTLESS_RUNS:
+                continue
             measured = self.task_seconds.get((job.method, task)) or [s for (_, t), v in self.task_seconds.items() if t == task for s in v]
             if not measured:
                 return None

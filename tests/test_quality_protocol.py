@@ -54,7 +54,8 @@ def test_submitit_local_executor_runs_and_keeps_two_jobs(tmp_path, capsys):
         assert after[-1] == f"2 of 2 jobs done; left: 0.0 CPU-hours by the kept jobs' seconds (executor: {executor})"
     # a task added later leaves both jobs with only that task to do, priced by the seconds kept
     added = plan_lines(capsys, tmp_path, "--tasks", "knn,retrieval")
-    assert all(line.startswith("left") and "(tasks left: retrieval)" in line for line in added[:2])
+    assert all(line.startswith("left") and "(tasks left: retrieval; submitted as local job " in line and line.endswith(" (ENDED))")
+               for line in added[:2])
     assert "~? min" in added[0] and added[-1].endswith("and 2 job(s) of a method or task never measured (executor: pool)")
 
     quality.main(grid_args(tmp_path, "--executor", "local"))  # everything kept: nothing is submitted again
@@ -221,3 +222,49 @@ def test_slurm_jobs_are_submitted_with_one_cpu_and_their_state_is_planned(tmp_pa
     quality.main([*args, "--plan"])
     line = capsys.readouterr().out.splitlines()[0]
     assert line.startswith("left  clean steps-3") and line.endswith("(submitted as slurm job 4242 (PENDING))")
+
+
+def test_point_names_parse_back_and_regimes_skip_the_runs_that_read_no_caption():
+    for point in (Point(800), Point(200, 2000), Point(800, None, "mismatch-36"), Point(800, 2000, "exhaustive")):
+        assert Point.from_name(point.name) == point
+    assert [Point.from_name(n) for n in ("random-init", "steps-x", "steps-800-mismatch-50", "headline.md")] == [None] * 4
+    jobs = plan_jobs(["clip", "mae", "supervised", "random-init"], 1, [], [], 800, "web", regimes=["mismatch-0"])
+    assert [(j.point.regime, j.method) for j in jobs] == [(None, FLOOR), (None, "clip"), (None, "mae"), (None, "supervised"), ("mismatch-0", "clip")]
+
+
+def test_a_job_still_running_from_an_earlier_driver_is_waited_for_not_submitted_again(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(quality, "Submitter", InstantSubmitter)
+    InstantSubmitter.log = []
+    clip, milan = plan_jobs(["clip", "milan"], 1, [], [], 800, "web", results_root=tmp_path, work_root=tmp_path)
+    folder = tmp_path / "submitit"
+    folder.mkdir()
+    (folder / "submitted.jsonl").write_text(json.dumps({"job": clip.key, "executor": "local", "id": str(os.getpid()), "date": "x"}) + "\n")
+    live = {"state": "RUNNING"}
+    monkeypatch.setattr(quality, "submission_state", lambda record, folder: live["state"])
+    monkeypatch.setattr(quality.time, "sleep", lambda _: live.update(state="ENDED"))  # it ends while the driver waits
+    with pytest.raises(SystemExit, match="2 job"):  # it ended without keeping its results; what needs it is dropped
+        quality.run_jobs([clip, milan], [], workers=2, executor="local", folder=folder)
+    out = capsys.readouterr().out
+    assert f"still running: {clip.key} as local job {os.getpid()}" in out
+    assert f"FAILED {clip.key}: RuntimeError: submitted earlier as local job" in out and "(dropped 1 that need it)" in out
+    assert InstantSubmitter.log == []  # neither the running job nor the one that needs it was submitted
+
+
+def test_estimates_count_training_only_where_no_checkpoint_is_left(tmp_path):
+    from quality_grid import Costs
+
+    costs = Costs(train_per_step={"clip": [1.0], "milan": [2.0]}, task_seconds={("clip", "knn"): [30.0], ("clip", "zeroshot"): [60.0]})
+    clip, milan = plan_jobs(["clip", "milan"], 1, [], [], 800, "web", tasks=("knn", "zeroshot"), work_root=tmp_path, results_root=tmp_path)
+    assert costs.estimate(clip, ["knn", "zeroshot"]) == 800 + 90
+    assert costs.estimate(milan, ["knn", "zeroshot"]) == 1600 + 30  # no text tower: no zero-shot; its teacher is clip's own job
+    clip.work_dir.mkdir(parents=True)
+    (clip.work_dir / "checkpoint-00000600.pt").write_bytes(b"")
+    assert costs.estimate(clip, ["knn"]) == 200 + 30  # resumes at step 600
+    assert costs.estimate(Job(Point(800), "flip", 100, "web"), ["knn"]) is None  # never measured
+
+
+def test_user_mistakes_end_in_one_line(tmp_path):
+    for args, message in ((["--tasks", "knn,nope", "--plan"], "unknown task\\(s\\) nope"), (["--workers", "0"], "at least 1"),
+                          (["--executor", "slurm", "--work-dir", "/tmp/q"], "local to each node")):
+        with pytest.raises(SystemExit, match=message):
+            quality.main(["clip", "--results-dir", str(tmp_path), *args])

@@ -21,7 +21,7 @@ demo's 16 px patches, the 2x level of the web encoder's 8 px ones: 16x16 cells o
 upsampled bilinearly to pixels) through the frozen probe's linear per-cell head; detection at 8 px
 (2x on the demo, 1x at 8 px patches: the 8x8 grid the frozen probe sees, so its centre-sampling
 assignment applies unchanged) through the frozen probe's 2-layer per-cell head. The pyramid is the
-only part that is new; it holds 74k (2x) or 80k (4x) weights against the demo encoder's 1.29M.
+only part that is new; it holds 45k (1x), 74k (2x) or 80k (4x) weights against the encoders' 1.29M.
 """
 from __future__ import annotations
 
