@@ -92,8 +92,10 @@ def run_job(job: Job, extra: list[str], pretrain_only: bool = False) -> dict | N
         pretrain(build_config(need, extra)[0], resume="latest", log_tensorboard=False)
     if job.method != FLOOR:
         start = time.perf_counter()
-        pretrain(cfg, resume="latest", log_tensorboard=False)
-        train_s = add_train_seconds(job.work_dir, time.perf_counter() - start)
+        try:
+            pretrain(cfg, resume="latest", log_tensorboard=False)
+        finally:  # a run stopped by a signal counts its seconds too: the invocation that resumes it adds its own
+            train_s = add_train_seconds(job.work_dir, time.perf_counter() - start)
     if pretrain_only:
         return None
     model = random_init_model(cfg) if job.method == FLOOR else load(job.work_dir)
