@@ -319,12 +319,14 @@ PUBLISHED_CLAIMS = (
 
 
 def reproduces(claim: Claim, difference: str) -> str:
-    """Whether a paired difference ("mean ± hw verdict") shows the claim: yes, no, or cannot tell."""
+    """Whether a paired difference ("mean ± hw verdict") shows the claim: "yes"; for a claim that A
+    is ahead, "not shown (level)" where the interval holds 0 and "no (reversed)" where B is ahead;
+    for a claim that A is not ahead, "no" where it is; "cannot tell" under two seeds."""
     verdict = next((v for v in ("cannot tell", "ahead", "behind", "level") if difference.endswith(v)), None)
     if verdict in (None, "cannot tell"):
         return "cannot tell"
     if claim.expected == "ahead":
-        return {"ahead": "yes", "level": "no (level)", "behind": "no (reversed)"}[verdict]
+        return {"ahead": "yes", "level": "not shown (level)", "behind": "no (reversed)"}[verdict]
     return "no" if verdict == "ahead" else "yes"
 
 

@@ -268,3 +268,15 @@ def test_user_mistakes_end_in_one_line(tmp_path):
                           (["--executor", "slurm", "--work-dir", "/tmp/q"], "local to each node")):
         with pytest.raises(SystemExit, match=message):
             quality.main(["clip", "--results-dir", str(tmp_path), *args])
+
+
+def test_a_claim_reads_yes_only_where_the_seeds_show_it():
+    from quality_tables import PUBLISHED_CLAIMS, reproduces
+
+    ahead_claim, not_ahead_claim = PUBLISHED_CLAIMS[0], PUBLISHED_CLAIMS[-1]
+    assert (ahead_claim.expected, not_ahead_claim.expected) == ("ahead", "not ahead")
+    readings = {d: (reproduces(ahead_claim, d), reproduces(not_ahead_claim, d))
+                for d in ("+5.0 ± 1.0 ahead", "-0.3 ± 4.0 level", "-5.0 ± 1.0 behind", "+5.0 (n=1) cannot tell", "–")}
+    assert readings == {"+5.0 ± 1.0 ahead": ("yes", "no"), "-0.3 ± 4.0 level": ("not shown (level)", "yes"),
+                        "-5.0 ± 1.0 behind": ("no (reversed)", "yes"), "+5.0 (n=1) cannot tell": ("cannot tell", "cannot tell"),
+                        "–": ("cannot tell", "cannot tell")}
