@@ -105,15 +105,22 @@ def interval_text(values: list[float], signed: bool = False) -> str:
     return f"{mean} (n=1)" if interval.n == 1 else f"{mean} ± {interval.half_width:.1f}"
 
 
-def claim_text(a: dict[int, dict], b: dict[int, dict], task: str, key: str) -> str:
-    """A - B over the seeds both have, "mean ± half-width, verdict" (paired t-test at 95%)."""
+def paired_difference(a: dict[int, dict], b: dict[int, dict], task: str, key: str) -> tuple[str, str] | None:
+    """A - B over the seeds both have: ("mean ± half-width", verdict of the paired t-test at 95%);
+    None where no seed has both."""
     from langmim.stats import paired_verdict
 
     seeds = [s for s in sorted(a.keys() & b.keys()) if key in a[s].get(task, {}) and key in b[s].get(task, {})]
     if not seeds:
-        return "–"
+        return None
     verdict = paired_verdict([a[s][task][key] for s in seeds], [b[s][task][key] for s in seeds])
-    return f"{interval_text([a[s][task][key] - b[s][task][key] for s in seeds], signed=True)} {verdict.verdict}"
+    return interval_text([a[s][task][key] - b[s][task][key] for s in seeds], signed=True), verdict.verdict
+
+
+def claim_text(a: dict[int, dict], b: dict[int, dict], task: str, key: str) -> str:
+    """A - B as "mean ± half-width verdict", or "–" where no seed has both."""
+    difference = paired_difference(a, b, task, key)
+    return "–" if difference is None else " ".join(difference)
 
 
 def known_room(runs: dict[str, dict[int, dict]], task: str, key: str) -> tuple[str, float | None]:
@@ -269,11 +276,9 @@ def plot_regime_map(cells: list[tuple[str, dict]], png: Path) -> Path:
     for ax, (title, task, key) in zip(axes.flat, REGIME_METRICS):
         for row, method in enumerate(REGIME_METHODS):
             for column, (_, runs) in enumerate(cells):
-                text = claim_text(runs[method], runs[REGIME_BASELINE], task, key)
-                verdict = next((v for v in VERDICT_COLOURS if text.endswith(v)), "cannot tell")
+                text, verdict = paired_difference(runs[method], runs[REGIME_BASELINE], task, key) or ("–", "cannot tell")
                 ax.add_patch(plt.Rectangle((column, row), 1, 1, facecolor=VERDICT_COLOURS[verdict], edgecolor="white"))
-                ax.text(column + 0.5, row + 0.5, text.replace(" ahead", "").replace(" behind", "").replace(" level", "").replace(" ± ", "\n± "),
-                        ha="center", va="center", fontsize=7)
+                ax.text(column + 0.5, row + 0.5, text.replace(" ± ", "\n± "), ha="center", va="center", fontsize=7)
         ax.set_xlim(0, len(cells))
         ax.set_ylim(len(REGIME_METHODS), 0)
         ax.set_xticks([c + 0.5 for c in range(len(cells))], [label.replace(", ", "\n").replace(" (", "\n(") for label, _ in cells], fontsize=7)
@@ -318,12 +323,11 @@ PUBLISHED_CLAIMS = (
 )
 
 
-def reproduces(claim: Claim, difference: str) -> str:
-    """Whether a paired difference ("mean ± hw verdict") shows the claim: "yes"; for a claim that A
-    is ahead, "not shown (level)" where the interval holds 0 and "no (reversed)" where B is ahead;
-    for a claim that A is not ahead, "no" where it is; "cannot tell" under two seeds."""
-    verdict = next((v for v in ("cannot tell", "ahead", "behind", "level") if difference.endswith(v)), None)
-    if verdict in (None, "cannot tell"):
+def reproduces(claim: Claim, verdict: str) -> str:
+    """Whether a paired verdict of A against B shows the claim: "yes"; for a claim that A is ahead,
+    "not shown (level)" where the interval holds 0 and "no (reversed)" where B is ahead; for a claim
+    that A is not ahead, "no" where it is; "cannot tell" under two seeds."""
+    if verdict == "cannot tell":
         return "cannot tell"
     if claim.expected == "ahead":
         return {"ahead": "yes", "level": "not shown (level)", "behind": "no (reversed)"}[verdict]
@@ -335,14 +339,15 @@ def claims_table(kept: Path, points: list[Point]) -> str:
     and whether it reproduces the claim."""
     runs = {p: {m: kept_metrics(kept / p.name / m) for m in RUNS if m != FLOOR} for p in points}
     titles = {(task, key): title for title, task, key in TABLE_METRICS}
-    header = ["claim (published)", "metric", *(f"{point_title(p, 128).split(' (')[0]}, {p.num_scenes or 'unlimited'} scenes" for p in points)]
+    header = ["claim (published)", "metric", *(f"{p.steps:,} steps, {f'{p.num_scenes:,}' if p.num_scenes else 'unlimited'} scenes" for p in points)]
     rows = []
     for claim in PUBLISHED_CLAIMS:
         for index, (task, key) in enumerate(claim.metrics):
             cells = []
             for point in points:
-                difference = claim_text(runs[point][claim.a], runs[point][claim.b], task, key)
-                cells.append("–" if difference == "–" else f"{claim.a} − {claim.b}: {difference}: **{reproduces(claim, difference)}**")
+                difference = paired_difference(runs[point][claim.a], runs[point][claim.b], task, key)
+                cells.append("–" if difference is None else
+                             f"{claim.a} − {claim.b}: {' '.join(difference)}: **{reproduces(claim, difference[1])}**")
             name = f"{claim.text} ({claim.published})" if index == 0 else ""
             rows.append(f"| {name} | {titles.get((task, key), f'{task} {key}')} | " + " | ".join(cells) + " |")
     return "\n".join(["| " + " | ".join(header) + " |", "|---" * len(header) + "|", *rows])
